@@ -1,0 +1,1 @@
+//! Node settings from `nanolet.yaml`.

@@ -1,0 +1,40 @@
+//! nanolet: a Kubernetes node agent for embedded and edge appliances.
+//!
+//! The folder tree is the architecture. Dependencies point down this list, never up:
+//!
+//! ```text
+//!  cli ──► agent ──► pod ──────► runtime ──► sys
+//!   │        │        │            │
+//!   │        │        └► k8s       └► image
+//!   │        ├► source (manifests/) ─► k8s, config
+//!   │        └► state (atomic files, status snapshot)
+//!   └► ctl (ps, logs, images: read what the agent wrote; never run a second state machine)
+//! ```
+//!
+//! - [`config`]: `nanolet.yaml` (KubeletConfiguration field names) and the YAML→JSON bridge.
+//! - [`k8s`]: the Kubernetes object types nanolet reads (Pod and friends), validated at the edge.
+//! - [`source`]: static pods from the manifests folder: parsing (pure) and the inotify watch.
+//! - [`image`]: the image store: import of OCI layouts and archives, digests, safe layer unpacking.
+//! - [`runtime`]: containers: OCI `config.json` generation (pure), bundles and rootfs mounts,
+//!   the `runc` driver, CRI-format logs.
+//! - [`pod`]: pod lifecycle with kubelet's semantics: the per-container state machine, restart
+//!   back-off (pure), and the pod worker that drives the runtime.
+//! - [`agent`]: wires sources, pod workers and the status snapshot on one executor thread.
+//! - [`state`]: durable and runtime state: atomic writes, boot id, the status snapshot.
+//! - [`sys`]: the one seam for syscalls that need `unsafe` or root: child reaping, namespaces,
+//!   mounts.
+//! - [`ctl`]: the read-only commands (`ps`, `logs`, `images`).
+//! - [`cli`]: the command line.
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod ctl;
+pub mod image;
+pub mod k8s;
+pub mod pod;
+pub mod runtime;
+pub mod source;
+pub mod state;
+pub mod sys;
+pub mod logger;

@@ -1,0 +1,5 @@
+//! `nanolet`: parse the command line and hand over to the library.
+
+fn main() -> std::process::ExitCode {
+    nanolet::cli::main()
+}
