@@ -1,1 +1,3 @@
 //! Containers.
+
+pub mod runc;
