@@ -1,3 +1,4 @@
 //! Containers.
 
+pub mod bundle;
 pub mod runc;

@@ -10,9 +10,11 @@
 //!   containers of a pod share them without a pause container.
 //! - [`mount`]: overlay and bind mounts, and unmounting.
 //! - [`rtnetlink`]: the few rtnetlink requests nanolet needs (bring a link up).
+//! - [`inroot`]: reading files inside a container rootfs without following links out.
 //! - [`cgroup`]: finding and removing a pod's cgroup directories in every hierarchy.
 
 pub mod cgroup;
+pub mod inroot;
 pub mod mount;
 pub mod process;
 pub mod reaper;

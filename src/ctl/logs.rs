@@ -1,0 +1,1 @@
+//! `nanolet logs`: a container's CRI log files, as `kubectl logs` shows them.
