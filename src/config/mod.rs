@@ -1,1 +1,526 @@
-//! Node settings from `nanolet.yaml`.
+//! Node settings from `<config-dir>/nanolet.yaml`, and the YAML→JSON bridge ([`yaml`]).
+//!
+//! Owns the configuration reference: every field of [`NodeConfig`] is optional in the file, its
+//! doc comment states the default, and names follow kubelet's `KubeletConfiguration` where one
+//! exists. An unknown field is an error naming it, so a typo never silently falls back to a
+//! default. [`parse`] is pure apart from reading the hostname for the `nodeName` default;
+//! [`load`] adds the file read.
+//!
+//! It must never start anything or create directories: it only describes them.
+
+pub mod yaml;
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The file name inside the config dir.
+pub const CONFIG_FILE_NAME: &str = "nanolet.yaml";
+
+/// The resolved node configuration. All paths are absolute.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    /// `nodeName`: the node's name, suffixed to static pod names. Must be a DNS-1123 subdomain.
+    /// Default: the hostname, lowercased.
+    pub node_name: String,
+    /// `staticPodPath`: the folder of static pod manifests. Default: `manifests` (relative paths
+    /// are resolved against the config dir).
+    pub static_pod_path: PathBuf,
+    /// `imagesPath`: the folder of image archives/OCI layouts to import. Default: `images`
+    /// (relative to the config dir).
+    pub images_path: PathBuf,
+    /// `maxPods`: the most pods this node runs. Default: 110.
+    pub max_pods: u32,
+    /// `podLogsDir`: where container logs are written. Default: `/var/log/pods`.
+    pub pod_logs_dir: PathBuf,
+    /// `containerLogMaxSize`: the size at which a container log is rotated, in bytes; the file
+    /// holds a quantity such as `10Mi`, `500K` or `1048576`. Default: `10Mi`.
+    pub container_log_max_size: u64,
+    /// `containerLogMaxFiles`: how many log files (current + rotated) to keep per container;
+    /// at least 2. Default: 5.
+    pub container_log_max_files: u32,
+    /// `dataDir`: durable state (image store, pod state). Default: `/var/lib/nanolet`.
+    pub data_dir: PathBuf,
+    /// `runDir`: state that must not survive a reboot. Default: `/run/nanolet`.
+    pub run_dir: PathBuf,
+    /// `runcRoot`: runc's `--root`. Default: `<runDir>/runc`.
+    pub runc_root: PathBuf,
+    /// `runcPath`: the runc binary. A bare name (no `/`) is looked up in `PATH`; a relative path
+    /// is resolved against the config dir. Default: `runc`.
+    pub runc_path: PathBuf,
+    /// `cgroupParent`: the cgroup (v2) under which pod cgroups are created. Default: `nanolet`.
+    pub cgroup_parent: String,
+    /// `fileCheckFrequency`: the period of the full rescan of `staticPodPath`, on top of the
+    /// inotify watch; a Go duration such as `20s` or `1m30s`; must be positive. Default: `20s`.
+    pub file_check_frequency: Duration,
+    /// `shutdownGracePeriod`: how long the node waits for pods to stop on shutdown; a Go
+    /// duration. Default: `30s`.
+    pub shutdown_grace_period: Duration,
+    /// `logLevel`: one of `off`, `error`, `warn`, `info`, `debug`, `trace`. Default: `info`.
+    pub log_level: log::LevelFilter,
+}
+
+/// The file as written: everything optional, unknown fields rejected.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawConfig {
+    node_name: Option<String>,
+    static_pod_path: Option<PathBuf>,
+    images_path: Option<PathBuf>,
+    max_pods: Option<u32>,
+    pod_logs_dir: Option<PathBuf>,
+    container_log_max_size: Option<Quantity>,
+    container_log_max_files: Option<u32>,
+    data_dir: Option<PathBuf>,
+    run_dir: Option<PathBuf>,
+    runc_root: Option<PathBuf>,
+    runc_path: Option<PathBuf>,
+    cgroup_parent: Option<String>,
+    file_check_frequency: Option<String>,
+    shutdown_grace_period: Option<String>,
+    log_level: Option<String>,
+}
+
+/// A quantity as written: `10Mi`, or a plain number of bytes.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Quantity {
+    Bytes(u64),
+    Text(String),
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file exists but could not be read.
+    Read { path: PathBuf, source: io::Error },
+    /// The file is not valid YAML.
+    Yaml {
+        path: PathBuf,
+        source: yaml::YamlError,
+    },
+    /// The YAML does not match the schema (unknown field, wrong type).
+    Decode { path: PathBuf, message: String },
+    /// A field has an invalid value.
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        message: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, source } => {
+                write!(f, "config {}: cannot read: {source}", path.display())
+            }
+            ConfigError::Yaml { path, source } => write!(f, "config {}: {source}", path.display()),
+            ConfigError::Decode { path, message } => {
+                write!(f, "config {}: {message}", path.display())
+            }
+            ConfigError::Invalid {
+                path,
+                field,
+                message,
+            } => write!(f, "config {}: {field}: {message}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Read { source, .. } => Some(source),
+            ConfigError::Yaml { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Loads `<config_dir>/nanolet.yaml`; a missing file means all defaults.
+pub fn load(config_dir: &Path) -> Result<NodeConfig, ConfigError> {
+    let config_dir = absolute(config_dir);
+    let path = config_dir.join(CONFIG_FILE_NAME);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => parse(&config_dir, &text),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => parse(&config_dir, ""),
+        Err(source) => Err(ConfigError::Read { path, source }),
+    }
+}
+
+/// Parses the text of `nanolet.yaml` found in `config_dir`. Pure except that a missing
+/// `nodeName` reads the hostname.
+pub fn parse(config_dir: &Path, text: &str) -> Result<NodeConfig, ConfigError> {
+    let config_dir = absolute(config_dir);
+    let path = config_dir.join(CONFIG_FILE_NAME);
+    let value = yaml::parse_one(text).map_err(|source| ConfigError::Yaml {
+        path: path.clone(),
+        source,
+    })?;
+    let raw: RawConfig = if value.is_null() {
+        RawConfig::default()
+    } else {
+        serde_json::from_value(value.clone()).map_err(|e| ConfigError::Decode {
+            path: path.clone(),
+            message: name_bad_field(&value).unwrap_or_else(|| e.to_string()),
+        })?
+    };
+    let invalid = |field: &'static str, message: String| ConfigError::Invalid {
+        path: path.clone(),
+        field,
+        message,
+    };
+    let resolve = |p: Option<PathBuf>, default: &str| config_dir.join(p.unwrap_or(default.into()));
+
+    let node_name = raw.node_name.unwrap_or_else(hostname);
+    if let Some(problem) = crate::k8s::validate::dns1123_subdomain_problem(&node_name) {
+        return Err(invalid("nodeName", format!("{node_name:?}: {problem}")));
+    }
+    let container_log_max_size = match raw.container_log_max_size {
+        None => 10 * 1024 * 1024,
+        Some(Quantity::Bytes(0)) => {
+            return Err(invalid("containerLogMaxSize", "0: must be positive".into()));
+        }
+        Some(Quantity::Bytes(n)) => n,
+        Some(Quantity::Text(q)) => {
+            parse_quantity(&q).map_err(|m| invalid("containerLogMaxSize", m))?
+        }
+    };
+    let container_log_max_files = raw.container_log_max_files.unwrap_or(5);
+    if container_log_max_files < 2 {
+        return Err(invalid(
+            "containerLogMaxFiles",
+            format!("{container_log_max_files}: must be at least 2"),
+        ));
+    }
+    let file_check_frequency = match raw.file_check_frequency {
+        None => Duration::from_secs(20),
+        Some(d) => parse_duration(&d).map_err(|m| invalid("fileCheckFrequency", m))?,
+    };
+    if file_check_frequency.is_zero() {
+        return Err(invalid("fileCheckFrequency", "must be positive".into()));
+    }
+    let shutdown_grace_period = match raw.shutdown_grace_period {
+        None => Duration::from_secs(30),
+        Some(d) => parse_duration(&d).map_err(|m| invalid("shutdownGracePeriod", m))?,
+    };
+    let log_level = match raw.log_level {
+        None => log::LevelFilter::Info,
+        Some(l) => l.parse().map_err(|_| {
+            invalid(
+                "logLevel",
+                format!("{l:?}: expected one of off, error, warn, info, debug, trace"),
+            )
+        })?,
+    };
+    let run_dir = resolve(raw.run_dir, "/run/nanolet");
+    let runc_root = match raw.runc_root {
+        Some(p) => config_dir.join(p),
+        None => run_dir.join("runc"),
+    };
+    let runc_path = match raw.runc_path {
+        // A bare name is left for PATH lookup.
+        Some(p) if p.components().count() > 1 || p.is_absolute() => config_dir.join(p),
+        Some(p) => p,
+        None => PathBuf::from("runc"),
+    };
+    Ok(NodeConfig {
+        node_name,
+        static_pod_path: resolve(raw.static_pod_path, "manifests"),
+        images_path: resolve(raw.images_path, "images"),
+        max_pods: raw.max_pods.unwrap_or(110),
+        pod_logs_dir: resolve(raw.pod_logs_dir, "/var/log/pods"),
+        container_log_max_size,
+        container_log_max_files,
+        data_dir: resolve(raw.data_dir, "/var/lib/nanolet"),
+        run_dir,
+        runc_root,
+        runc_path,
+        cgroup_parent: raw.cgroup_parent.unwrap_or_else(|| "nanolet".into()),
+        file_check_frequency,
+        shutdown_grace_period,
+        log_level,
+    })
+}
+
+/// serde does not say which field failed to decode; every field is optional, so the first key
+/// that fails on its own is the one. Returns "key: serde message".
+fn name_bad_field(value: &serde_json::Value) -> Option<String> {
+    let map = value.as_object()?;
+    map.iter().find_map(|(key, v)| {
+        let single =
+            serde_json::Value::Object(serde_json::Map::from_iter([(key.clone(), v.clone())]));
+        let e = serde_json::from_value::<RawConfig>(single).err()?;
+        Some(if e.to_string().starts_with("unknown field") {
+            e.to_string()
+        } else {
+            format!("{key}: {e}")
+        })
+    })
+}
+
+/// The kernel's hostname (`uname -n`), lowercased, as kubelet's default node name.
+pub fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .to_lowercase()
+}
+
+fn absolute(dir: &Path) -> PathBuf {
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// Parses a Kubernetes quantity of bytes: plain digits, or digits with `Ki`, `Mi`, `Gi`, `Ti`
+/// (powers of 1024) or `K`/`k`, `M`, `G`, `T` (powers of 1000). Must be positive.
+pub fn parse_quantity(text: &str) -> Result<u64, String> {
+    const SUFFIXES: &[(&str, u64)] = &[
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("k", 1_000),
+        ("K", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+    ];
+    let bad = || format!("{text:?}: expected a byte quantity such as 10Mi, 500Ki, 1G or 1048576");
+    let (digits, multiplier) = SUFFIXES
+        .iter()
+        .find_map(|(suffix, m)| text.strip_suffix(suffix).map(|d| (d, *m)))
+        .unwrap_or((text, 1));
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let bytes = n
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{text:?}: too large"))?;
+    if bytes == 0 {
+        return Err(format!("{text:?}: must be positive"));
+    }
+    Ok(bytes)
+}
+
+/// Parses a Go duration (`time.ParseDuration`): a sequence of decimal numbers with a unit
+/// (`ns`, `us`/`µs`, `ms`, `s`, `m`, `h`), e.g. `1m30s`, `1.5h`, `500ms`; `0` alone is zero.
+/// Negative durations are rejected.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    const UNITS: &[(&str, u128)] = &[
+        ("ns", 1),
+        ("us", 1_000),
+        ("µs", 1_000),
+        ("ms", 1_000_000),
+        ("s", 1_000_000_000),
+        ("m", 60_000_000_000),
+        ("h", 3_600_000_000_000),
+    ];
+    let bad = || format!("{text:?}: expected a duration such as 20s, 1m30s or 500ms");
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut rest = text;
+    let mut nanos: u128 = 0;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let (number, tail) = rest.split_at(number_end);
+        let unit_end = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_end);
+        let scale = UNITS
+            .iter()
+            .find(|(u, _)| *u == unit)
+            .map(|(_, s)| *s)
+            .ok_or_else(bad)?;
+        let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+        if int.is_empty() && frac.is_empty() || frac.contains('.') {
+            return Err(bad());
+        }
+        let int: u128 = if int.is_empty() {
+            0
+        } else {
+            int.parse().map_err(|_| bad())?
+        };
+        let mut part = int.checked_mul(scale).ok_or_else(bad)?;
+        // Fractions: keep at most 18 digits, enough for nanosecond precision of hours.
+        let frac = &frac[..frac.len().min(18)];
+        if !frac.is_empty() {
+            let f: u128 = frac.parse().map_err(|_| bad())?;
+            part += f * scale / 10u128.pow(frac.len() as u32);
+        }
+        nanos = nanos.checked_add(part).ok_or_else(bad)?;
+        rest = tail;
+    }
+    let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| bad())?;
+    Ok(Duration::new(secs, (nanos % 1_000_000_000) as u32))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn dir() -> &'static Path {
+        Path::new("/etc/nanolet")
+    }
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let c = parse(dir(), "").unwrap();
+        assert_eq!(c.node_name, hostname());
+        assert_eq!(c.static_pod_path, PathBuf::from("/etc/nanolet/manifests"));
+        assert_eq!(c.images_path, PathBuf::from("/etc/nanolet/images"));
+        assert_eq!(c.max_pods, 110);
+        assert_eq!(c.pod_logs_dir, PathBuf::from("/var/log/pods"));
+        assert_eq!(c.container_log_max_size, 10 * 1024 * 1024);
+        assert_eq!(c.container_log_max_files, 5);
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/nanolet"));
+        assert_eq!(c.run_dir, PathBuf::from("/run/nanolet"));
+        assert_eq!(c.runc_root, PathBuf::from("/run/nanolet/runc"));
+        assert_eq!(c.runc_path, PathBuf::from("runc"));
+        assert_eq!(c.cgroup_parent, "nanolet");
+        assert_eq!(c.file_check_frequency, Duration::from_secs(20));
+        assert_eq!(c.shutdown_grace_period, Duration::from_secs(30));
+        assert_eq!(c.log_level, log::LevelFilter::Info);
+    }
+
+    #[test]
+    fn missing_file_gives_defaults() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = load(tmp.path()).unwrap();
+        assert_eq!(c.static_pod_path, tmp.path().join("manifests"));
+    }
+
+    #[test]
+    fn fields_are_read_and_paths_resolved() {
+        let text = "\
+nodeName: edge-01
+staticPodPath: /srv/pods
+imagesPath: img
+maxPods: 8
+containerLogMaxSize: 1048576
+containerLogMaxFiles: 2
+runDir: /run/x
+runcPath: bin/runc
+cgroupParent: edge
+fileCheckFrequency: 1m30s
+shutdownGracePeriod: 500ms
+logLevel: debug
+";
+        let c = parse(dir(), text).unwrap();
+        assert_eq!(c.node_name, "edge-01");
+        assert_eq!(c.static_pod_path, PathBuf::from("/srv/pods"));
+        assert_eq!(c.images_path, PathBuf::from("/etc/nanolet/img"));
+        assert_eq!(c.max_pods, 8);
+        assert_eq!(c.container_log_max_size, 1 << 20);
+        assert_eq!(c.container_log_max_files, 2);
+        assert_eq!(c.runc_root, PathBuf::from("/run/x/runc"));
+        assert_eq!(c.runc_path, PathBuf::from("/etc/nanolet/bin/runc"));
+        assert_eq!(c.cgroup_parent, "edge");
+        assert_eq!(c.file_check_frequency, Duration::from_secs(90));
+        assert_eq!(c.shutdown_grace_period, Duration::from_millis(500));
+        assert_eq!(c.log_level, log::LevelFilter::Debug);
+    }
+
+    #[test]
+    fn bad_files_are_errors_naming_file_and_field() {
+        let cases: &[(&str, &str)] = &[
+            ("nodname: x", "unknown field `nodname`"),
+            ("maxPods: many", "maxPods: invalid type: string \"many\""),
+            ("containerLogMaxSize: 10MB", "containerLogMaxSize: \"10MB\""),
+            (
+                "containerLogMaxSize: 0",
+                "containerLogMaxSize: 0: must be positive",
+            ),
+            (
+                "containerLogMaxSize: 0Mi",
+                "containerLogMaxSize: \"0Mi\": must be positive",
+            ),
+            (
+                "containerLogMaxFiles: 1",
+                "containerLogMaxFiles: 1: must be at least 2",
+            ),
+            (
+                "fileCheckFrequency: 20",
+                "fileCheckFrequency: invalid type: integer `20`",
+            ),
+            ("fileCheckFrequency: 2d", "fileCheckFrequency: \"2d\""),
+            (
+                "fileCheckFrequency: 0s",
+                "fileCheckFrequency: must be positive",
+            ),
+            ("shutdownGracePeriod: -1s", "shutdownGracePeriod"),
+            ("logLevel: loud", "logLevel: \"loud\""),
+            ("nodeName: Edge_01", "nodeName: \"Edge_01\""),
+            ("maxPods: 1\nmaxPods: 2", "duplicate mapping key"),
+        ];
+        for (text, fragment) in cases {
+            let err = parse(dir(), text).expect_err(text).to_string();
+            assert!(
+                err.starts_with("config /etc/nanolet/nanolet.yaml: "),
+                "{err}"
+            );
+            assert!(err.contains(fragment), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn quantities() {
+        let cases: &[(&str, Option<u64>)] = &[
+            ("1048576", Some(1 << 20)),
+            ("10Mi", Some(10 << 20)),
+            ("2Ki", Some(2048)),
+            ("1Gi", Some(1 << 30)),
+            ("5K", Some(5000)),
+            ("5k", Some(5000)),
+            ("3M", Some(3_000_000)),
+            ("1G", Some(1_000_000_000)),
+            ("", None),
+            ("Mi", None),
+            ("1.5Mi", None),
+            ("-1", None),
+            ("10MB", None),
+            ("99999999999999999999", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_quantity(text).ok(), *want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        let ms = Duration::from_millis;
+        let cases: &[(&str, Option<Duration>)] = &[
+            ("20s", Some(ms(20_000))),
+            ("1m30s", Some(ms(90_000))),
+            ("500ms", Some(ms(500))),
+            ("1.5h", Some(ms(5_400_000))),
+            ("2h45m", Some(ms(9_900_000))),
+            ("10us", Some(Duration::from_micros(10))),
+            ("7ns", Some(Duration::from_nanos(7))),
+            ("0", Some(Duration::ZERO)),
+            (".5s", Some(ms(500))),
+            ("", None),
+            ("20", None),
+            ("s", None),
+            ("1d", None),
+            ("-1s", None),
+            ("1..5s", None),
+            ("1 s", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_duration(text).ok(), *want, "{text:?}");
+        }
+    }
+}
