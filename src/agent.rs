@@ -1,1 +1,439 @@
 //! The agent: sources, pod workers and the status snapshot, wired on one executor thread.
+//!
+//! ```text
+//!   start: config → dirs → boot check (reboot? clear stale state) → subreaper → images import
+//!          → adopt runc containers → first full manifest scan → one worker per desired pod
+//!   loop:  inotify | periodic rescan | a pod finished stopping
+//!          → rescan → StaticPodSet (pure merge) → start new workers, Stop removed ones
+//!   SIGTERM/SIGINT: nanolet exits and its pods keep running; the next nanolet adopts them.
+//! ```
+//!
+//! Nothing destructive happens before the first full scan: a container whose pod is no longer
+//! desired is stopped only after the manifests folder has been read completely once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Command as ProcessCommand;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_executor::LocalExecutor;
+use async_io::Timer;
+use async_signal::{Signal, Signals};
+use futures_lite::{FutureExt, StreamExt};
+
+use crate::config::{self, NodeConfig};
+use crate::ctl::ps::SNAPSHOT_FILE;
+use crate::image::ImageStore;
+use crate::k8s::Pod;
+use crate::pod::backoff::BackoffPolicy;
+use crate::pod::board::Board;
+use crate::pod::config::ANNOTATION_POD_UID;
+use crate::pod::status::SourceError;
+use crate::pod::worker::{self, Adopted, Command, Context, Handle};
+use crate::runtime::bundle::Bundle;
+use crate::runtime::runc::Runc;
+use crate::runtime::spec::HostLimits;
+use crate::source::{self, StaticPodSet, watch::DirWatch};
+use crate::state::{self, boot};
+use crate::sys::reaper::Reaper;
+use crate::sys::sandbox::Sandbox;
+use crate::sys::{cgroup, process};
+
+/// Why the agent could not start.
+#[derive(Debug)]
+pub enum Error {
+    Config(config::ConfigError),
+    Setup { what: String, source: std::io::Error },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Config(e) => write!(f, "{e}"),
+            Error::Setup { what, source } => write!(f, "{what}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+fn setup<T>(what: impl Into<String>, r: std::io::Result<T>) -> Result<T, Error> {
+    r.map_err(|source| Error::Setup { what: what.into(), source })
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub fn run(config_dir: &Path) -> Result<(), Error> {
+    let config = config::load(config_dir).map_err(Error::Config)?;
+    log::set_max_level(config.log_level);
+    for dir in [&config.run_dir, &config.data_dir, &config.runc_root, &config.pod_logs_dir] {
+        setup(format!("creating {}", dir.display()), std::fs::create_dir_all(dir))?;
+    }
+    let boot_record = config.data_dir.join("boot_id");
+    let boot_id = setup("reading the boot id", boot::current())?;
+    if boot::classify(&boot_record, &boot_id) == boot::Start::Boot {
+        log::info!("first start in this boot: clearing runtime state the last boot left");
+        clear_stale_state(&config);
+        setup("recording the boot id", boot::record(&boot_record, &boot_id))?;
+    }
+    let (reaper, child_signals) = setup("becoming a child subreaper", Reaper::install())?;
+    let stop_signals = setup("installing signal handlers", Signals::new([Signal::Term, Signal::Int]))?;
+    let images = ImageStore::open(&config.data_dir.join("images"))
+        .map_err(|e| Error::Setup { what: "opening the image store".into(), source: std::io::Error::other(e.to_string()) })?;
+    let exe = setup("finding nanolet's own executable", std::env::current_exe())?;
+    let executor = Rc::new(LocalExecutor::new());
+    let ctx = Rc::new(Context {
+        runc: Runc::new(config.runc_path.clone(), config.runc_root.clone(), reaper.clone()),
+        reaper: reaper.clone(),
+        images,
+        exe,
+        host: host_limits(),
+        backoff: BackoffPolicy {
+            initial: config.crash_loop_backoff_initial,
+            max: config.crash_loop_backoff_max,
+        },
+        board: Board::default(),
+        executor: executor.clone(),
+        config: config.clone(),
+    });
+    executor.spawn(reaper.run(child_signals)).detach();
+    async_io::block_on(executor.run(Agent::new(ctx, config_dir.to_path_buf()).run(stop_signals)));
+    Ok(())
+}
+
+/// After a reboot nothing of the last boot runs: remove its bundles, runc state, namespace
+/// files and writable layers (the run dir may not be on tmpfs in every setup).
+fn clear_stale_state(config: &NodeConfig) {
+    let pods = config.run_dir.join("pods");
+    if let Ok(entries) = std::fs::read_dir(&pods) {
+        for entry in entries.flatten() {
+            let _ = Sandbox { dir: entry.path().join("ns"), host_network: false }.destroy();
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(config.run_dir.join("containers")) {
+        for entry in entries.flatten() {
+            let _ = crate::sys::mount::unmount(&entry.path().join("rootfs"));
+        }
+    }
+    for dir in [pods, config.run_dir.join("containers"), config.data_dir.join("containers")] {
+        if let Err(e) = state::remove_tree(&dir) {
+            log::warn!("removing stale {}: {e}", dir.display());
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(&config.runc_root) {
+        for entry in entries.flatten() {
+            let _ = state::remove_tree(&entry.path());
+        }
+    }
+}
+
+/// What this host lets a container ask for (see the runtime spec's clamping).
+fn host_limits() -> HostLimits {
+    let nofile_hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum.unwrap_or(u64::MAX);
+    // Lowering one's own oom_score_adj needs CAP_SYS_RESOURCE: try it harmlessly (write back
+    // the current value minus nothing) by writing the same value... which always succeeds, so
+    // instead test with a value one lower and restore.
+    let path = "/proc/self/oom_score_adj";
+    let current: i32 = std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    let can_lower = current > -1000 && std::fs::write(path, (current - 1).to_string()).is_ok();
+    if can_lower {
+        let _ = std::fs::write(path, current.to_string());
+    }
+    HostLimits { can_lower_oom_score_adj: can_lower, nofile_hard }
+}
+
+struct Agent {
+    ctx: Rc<Context>,
+    config_dir: PathBuf,
+    set: StaticPodSet,
+    workers: HashMap<String, Handle>,
+    /// Workers told to stop, until they are done.
+    stopping: HashMap<String, async_executor::Task<()>>,
+    reconcile_tx: async_channel::Sender<()>,
+    reconcile_rx: async_channel::Receiver<()>,
+    images_signature: Vec<(String, u64, i64)>,
+}
+
+impl Agent {
+    fn new(ctx: Rc<Context>, config_dir: PathBuf) -> Agent {
+        let (reconcile_tx, reconcile_rx) = async_channel::bounded(1);
+        Agent {
+            ctx,
+            config_dir,
+            set: StaticPodSet::new(),
+            workers: HashMap::new(),
+            stopping: HashMap::new(),
+            reconcile_tx,
+            reconcile_rx,
+            images_signature: Vec::new(),
+        }
+    }
+
+    fn config(&self) -> &NodeConfig {
+        &self.ctx.config
+    }
+
+    async fn run(mut self, mut stop_signals: Signals) {
+        let cfg = self.config().clone();
+        log::info!(
+            "nanolet {} on node {:?}: manifests {}, images {}",
+            env!("CARGO_PKG_VERSION"),
+            cfg.node_name,
+            cfg.static_pod_path.display(),
+            cfg.images_path.display()
+        );
+        self.ctx.executor.spawn(write_snapshots(self.ctx.clone())).detach();
+        self.import_images_if_changed().await;
+        let adopted = self.adoptable().await;
+        let mut adopted = self.first_scan(adopted);
+        self.reconcile(&mut adopted);
+        self.stop_orphans(adopted);
+        let mut watch = match DirWatch::new(&cfg.static_pod_path) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                log::warn!("watching {}: {e}; relying on the periodic rescan", cfg.static_pod_path.display());
+                None
+            }
+        };
+        loop {
+            let tick = async {
+                Timer::after(cfg.file_check_frequency).await;
+                Wake::Tick
+            };
+            let changed = async {
+                match watch.as_mut() {
+                    Some(w) => match w.changed().await {
+                        Ok(()) => Wake::Changed,
+                        Err(_) => std::future::pending().await,
+                    },
+                    None => std::future::pending().await,
+                }
+            };
+            let reconcile = async {
+                let _ = self.reconcile_rx.recv().await;
+                Wake::Changed
+            };
+            let stop = async {
+                stop_signals.next().await;
+                Wake::Stop
+            };
+            match tick.or(changed).or(reconcile).or(stop).await {
+                Wake::Stop => break,
+                Wake::Tick => self.import_images_if_changed().await,
+                Wake::Changed => {}
+            }
+            self.rescan();
+            self.reconcile(&mut BTreeMap::new());
+        }
+        log::info!("nanolet stopping; its pods keep running and the next nanolet adopts them");
+        write_snapshot(&self.ctx);
+    }
+
+    fn rescan(&mut self) {
+        let cfg = self.config();
+        match source::scan_dir(&cfg.static_pod_path, &cfg.node_name) {
+            Ok(scan) => {
+                let changes = self.set.apply_scan(scan);
+                if !changes.is_empty() {
+                    log::info!(
+                        "manifests changed: added {:?}, updated {:?}, removed {:?}",
+                        changes.added,
+                        changes.updated,
+                        changes.removed
+                    );
+                }
+            }
+            Err(e) => log::warn!("{e}"),
+        }
+        let errors = self
+            .set
+            .errors()
+            .into_iter()
+            .map(|(path, error)| SourceError { source: path.display().to_string(), error })
+            .collect();
+        self.ctx.board.set_source_errors(errors);
+    }
+
+    fn first_scan(&mut self, adopted: BTreeMap<String, Vec<Adopted>>) -> BTreeMap<String, Vec<Adopted>> {
+        self.rescan();
+        for (path, error) in self.set.errors() {
+            log::error!("{}: {error}", path.display());
+        }
+        adopted
+    }
+
+    /// Starts workers for new pods and stops workers whose pod is gone.
+    fn reconcile(&mut self, adopted: &mut BTreeMap<String, Vec<Adopted>>) {
+        self.stopping.retain(|_, task| !task.is_finished());
+        let desired: Vec<(String, Pod, String)> = self
+            .set
+            .desired_with_source()
+            .into_iter()
+            .map(|(path, pod)| (pod.metadata.uid.clone(), pod.clone(), path.display().to_string()))
+            .collect();
+        let wanted: std::collections::HashSet<&str> = desired.iter().map(|(uid, _, _)| uid.as_str()).collect();
+        let gone: Vec<String> = self.workers.keys().filter(|uid| !wanted.contains(uid.as_str())).cloned().collect();
+        for uid in gone {
+            if let Some(handle) = self.workers.remove(&uid) {
+                let _ = handle.commands.try_send(Command::Stop);
+                let done = self.reconcile_tx.clone();
+                let task = self.ctx.executor.spawn(async move {
+                    handle.task.await;
+                    let _ = done.try_send(());
+                });
+                self.stopping.insert(uid, task);
+            }
+        }
+        let max_pods = self.config().max_pods as usize;
+        for (uid, pod, source) in desired {
+            if self.workers.contains_key(&uid) || self.stopping.contains_key(&uid) {
+                continue;
+            }
+            if self.workers.len() >= max_pods {
+                log::error!("pod {}/{}: not started: maxPods ({max_pods}) pods already run", pod.metadata.namespace, pod.metadata.name);
+                continue;
+            }
+            let mine = adopted.remove(&uid).unwrap_or_default();
+            let handle = worker::spawn(self.ctx.clone(), pod, source, mine);
+            self.workers.insert(uid, handle);
+        }
+    }
+
+    /// Containers under nanolet's runc root, by pod uid, with their records.
+    async fn adoptable(&self) -> BTreeMap<String, Vec<Adopted>> {
+        let mut by_pod: BTreeMap<String, Vec<Adopted>> = BTreeMap::new();
+        let list = match self.ctx.runc.list().await {
+            Ok(list) => list,
+            Err(e) => {
+                log::error!("listing containers to adopt: {e}");
+                return by_pod;
+            }
+        };
+        for state in list {
+            let bundle = Bundle { id: state.id.clone(), dir: state.bundle.clone(), layer: PathBuf::new() };
+            let uid = state.annotations.as_ref().and_then(|a| a.get(ANNOTATION_POD_UID)).cloned();
+            match (uid, bundle.read_record()) {
+                (Some(uid), Ok(record)) if record.pod_uid == uid => by_pod.entry(uid).or_default().push(Adopted { record, state }),
+                _ => {
+                    log::warn!("container {}: not nanolet's or its record is missing; removing it", state.id);
+                    let _ = self.ctx.runc.delete(&state.id).await;
+                }
+            }
+        }
+        by_pod
+    }
+
+    /// Stops containers whose pod is no longer desired (removed while nanolet was away), and
+    /// removes pod folders nothing uses.
+    fn stop_orphans(&self, orphans: BTreeMap<String, Vec<Adopted>>) {
+        let ctx = self.ctx.clone();
+        let live: std::collections::HashSet<String> = self.workers.keys().cloned().collect();
+        self.ctx
+            .executor
+            .spawn(async move {
+                for (uid, containers) in orphans {
+                    log::info!("pod uid {uid}: no manifest defines it any more; stopping its {} container(s)", containers.len());
+                    for a in &containers {
+                        let _ = ctx.runc.kill(&a.state.id, "SIGTERM").await;
+                    }
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    for a in &containers {
+                        while Instant::now() < deadline && crate::sys::reaper::is_alive(a.state.pid) {
+                            Timer::after(Duration::from_millis(100)).await;
+                        }
+                        let _ = ctx.runc.delete(&a.state.id).await;
+                        let layer = ctx.config.data_dir.join("containers").join(&a.state.id);
+                        let _ = Bundle { id: a.state.id.clone(), dir: a.state.bundle.clone(), layer }.remove();
+                    }
+                }
+                remove_unused_pod_dirs(&ctx, &live);
+            })
+            .detach();
+    }
+
+    /// Imports `images/` again when its listing changed (names, sizes, times), in a child process.
+    async fn import_images_if_changed(&mut self) {
+        let dir = self.config().images_path.clone();
+        let signature = dir_signature(&dir);
+        if signature == self.images_signature {
+            return;
+        }
+        self.images_signature = signature;
+        if self.images_signature.is_empty() {
+            return;
+        }
+        let mut cmd = ProcessCommand::new(&self.ctx.exe);
+        cmd.arg("internal-import").arg("--config-dir").arg(&self.config_dir);
+        match process::output(&self.ctx.reaper, cmd).await {
+            Ok(out) => {
+                for line in String::from_utf8_lossy(&out.stdout).lines() {
+                    log::info!("images: {line}");
+                }
+                for line in String::from_utf8_lossy(&out.stderr).lines() {
+                    log::warn!("images: {line}");
+                }
+            }
+            Err(e) => log::error!("importing images from {}: {e}", dir.display()),
+        }
+        for handle in self.workers.values() {
+            let _ = handle.commands.try_send(Command::ImagesChanged);
+        }
+    }
+}
+
+enum Wake {
+    Tick,
+    Changed,
+    Stop,
+}
+
+fn dir_signature(dir: &Path) -> Vec<(String, u64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut sig: Vec<_> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok().map(|m| (e.file_name().to_string_lossy().into_owned(), m.size(), m.mtime())))
+                .collect()
+        })
+        .unwrap_or_default();
+    sig.sort();
+    sig
+}
+
+fn remove_unused_pod_dirs(ctx: &Context, live: &std::collections::HashSet<String>) {
+    let Ok(entries) = std::fs::read_dir(ctx.config.run_dir.join("pods")) else { return };
+    for entry in entries.flatten() {
+        let uid = entry.file_name().to_string_lossy().into_owned();
+        if live.contains(&uid) {
+            continue;
+        }
+        let _ = Sandbox { dir: entry.path().join("ns"), host_network: false }.destroy();
+        let relative = format!("{}/pod{uid}", ctx.config.cgroup_parent.trim_matches('/'));
+        let _ = cgroup::remove(Path::new(cgroup::CGROUP_ROOT), &relative);
+        let _ = state::remove_tree(&entry.path());
+    }
+}
+
+fn write_snapshot(ctx: &Context) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let snapshot = ctx.board.snapshot(std::process::id() as i32, &ctx.config.node_name, now);
+    let path = ctx.config.run_dir.join(SNAPSHOT_FILE);
+    match serde_json::to_vec_pretty(&snapshot) {
+        Ok(bytes) => {
+            if let Err(e) = state::write_atomic(&path, &bytes) {
+                log::warn!("writing {}: {e}", path.display());
+            }
+        }
+        Err(e) => log::warn!("encoding the status snapshot: {e}"),
+    }
+}
+
+/// Writes the snapshot after each change (changes that come together are written once).
+async fn write_snapshots(ctx: Rc<Context>) {
+    loop {
+        write_snapshot(&ctx);
+        ctx.board.changed().await;
+    }
+}

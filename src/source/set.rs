@@ -143,6 +143,14 @@ impl StaticPodSet {
             .collect()
     }
 
+    /// The desired pods with the file each comes from, sorted by full name.
+    pub fn desired_with_source(&self) -> Vec<(&PathBuf, &Pod)> {
+        self.desired
+            .values()
+            .filter_map(|path| self.files.get(path).and_then(FileState::pod).map(|pod| (path, pod)))
+            .collect()
+    }
+
     /// The per-file errors (broken files and duplicates), sorted by path.
     pub fn errors(&self) -> Vec<(PathBuf, String)> {
         let broken = self.files.iter().filter_map(|(path, state)| match state {
