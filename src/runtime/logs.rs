@@ -242,19 +242,31 @@ impl LogWriter {
         self.file = open_append(&self.path)?;
         self.size = 0;
 
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        let name = file_name(&self.path);
-        let mut old: Vec<(LogFileKey, PathBuf)> = fs::read_dir(dir)?
+        // The rotation is done; failing to prune must not lose the record being written.
+        if let Err(e) = self.remove_oldest_rotated() {
+            log::warn!(
+                "container log {}: removing old rotated files: {e}",
+                self.path.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Deletes the oldest rotated files until at most `max_files` remain, the current included.
+    fn remove_oldest_rotated(&self) -> io::Result<()> {
+        let dir = match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let base = file_name(&self.path);
+        let mut rotated: Vec<(Rotation, PathBuf)> = fs::read_dir(dir)?
             .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let key = LogFileKey::parse(e.file_name().to_str()?)?;
-                (key.base == name && !key.is_current).then(|| (key, e.path()))
-            })
+            .filter_map(|e| Some((Rotation::of(e.file_name().to_str()?, &base)?, e.path())))
             .collect();
-        old.sort();
+        rotated.sort();
         let keep = self.max_files as usize - 1; // the current file counts as one
-        let excess = old.len().saturating_sub(keep);
-        for (_, path) in old.into_iter().take(excess) {
+        let excess = rotated.len().saturating_sub(keep);
+        for (_, path) in rotated.into_iter().take(excess) {
             fs::remove_file(path)?;
         }
         Ok(())
@@ -288,14 +300,43 @@ fn file_name(path: &Path) -> String {
 struct LogFileKey {
     restart: u64,
     is_current: bool,
+    rotation: Rotation,
+}
+
+/// The suffix of a rotated file, `<YYYYMMDD-HHMMSS>[.<seq>]`, ordered oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct Rotation {
     stamp: String,
     seq: u32,
-    /// `N.log`, the current file this one belongs to.
-    base: String,
 }
 
 fn all_digits(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+impl Rotation {
+    /// Parses the part after `N.log.`; `None` for other files (`.gz`, `.tmp`): not ours to read.
+    fn parse(suffix: &str) -> Option<Rotation> {
+        let (stamp, seq) = match suffix.split_once('.') {
+            Some((stamp, seq)) if all_digits(seq) => (stamp, seq.parse().ok()?),
+            Some(_) => return None,
+            None => (suffix, 0),
+        };
+        let is_stamp = stamp.len() == 15
+            && stamp.bytes().enumerate().all(|(i, b)| match i {
+                8 => b == b'-',
+                _ => b.is_ascii_digit(),
+            });
+        is_stamp.then(|| Rotation {
+            stamp: stamp.to_string(),
+            seq,
+        })
+    }
+
+    /// The rotation of `name` if it is a rotated copy of the file named `base`.
+    fn of(name: &str, base: &str) -> Option<Rotation> {
+        Rotation::parse(name.strip_prefix(base)?.strip_prefix('.')?)
+    }
 }
 
 impl LogFileKey {
@@ -304,31 +345,21 @@ impl LogFileKey {
         if !all_digits(restart) {
             return None;
         }
-        let key = |is_current, stamp: &str, seq| LogFileKey {
-            restart: restart.parse().unwrap_or(u64::MAX),
-            is_current,
-            stamp: stamp.to_string(),
-            seq,
-            base: format!("{restart}.log"),
-        };
+        let restart = restart.parse().unwrap_or(u64::MAX);
         if rest.is_empty() {
-            return Some(key(true, "", 0));
-        }
-        let suffix = rest.strip_prefix('.')?;
-        let (stamp, seq) = match suffix.split_once('.') {
-            Some((stamp, seq)) if all_digits(seq) => (stamp, seq.parse().ok()?),
-            Some(_) => return None, // `.gz`, `.tmp`: not ours to read
-            None => (suffix, 0),
-        };
-        let is_stamp = stamp.len() == 15
-            && stamp.bytes().enumerate().all(|(i, b)| {
-                if i == 8 {
-                    b == b'-'
-                } else {
-                    b.is_ascii_digit()
-                }
+            let rotation = Rotation::default();
+            return Some(LogFileKey {
+                restart,
+                is_current: true,
+                rotation,
             });
-        is_stamp.then(|| key(false, stamp, seq))
+        }
+        let rotation = Rotation::parse(rest.strip_prefix('.')?)?;
+        Some(LogFileKey {
+            restart,
+            is_current: false,
+            rotation,
+        })
     }
 }
 
@@ -830,6 +861,29 @@ mod tests {
         assert_eq!(names(&files)[10], "0.log.20161006-001709.10");
         let all: String = (0..12).map(|i| format!("line{i:02}\n")).collect();
         assert_eq!(contents(&files, None), all);
+    }
+
+    #[test]
+    fn prunes_rotated_files_of_any_log_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = LogWriter::open(&dir.path().join("custom.log"), 50, 2).unwrap();
+        for i in 0..5 {
+            w.write(
+                Stream::Stdout,
+                format!("line{i}\n").as_bytes(),
+                at(T0 + i, 0),
+            )
+            .unwrap();
+        }
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        // One 46-byte record per file; the last rotation, at line4's time, moved line3 aside.
+        assert_eq!(left, ["custom.log", "custom.log.20161006-001713"]);
+        assert!(read(&dir.path().join("custom.log.20161006-001713")).ends_with(" F line3\n"));
+        assert!(read(&dir.path().join("custom.log")).ends_with(" stdout F line4\n"));
     }
 
     #[test]

@@ -378,6 +378,10 @@ pub fn runtime_spec(c: &ContainerConfig, host: &HostLimits) -> (serde_json::Valu
         other => other,
     };
 
+    if c.args.is_empty() {
+        warnings.push("process.args: empty: runc will refuse to create the container".to_string());
+    }
+
     let has_uts_namespace = c.namespaces.iter().any(|n| n.kind == NamespaceKind::Uts);
     let hostname = match &c.hostname {
         Some(h) if !has_uts_namespace => {
@@ -669,6 +673,19 @@ mod tests {
     }
 
     #[test]
+    fn warns_about_empty_args() {
+        let config = ContainerConfig {
+            args: vec![],
+            ..minimal()
+        };
+        let (_, warnings) = runtime_spec(&config, &HOST);
+        assert_eq!(
+            warnings,
+            ["process.args: empty: runc will refuse to create the container"]
+        );
+    }
+
+    #[test]
     fn drops_hostname_without_a_uts_namespace() {
         let config = ContainerConfig {
             namespaces: vec![Namespace {
@@ -768,5 +785,85 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The host limits as the agent would read them: `RLIMIT_NOFILE`'s hard limit and whether
+    /// `CAP_SYS_RESOURCE` (bit 24) is in the effective set.
+    fn probe_host() -> HostLimits {
+        let nofile_hard = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .maximum
+            .unwrap_or(u64::MAX);
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let cap_eff = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap();
+        HostLimits {
+            can_lower_oom_score_adj: cap_eff & (1 << 24) != 0,
+            nofile_hard,
+        }
+    }
+
+    /// Runs `runc run` on generated specs with a rootfs made of the host's `/usr` (bind-mounted
+    /// read-only) and checks what the process inside sees. Asks for a negative `oomScoreAdj`,
+    /// which without `CAP_SYS_RESOURCE` only works because it is clamped.
+    #[test]
+    #[ignore = "needs root and /usr/sbin/runc"]
+    fn runc_runs_the_generated_spec() {
+        assert!(rustix::process::geteuid().is_root(), "run as root");
+        let host = probe_host();
+        let bundle = tempfile::tempdir().unwrap();
+        let rootfs = bundle.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("usr")).unwrap();
+        for link in ["bin", "lib", "lib64", "sbin"] {
+            std::os::unix::fs::symlink(format!("usr/{link}"), rootfs.join(link)).unwrap();
+        }
+        let id = format!("nanolet-spec-test-{}", std::process::id());
+        let script = "hostname; id -u; id -g; id -G; ulimit -n; cat /proc/self/oom_score_adj; \
+                      pwd; touch /rootfs-is-writable 2>/dev/null || echo read-only";
+        let config = ContainerConfig {
+            args: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            cwd: "/usr".into(),
+            user: User {
+                uid: 1000,
+                gid: 1001,
+                additional_gids: vec![10, 29],
+            },
+            mounts: vec![Mount {
+                destination: "/usr".into(),
+                source: "/usr".into(),
+                kind: "bind".into(),
+                options: vec!["rbind".into(), "ro".into()],
+            }],
+            cgroups_path: format!("/{id}"),
+            oom_score_adj: Some(-5),
+            readonly_rootfs: true,
+            no_new_privileges: true,
+            ..minimal()
+        };
+        let (spec, warnings) = runtime_spec(&config, &host);
+        let config_json = serde_json::to_string_pretty(&spec).unwrap();
+        std::fs::write(bundle.path().join("config.json"), config_json).unwrap();
+        let out = std::process::Command::new("/usr/sbin/runc")
+            .args(["run", "--bundle"])
+            .arg(bundle.path())
+            .arg(&id)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "runc run: {}\n{stdout}\n{stderr}",
+            out.status
+        );
+        let want_adj = if host.can_lower_oom_score_adj { -5 } else { 0 };
+        let want = format!(
+            "web\n1000\n1001\n1001 10 29\n{}\n{want_adj}\n/usr\nread-only\n",
+            host.nofile_hard.min(DEFAULT_NOFILE)
+        );
+        assert_eq!(stdout, want, "warnings: {warnings:?}; stderr: {stderr}");
     }
 }
