@@ -125,8 +125,12 @@ pub struct User {
 pub struct ContainerConfig {
     pub args: Vec<String>,
     pub env: Vec<String>,
+    /// Empty means `/`.
     pub cwd: String,
     pub user: User,
+    /// Set for a container with its own UTS namespace (the pod sandbox). A container that joins
+    /// the pod's UTS namespace inherits its hostname and should pass `None`, as CRI does;
+    /// without any UTS namespace entry the hostname is dropped with a warning (runc refuses it).
     pub hostname: Option<String>,
     pub namespaces: Vec<Namespace>,
     /// Extra mounts, placed after the default ones (so they may cover them).
@@ -544,6 +548,7 @@ mod tests {
                 ("io.kubernetes.container.name".into(), "app".into()),
                 ("io.kubernetes.pod.name".into(), "web".into()),
             ]),
+            hostname: None,
             oom_score_adj: Some(1000),
             ..minimal()
         }
