@@ -131,14 +131,16 @@ fn clear_stale_state(config: &NodeConfig) {
 /// What this host lets a container ask for (see the runtime spec's clamping).
 fn host_limits() -> HostLimits {
     let nofile_hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum.unwrap_or(u64::MAX);
-    // Lowering one's own oom_score_adj needs CAP_SYS_RESOURCE: try it harmlessly (write back
-    // the current value minus nothing) by writing the same value... which always succeeds, so
-    // instead test with a value one lower and restore.
-    let path = "/proc/self/oom_score_adj";
-    let current: i32 = std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-    let can_lower = current > -1000 && std::fs::write(path, (current - 1).to_string()).is_ok();
-    if can_lower {
-        let _ = std::fs::write(path, current.to_string());
+    // Lowering an oom_score_adj needs CAP_SYS_RESOURCE (bit 24 of the effective set).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let can_lower = cap_eff & (1 << 24) != 0;
+    if !can_lower {
+        log::warn!("no CAP_SYS_RESOURCE: negative oom_score_adj values are clamped to 0");
     }
     HostLimits { can_lower_oom_score_adj: can_lower, nofile_hard }
 }

@@ -1,9 +1,216 @@
-//! The command line: `nanolet agent|ps|logs|images|version`.
+//! The command line: `nanolet agent|ps|logs|images|version`, and the hidden child modes the
+//! agent runs itself as (`internal-sandbox`, `internal-import`).
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use lexopt::prelude::*;
+
+use crate::config;
+use crate::ctl;
+
+const USAGE: &str = "usage: nanolet <command> [--config-dir DIR]
+
+commands:
+  agent                       run the node agent (default config dir /etc/nanolet)
+  ps [-o table|json]          pods and containers, from the running agent's status
+  logs POD [-c CONTAINER] [-n NAMESPACE] [-f] [--tail N] [-p|--previous]
+                              a container's logs
+  images                      images in the store
+  version                     print the version
+";
+
+/// Default configuration directory.
+pub const DEFAULT_CONFIG_DIR: &str = "/etc/nanolet";
+
+/// A parsed command line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Agent,
+    Ps { json: bool },
+    Logs(ctl::logs::Options),
+    Images,
+    Version,
+    Help,
+    Sandbox { dir: PathBuf, hostname: String, host_network: bool },
+    Import,
+}
+
+/// Parses `args` (without the program name) into a command and the config dir.
+pub fn parse(args: Vec<String>) -> Result<(Command, PathBuf), lexopt::Error> {
+    let mut parser = lexopt::Parser::from_args(args);
+    let mut config_dir = PathBuf::from(DEFAULT_CONFIG_DIR);
+    let mut verb: Option<String> = None;
+    let mut positional: Vec<String> = Vec::new();
+    let mut json = false;
+    let mut logs = ctl::logs::Options::default();
+    let mut host_network = false;
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("config-dir") => config_dir = parser.value()?.into(),
+            Short('h') | Long("help") => return Ok((Command::Help, config_dir)),
+            Short('o') | Long("output") => {
+                let v: String = parser.value()?.string()?;
+                json = match v.as_str() {
+                    "json" => true,
+                    "table" | "wide" => false,
+                    _ => return Err(format!("-o {v}: expected table or json").into()),
+                }
+            }
+            Short('c') | Long("container") => logs.container = Some(parser.value()?.string()?),
+            Short('n') | Long("namespace") => logs.namespace = Some(parser.value()?.string()?),
+            Short('f') | Long("follow") => logs.follow = true,
+            Short('p') | Long("previous") => logs.previous = true,
+            Long("tail") => logs.tail = Some(parser.value()?.parse()?),
+            Long("host-network") => host_network = true,
+            Value(v) if verb.is_none() => verb = Some(v.string()?),
+            Value(v) => positional.push(v.string()?),
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    let command = match verb.as_deref() {
+        Some("agent") => Command::Agent,
+        Some("ps") => Command::Ps { json },
+        Some("logs") => {
+            logs.pod = positional.pop().ok_or("logs: which pod? usage: nanolet logs POD")?;
+            Command::Logs(logs)
+        }
+        Some("images") => Command::Images,
+        Some("version") => Command::Version,
+        Some("internal-sandbox") if positional.len() == 2 => Command::Sandbox {
+            dir: PathBuf::from(&positional[0]),
+            hostname: positional[1].clone(),
+            host_network,
+        },
+        Some("internal-import") => Command::Import,
+        None => Command::Help,
+        Some(other) => return Err(format!("unknown command {other:?}").into()),
+    };
+    Ok((command, config_dir))
+}
 
 /// Entry point called by `main`.
 pub fn main() -> ExitCode {
-    println!("nanolet {}", env!("CARGO_PKG_VERSION"));
-    ExitCode::SUCCESS
+    crate::logger::init("info");
+    let args = std::env::args().skip(1).collect();
+    let (command, config_dir) = match parse(args) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("nanolet: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(command, &config_dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nanolet: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command, config_dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    match command {
+        Command::Help => print!("{USAGE}"),
+        Command::Version => println!("nanolet {} ({})", env!("CARGO_PKG_VERSION"), std::env::consts::ARCH),
+        Command::Agent => crate::agent::run(config_dir)?,
+        Command::Ps { json } => {
+            let cfg = config::load(config_dir)?;
+            let snapshot = ctl::ps::read_snapshot(&cfg.run_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&snapshot)?);
+            } else {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                let alive = crate::sys::reaper::is_alive(snapshot.agent_pid);
+                print!("{}", ctl::ps::render_table(&snapshot, now, alive));
+            }
+        }
+        Command::Logs(options) => {
+            let cfg = config::load(config_dir)?;
+            ctl::logs::run(&cfg, &options, &mut std::io::stdout().lock())?;
+        }
+        Command::Images => {
+            let cfg = config::load(config_dir)?;
+            let store = crate::image::ImageStore::open(&cfg.data_dir.join("images"))?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{:<48} {:<20} {:>10}", "IMAGE", "ID", "SIZE")?;
+            for image in store.list()? {
+                let id = image.config_digest.to_string();
+                let short = id.trim_start_matches("sha256:").get(..12).unwrap_or("").to_string();
+                let names = if image.names.is_empty() { vec!["<none>".to_string()] } else { image.names.clone() };
+                for name in names {
+                    writeln!(out, "{:<48} {:<20} {:>10}", name, short, human_size(image.size))?;
+                }
+            }
+        }
+        Command::Sandbox { dir, hostname, host_network } => {
+            crate::sys::sandbox::init_in_child(&dir, &hostname, host_network)?
+        }
+        Command::Import => import(config_dir)?,
+    }
+    Ok(())
+}
+
+/// The `internal-import` child: imports every archive and layout in `images/`, unpacks each
+/// image's rootfs, and prints one line per result (the agent logs them).
+fn import(config_dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let cfg = config::load(config_dir)?;
+    let store = crate::image::ImageStore::open(&cfg.data_dir.join("images"))?;
+    let platform = crate::image::Platform::host();
+    for (path, result) in store.import_dir(&cfg.images_path, &platform) {
+        match result {
+            Ok(images) => {
+                for image in images {
+                    match store.rootfs(&image) {
+                        Ok(_) => println!("{}: imported {} ({})", path.display(), image.names.join(", "), image.config_digest),
+                        Err(e) => eprintln!("{}: {e}", path.display()),
+                    }
+                }
+            }
+            Err(e) => eprintln!("{}: {e}", path.display()),
+        }
+    }
+    Ok(())
+}
+
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1}{}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn commands_parse_with_their_options() {
+        let (cmd, dir) = parse(args("agent --config-dir /tmp/x")).unwrap();
+        assert_eq!((cmd, dir), (Command::Agent, PathBuf::from("/tmp/x")));
+        assert_eq!(parse(args("ps -o json")).unwrap().0, Command::Ps { json: true });
+        let (cmd, dir) = parse(args("logs web -c app -f --tail 5")).unwrap();
+        assert_eq!(dir, PathBuf::from(DEFAULT_CONFIG_DIR));
+        let Command::Logs(o) = cmd else { panic!("{cmd:?}") };
+        assert_eq!((o.pod.as_str(), o.container.as_deref(), o.follow, o.tail), ("web", Some("app"), true, Some(5)));
+    }
+
+    #[test]
+    fn bad_command_lines_are_errors_naming_the_problem() {
+        assert!(parse(args("frobnicate")).unwrap_err().to_string().contains("frobnicate"));
+        assert!(parse(args("logs")).unwrap_err().to_string().contains("which pod"));
+        assert!(parse(args("ps -o yaml")).unwrap_err().to_string().contains("yaml"));
+        assert!(parse(args("logs web --tail x")).is_err());
+    }
 }

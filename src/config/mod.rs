@@ -61,6 +61,13 @@ pub struct NodeConfig {
     pub shutdown_grace_period: Duration,
     /// `logLevel`: one of `off`, `error`, `warn`, `info`, `debug`, `trace`. Default: `info`.
     pub log_level: log::LevelFilter,
+    /// `crashLoopBackOff.initialContainerRestartPeriod` (default `10s`): the wait before the
+    /// second restart of a crashing container; each later one doubles. nanolet's addition
+    /// (kubelet fixes it at 10 s); tests and impatient appliances shorten it.
+    pub crash_loop_backoff_initial: Duration,
+    /// `crashLoopBackOff.maxContainerRestartPeriod` (default `300s`): the cap of the back-off,
+    /// as in KubeletConfiguration (feature KubeletCrashLoopBackOffMax).
+    pub crash_loop_backoff_max: Duration,
 }
 
 /// The file as written: everything optional, unknown fields rejected.
@@ -82,6 +89,14 @@ struct RawConfig {
     file_check_frequency: Option<String>,
     shutdown_grace_period: Option<String>,
     log_level: Option<String>,
+    crash_loop_back_off: Option<RawCrashLoopBackOff>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawCrashLoopBackOff {
+    initial_container_restart_period: Option<String>,
+    max_container_restart_period: Option<String>,
 }
 
 /// A quantity as written: `10Mi`, or a plain number of bytes.
@@ -217,6 +232,21 @@ pub fn parse(config_dir: &Path, text: &str) -> Result<NodeConfig, ConfigError> {
             )
         })?,
     };
+    let backoff = raw.crash_loop_back_off.unwrap_or_default();
+    let crash_loop_backoff_initial = match backoff.initial_container_restart_period {
+        None => Duration::from_secs(10),
+        Some(d) => parse_duration(&d).map_err(|m| invalid("crashLoopBackOff.initialContainerRestartPeriod", m))?,
+    };
+    let crash_loop_backoff_max = match backoff.max_container_restart_period {
+        None => Duration::from_secs(300),
+        Some(d) => parse_duration(&d).map_err(|m| invalid("crashLoopBackOff.maxContainerRestartPeriod", m))?,
+    };
+    if crash_loop_backoff_initial.is_zero() || crash_loop_backoff_max < crash_loop_backoff_initial {
+        return Err(invalid(
+            "crashLoopBackOff",
+            "initialContainerRestartPeriod must be positive and at most maxContainerRestartPeriod".into(),
+        ));
+    }
     let run_dir = resolve(raw.run_dir, "/run/nanolet");
     let runc_root = match raw.runc_root {
         Some(p) => config_dir.join(p),
@@ -244,6 +274,8 @@ pub fn parse(config_dir: &Path, text: &str) -> Result<NodeConfig, ConfigError> {
         file_check_frequency,
         shutdown_grace_period,
         log_level,
+        crash_loop_backoff_initial,
+        crash_loop_backoff_max,
     })
 }
 

@@ -3,8 +3,13 @@
 //! - [`lifecycle`] (pure): which container starts next, back-off, the pod's phase.
 //! - [`backoff`] (pure): CrashLoopBackOff timing.
 //! - [`status`]: Kubernetes-shaped pod and container status, and the snapshot `ps` reads.
+//! - [`config`] (pure): a container of a Pod plus its image → the runtime configuration.
+//! - [`board`]: where workers publish status for the snapshot.
 //! - [`worker`]: one task per pod that carries out the decisions with the runtime.
 
 pub mod backoff;
 pub mod lifecycle;
 pub mod status;
+pub mod board;
+pub mod config;
+pub mod worker;
