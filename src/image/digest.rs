@@ -211,6 +211,7 @@ impl<W: io::Write> io::Write for HashingWriter<W> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -260,6 +260,7 @@ pub fn parse_docker_archive_manifest(bytes: &[u8]) -> Result<Vec<DockerArchiveEn
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

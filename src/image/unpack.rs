@@ -600,4 +600,5 @@ fn remove_all_at_fd(dir: BorrowedFd<'_>, name: &[u8]) -> Result<(), Errno> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests;
