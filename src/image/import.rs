@@ -1,0 +1,798 @@
+//! Import of images into the store from an OCI image layout directory, an OCI archive
+//! (a tar of a layout) or a `docker save` archive (`manifest.json` with Config/RepoTags/
+//! Layers), selecting the node's platform from an image index.
+//!
+//! Owns: reading the source, verifying every blob while it is copied into the store
+//! (size and sha256 of the blob; sha256 of the uncompressed layer against the config's
+//! `rootfs.diff_ids`), and recording the image. Must never: put an unverified blob under
+//! `blobs/`, hold a layer in memory (JSON documents, bounded by
+//! [`oci::MAX_DOCUMENT_SIZE`], are read whole), or follow a path out of the source.
+//!
+//! ```text
+//! source ──read──► tmp/blob-N ──verify size+digest+diff_id──► fsync ──rename──► blobs/sha256/<hex>
+//! ```
+
+use super::digest::{self, Digest, HashingWriter, Verifier};
+use super::oci::{self, Compression, Descriptor, Index, Manifest};
+use super::reference::Reference;
+use super::{Error, Image, ImageConfig, ImageStore, Platform};
+use log::{info, warn};
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Where the image files come from: paths are relative to the layout/archive root.
+trait Source {
+    /// `Ok(None)` when the path does not exist.
+    fn open(&self, path: &str) -> io::Result<Option<Box<dyn Read + '_>>>;
+}
+
+struct DirSource {
+    dir: PathBuf,
+}
+
+impl Source for DirSource {
+    fn open(&self, path: &str) -> io::Result<Option<Box<dyn Read + '_>>> {
+        let Some(rel) = clean(path) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "path leaves the layout",
+            ));
+        };
+        match File::open(self.dir.join(rel)) {
+            Ok(f) => Ok(Some(Box::new(f))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+enum TarItem {
+    File {
+        offset: u64,
+        size: u64,
+    },
+    /// Symlink or hardlink, already resolved to an archive path.
+    Link(String),
+}
+
+/// A plain tar archive read by offset: one pass builds the table of contents, then each
+/// blob is read in place.
+struct TarSource {
+    file: File,
+    items: HashMap<String, TarItem>,
+}
+
+impl TarSource {
+    fn open(path: &Path) -> io::Result<TarSource> {
+        let file = File::open(path)?;
+        let mut items = HashMap::new();
+        let mut archive = tar::Archive::new(&file);
+        for entry in archive.entries()? {
+            let entry = entry?;
+            let raw = entry.path_bytes().into_owned();
+            let Some(name) = clean(&String::from_utf8_lossy(&raw)) else {
+                continue;
+            };
+            let item = match entry.header().entry_type() {
+                tar::EntryType::Regular | tar::EntryType::Continuous => TarItem::File {
+                    offset: entry.raw_file_position(),
+                    size: entry.size(),
+                },
+                tar::EntryType::Symlink => {
+                    let target = entry.link_name_bytes().unwrap_or_default();
+                    let target = String::from_utf8_lossy(&target).into_owned();
+                    let dir = name.rsplit_once('/').map_or("", |(d, _)| d);
+                    let joined = if target.starts_with('/') {
+                        target
+                    } else {
+                        format!("{dir}/{target}")
+                    };
+                    match clean(&joined) {
+                        Some(t) => TarItem::Link(t),
+                        None => continue,
+                    }
+                }
+                tar::EntryType::Link => {
+                    let target = entry.link_name_bytes().unwrap_or_default();
+                    match clean(&String::from_utf8_lossy(&target)) {
+                        Some(t) => TarItem::Link(t),
+                        None => continue,
+                    }
+                }
+                _ => continue,
+            };
+            items.insert(name, item);
+        }
+        Ok(TarSource { file, items })
+    }
+}
+
+impl Source for TarSource {
+    fn open(&self, path: &str) -> io::Result<Option<Box<dyn Read + '_>>> {
+        let Some(mut name) = clean(path) else {
+            return Ok(None);
+        };
+        for _ in 0..8 {
+            match self.items.get(&name) {
+                None => return Ok(None),
+                Some(TarItem::File { offset, size }) => {
+                    return Ok(Some(Box::new(ReadAt {
+                        file: &self.file,
+                        pos: *offset,
+                        end: offset + size,
+                    })));
+                }
+                Some(TarItem::Link(target)) => name = target.clone(),
+            }
+        }
+        Err(io::Error::other("too many levels of links in archive"))
+    }
+}
+
+/// Reads `file[pos..end]` with pread, so several readers can share one `File`.
+struct ReadAt<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = usize::try_from(self.end - self.pos).unwrap_or(usize::MAX);
+        let want = buf.len().min(left);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "archive truncated",
+            ));
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Normalizes an archive path (`./a//b/../c` → `a/c`); `None` if it climbs above the root.
+fn clean(path: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            c => parts.push(c),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+pub(super) fn import_path(
+    store: &ImageStore,
+    path: &Path,
+    platform: &Platform,
+) -> Result<Vec<Image>, Error> {
+    let src_err = |reason: String| Error::Source {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let meta = fs::metadata(path).map_err(|e| src_err(e.to_string()))?;
+    let source: Box<dyn Source> = if meta.is_dir() {
+        Box::new(DirSource {
+            dir: path.to_path_buf(),
+        })
+    } else {
+        let mut magic = [0u8; 2];
+        let n = File::open(path)
+            .and_then(|mut f| f.read(&mut magic))
+            .map_err(|e| src_err(e.to_string()))?;
+        if n == 2 && magic == [0x1f, 0x8b] {
+            return Err(src_err(
+                "compressed archive: only plain tar archives are supported (gunzip it first)"
+                    .into(),
+            ));
+        }
+        Box::new(TarSource::open(path).map_err(|e| src_err(format!("read archive: {e}")))?)
+    };
+    let mut importer = Importer {
+        store,
+        source: source.as_ref(),
+        platform,
+        origin: path.display().to_string(),
+    };
+    let has = |p: &str| {
+        source
+            .open(p)
+            .map(|r| r.is_some())
+            .map_err(|e| src_err(e.to_string()))
+    };
+    let images = if has("manifest.json")? {
+        importer.import_docker_archive()?
+    } else if has("index.json")? {
+        importer.import_oci_layout()?
+    } else {
+        return Err(src_err(
+            "neither an OCI image layout (index.json) nor a docker archive (manifest.json)".into(),
+        ));
+    };
+    for image in &images {
+        info!(
+            "image {}: imported from {} ({})",
+            image.names.join(", "),
+            path.display(),
+            image.manifest_digest.short()
+        );
+    }
+    Ok(images)
+}
+
+struct Importer<'a> {
+    store: &'a ImageStore,
+    source: &'a dyn Source,
+    platform: &'a Platform,
+    /// The source path, naming images that have no name.
+    origin: String,
+}
+
+/// How many index levels we follow (layout index → image index → manifest).
+const MAX_INDEX_DEPTH: usize = 2;
+
+impl Importer<'_> {
+    fn import_oci_layout(&mut self) -> Result<Vec<Image>, Error> {
+        let origin = self.origin.clone();
+        let bytes = self.read_document(&origin, "index.json", "index.json", None)?;
+        let index = Index::parse(&bytes).map_err(|source| Error::Document {
+            image: origin.clone(),
+            object: "index.json".into(),
+            source,
+        })?;
+        // Several descriptors may name the same manifest: merge their names.
+        let mut chosen: Vec<(Descriptor, Vec<String>)> = Vec::new();
+        for d in &index.manifests {
+            let names = names_from_annotations(d);
+            let label = names.first().cloned().unwrap_or_else(|| origin.clone());
+            let Some(m) = self.select(&label, d, 0)? else {
+                continue;
+            };
+            match chosen.iter_mut().find(|(c, _)| c.digest == m.digest) {
+                Some((_, existing)) => existing.extend(names),
+                None => chosen.push((m, names)),
+            }
+        }
+        if chosen.is_empty() {
+            return Err(Error::Platform {
+                image: origin,
+                want: self.platform.to_string(),
+            });
+        }
+        chosen
+            .into_iter()
+            .map(|(m, names)| self.import_manifest(&m, names))
+            .collect()
+    }
+
+    /// The manifest for our platform reachable from `d`, if any.
+    fn select(
+        &self,
+        image: &str,
+        d: &Descriptor,
+        depth: usize,
+    ) -> Result<Option<Descriptor>, Error> {
+        if let Some(p) = &d.platform
+            && !self
+                .platform
+                .matches(&p.os, &p.architecture, p.variant.as_deref())
+        {
+            return Ok(None);
+        }
+        if d.is_manifest() {
+            return Ok(Some(d.clone()));
+        }
+        if !d.is_index() {
+            warn!(
+                "image {image}: descriptor {} of media type {:?}: skipped",
+                d.digest.short(),
+                d.media_type
+            );
+            return Ok(None);
+        }
+        if depth >= MAX_INDEX_DEPTH {
+            return Err(Error::Invalid {
+                image: image.to_string(),
+                reason: "image indexes nested too deep".into(),
+            });
+        }
+        let object = format!("index {}", d.digest);
+        let bytes = self.read_document(image, &object, &blob_path(&d.digest), Some(d))?;
+        let index = Index::parse(&bytes).map_err(|source| Error::Document {
+            image: image.to_string(),
+            object,
+            source,
+        })?;
+        for child in &index.manifests {
+            if let Some(m) = self.select(image, child, depth + 1)? {
+                return Ok(Some(m));
+            }
+        }
+        Ok(None)
+    }
+
+    fn import_manifest(&self, desc: &Descriptor, names: Vec<String>) -> Result<Image, Error> {
+        let image = names
+            .first()
+            .cloned()
+            .unwrap_or_else(|| self.origin.clone());
+        // Already imported (and verified then): only the names may be new.
+        if let Some(existing) = self.known(&desc.digest)? {
+            return self.store.record(&Image { names, ..existing });
+        }
+        let object = format!("manifest {}", desc.digest);
+        let bytes = self.read_document(&image, &object, &blob_path(&desc.digest), Some(desc))?;
+        let manifest = Manifest::parse(&bytes).map_err(|source| Error::Document {
+            image: image.clone(),
+            object: object.clone(),
+            source,
+        })?;
+        let config_object = format!("config {}", manifest.config.digest);
+        let config_bytes = self.read_document(
+            &image,
+            &config_object,
+            &blob_path(&manifest.config.digest),
+            Some(&manifest.config),
+        )?;
+        let config =
+            self.check_config(&image, &config_object, &config_bytes, manifest.layers.len())?;
+        let mut size = manifest.config.size;
+        for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+            let compression =
+                Compression::of_layer(&layer.media_type).map_err(|reason| Error::Invalid {
+                    image: image.clone(),
+                    reason: format!("layer {}: {reason}", layer.digest),
+                })?;
+            let object = format!("layer {}", layer.digest);
+            let reader = self.open_blob(&image, &object, &blob_path(&layer.digest))?;
+            self.put_layer(
+                reader,
+                Some((&layer.digest, layer.size)),
+                Some(compression),
+                diff_id,
+            )
+            .map_err(|source| Error::Blob {
+                image: image.clone(),
+                object,
+                source,
+            })?;
+            size += layer.size;
+        }
+        self.put_document(&image, &config_object, &config_bytes)?;
+        self.put_document(&image, &object, &bytes)?;
+        self.store.record(&Image {
+            names,
+            manifest_digest: desc.digest.clone(),
+            config_digest: manifest.config.digest.clone(),
+            config: image_config(config.config.unwrap_or_default()),
+            size,
+        })
+    }
+
+    fn import_docker_archive(&mut self) -> Result<Vec<Image>, Error> {
+        let origin = self.origin.clone();
+        let bytes = self.read_document(&origin, "manifest.json", "manifest.json", None)?;
+        let entries =
+            oci::parse_docker_archive_manifest(&bytes).map_err(|source| Error::Document {
+                image: origin.clone(),
+                object: "manifest.json".into(),
+                source,
+            })?;
+        let mut images = Vec::new();
+        for entry in entries {
+            let names: Vec<String> = entry
+                .repo_tags
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|t| normalize_name(t))
+                .collect();
+            let image = names.first().cloned().unwrap_or_else(|| origin.clone());
+            let config_object = format!("config {}", entry.config);
+            let config_bytes = self.read_document(&image, &config_object, &entry.config, None)?;
+            let config_digest = Digest::of(&config_bytes);
+            let config_object = format!("config {config_digest}");
+            let config =
+                self.check_config(&image, &config_object, &config_bytes, entry.layers.len())?;
+            let mut layers = Vec::new();
+            for (path, diff_id) in entry.layers.iter().zip(&config.rootfs.diff_ids) {
+                let object = format!("layer {path}");
+                let reader = self.open_blob(&image, &object, path)?;
+                let (digest, size, compression) = self
+                    .put_layer(reader, None, None, diff_id)
+                    .map_err(|source| Error::Blob {
+                        image: image.clone(),
+                        object,
+                        source,
+                    })?;
+                let media_type = match compression {
+                    Compression::Gzip => oci::MEDIA_TYPE_OCI_LAYER_GZIP,
+                    Compression::None => oci::MEDIA_TYPE_OCI_LAYER,
+                };
+                layers.push(descriptor(media_type, digest, size));
+            }
+            let size = config_bytes.len() as u64 + layers.iter().map(|l| l.size).sum::<u64>();
+            let config_desc = descriptor(
+                oci::MEDIA_TYPE_OCI_CONFIG,
+                config_digest.clone(),
+                config_bytes.len() as u64,
+            );
+            let manifest = Manifest::new(config_desc, layers);
+            let manifest_bytes = serde_json::to_vec(&manifest).map_err(|e| Error::Invalid {
+                image: image.clone(),
+                reason: format!("encode manifest: {e}"),
+            })?;
+            let manifest_digest = Digest::of(&manifest_bytes);
+            self.put_document(&image, &config_object, &config_bytes)?;
+            self.put_document(
+                &image,
+                &format!("manifest {manifest_digest}"),
+                &manifest_bytes,
+            )?;
+            images.push(self.store.record(&Image {
+                names,
+                manifest_digest,
+                config_digest,
+                config: image_config(config.config.unwrap_or_default()),
+                size,
+            })?);
+        }
+        Ok(images)
+    }
+
+    /// Parses the config, checks its platform and that it has one diff_id per layer.
+    fn check_config(
+        &self,
+        image: &str,
+        object: &str,
+        bytes: &[u8],
+        layers: usize,
+    ) -> Result<oci::Config, Error> {
+        let config = oci::Config::parse(bytes).map_err(|source| Error::Document {
+            image: image.to_string(),
+            object: object.to_string(),
+            source,
+        })?;
+        if !self
+            .platform
+            .matches(&config.os, &config.architecture, config.variant.as_deref())
+        {
+            return Err(Error::Platform {
+                image: image.to_string(),
+                want: self.platform.to_string(),
+            });
+        }
+        if config.rootfs.diff_ids.len() != layers {
+            return Err(Error::Invalid {
+                image: image.to_string(),
+                reason: format!(
+                    "{object}: {} diff_ids for {layers} layers",
+                    config.rootfs.diff_ids.len()
+                ),
+            });
+        }
+        Ok(config)
+    }
+
+    /// The recorded image with this manifest, if all its blobs are still in the store.
+    fn known(&self, manifest: &Digest) -> Result<Option<Image>, Error> {
+        let records = self.store.read_records()?;
+        let Some(image) = records
+            .images
+            .into_iter()
+            .find(|i| i.manifest_digest == *manifest)
+        else {
+            return Ok(None);
+        };
+        let complete = self.store.layers_of(&image).is_ok_and(|layers| {
+            layers
+                .iter()
+                .chain([&image.config_digest])
+                .all(|d| self.store.blob_path(d).is_file())
+        });
+        Ok(complete.then_some(image))
+    }
+
+    fn open_blob(
+        &self,
+        image: &str,
+        object: &str,
+        path: &str,
+    ) -> Result<Box<dyn Read + '_>, Error> {
+        match self.source.open(path) {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err(Error::Invalid {
+                image: image.to_string(),
+                reason: format!("{object}: {path} not found"),
+            }),
+            Err(e) => Err(Error::Blob {
+                image: image.to_string(),
+                object: object.to_string(),
+                source: digest::Error::Io(e),
+            }),
+        }
+    }
+
+    /// Reads a small JSON document, verifying it against its descriptor when there is one.
+    fn read_document(
+        &self,
+        image: &str,
+        object: &str,
+        path: &str,
+        desc: Option<&Descriptor>,
+    ) -> Result<Vec<u8>, Error> {
+        let blob_err = |source| Error::Blob {
+            image: image.to_string(),
+            object: object.to_string(),
+            source,
+        };
+        if let Some(d) = desc
+            && d.size > oci::MAX_DOCUMENT_SIZE
+        {
+            return Err(Error::Invalid {
+                image: image.to_string(),
+                reason: format!("{object}: larger than {} bytes", oci::MAX_DOCUMENT_SIZE),
+            });
+        }
+        let reader = self.open_blob(image, object, path)?;
+        let mut bytes = Vec::new();
+        reader
+            .take(oci::MAX_DOCUMENT_SIZE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| blob_err(digest::Error::Io(e)))?;
+        if bytes.len() as u64 > oci::MAX_DOCUMENT_SIZE {
+            return Err(Error::Invalid {
+                image: image.to_string(),
+                reason: format!("{object}: larger than {} bytes", oci::MAX_DOCUMENT_SIZE),
+            });
+        }
+        if let Some(d) = desc {
+            let mut v = Verifier::new();
+            v.update(&bytes);
+            v.verify(&d.digest, Some(d.size)).map_err(blob_err)?;
+        }
+        Ok(bytes)
+    }
+
+    /// Stores an already verified document under its digest.
+    fn put_document(&self, image: &str, object: &str, bytes: &[u8]) -> Result<(), Error> {
+        let digest = Digest::of(bytes);
+        self.put_blob(
+            bytes,
+            Some((&digest, bytes.len() as u64)),
+            Some(Compression::None),
+            None,
+        )
+        .map(|_| ())
+        .map_err(|source| Error::Blob {
+            image: image.to_string(),
+            object: object.to_string(),
+            source,
+        })
+    }
+
+    /// Copies a layer into the store, verifying its digest (if known) and its diff_id. A
+    /// layer already in the store is only re-checked against this diff_id.
+    fn put_layer(
+        &self,
+        reader: impl Read,
+        want: Option<(&Digest, u64)>,
+        compression: Option<Compression>,
+        diff_id: &Digest,
+    ) -> Result<(Digest, u64, Compression), digest::Error> {
+        if let Some((d, size)) = want
+            && let Ok(file) = File::open(self.store.blob_path(d))
+        {
+            let (_, _, c) = copy_verified(file, io::sink(), None, compression, Some(diff_id))?;
+            return Ok((d.clone(), size, c));
+        }
+        self.put_blob(reader, want, compression, Some(diff_id))
+    }
+
+    /// Streams `reader` into a temp file in the store, verifies, fsyncs and renames it to
+    /// `blobs/sha256/<hex>`. Returns the digest, size and detected compression.
+    fn put_blob(
+        &self,
+        reader: impl Read,
+        want: Option<(&Digest, u64)>,
+        compression: Option<Compression>,
+        diff_id: Option<&Digest>,
+    ) -> Result<(Digest, u64, Compression), digest::Error> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let tmp = self.store.tmp_dir().join(format!(
+            "blob-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = (|| {
+            let file = File::create(&tmp).map_err(digest::Error::Io)?;
+            let (digest, size, c) = copy_verified(reader, &file, want, compression, diff_id)?;
+            file.sync_all().map_err(digest::Error::Io)?;
+            fs::rename(&tmp, self.store.blob_path(&digest)).map_err(digest::Error::Io)?;
+            Ok((digest, size, c))
+        })();
+        if result.is_err() {
+            // Best effort: the verification error is the one to report.
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+/// Copies `reader` to `out` while hashing it and, when `diff_id` is given, hashing its
+/// decompressed content. `compression: None` sniffs gzip from the first bytes.
+fn copy_verified(
+    mut reader: impl Read,
+    mut out: impl Write,
+    want: Option<(&Digest, u64)>,
+    compression: Option<Compression>,
+    diff_id: Option<&Digest>,
+) -> Result<(Digest, u64, Compression), digest::Error> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut blob = Verifier::new();
+    let mut diff: Option<DiffHasher> = None;
+    let mut detected = compression;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(digest::Error::Io(e)),
+        };
+        let chunk = &buf[..n];
+        let c = *detected.get_or_insert(if blob.is_empty() && chunk.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else {
+            Compression::None
+        });
+        blob.update(chunk);
+        if let Some((_, size)) = want
+            && blob.len() > size
+        {
+            return Err(digest::Error::SizeMismatch {
+                want: size,
+                got: blob.len(),
+            });
+        }
+        out.write_all(chunk).map_err(digest::Error::Io)?;
+        if diff_id.is_some() {
+            diff.get_or_insert_with(|| DiffHasher::new(c))
+                .write(chunk)?;
+        }
+    }
+    let size = blob.len();
+    let digest = match want {
+        Some((d, size)) => {
+            blob.verify(d, Some(size))?;
+            d.clone()
+        }
+        None => blob.digest(),
+    };
+    if let Some(want_diff) = diff_id {
+        let c = detected.unwrap_or(Compression::None);
+        diff.unwrap_or_else(|| DiffHasher::new(c))
+            .finish()?
+            .verify(want_diff, None)?;
+    }
+    Ok((digest, size, detected.unwrap_or(Compression::None)))
+}
+
+/// Hashes the uncompressed content of a layer as its compressed bytes are fed in.
+enum DiffHasher {
+    Plain(Verifier),
+    Gzip(Box<flate2::write::MultiGzDecoder<HashingWriter<io::Sink>>>),
+}
+
+impl DiffHasher {
+    fn new(c: Compression) -> DiffHasher {
+        match c {
+            Compression::None => DiffHasher::Plain(Verifier::new()),
+            Compression::Gzip => DiffHasher::Gzip(Box::new(flate2::write::MultiGzDecoder::new(
+                HashingWriter {
+                    inner: io::sink(),
+                    verifier: Verifier::new(),
+                },
+            ))),
+        }
+    }
+
+    fn write(&mut self, chunk: &[u8]) -> Result<(), digest::Error> {
+        match self {
+            DiffHasher::Plain(v) => {
+                v.update(chunk);
+                Ok(())
+            }
+            DiffHasher::Gzip(d) => d
+                .write_all(chunk)
+                .map_err(|e| digest::Error::Io(io::Error::new(e.kind(), format!("gunzip: {e}")))),
+        }
+    }
+
+    fn finish(self) -> Result<Verifier, digest::Error> {
+        match self {
+            DiffHasher::Plain(v) => Ok(v),
+            DiffHasher::Gzip(d) => d
+                .finish()
+                .map(|w| w.verifier)
+                .map_err(|e| digest::Error::Io(io::Error::new(e.kind(), format!("gunzip: {e}")))),
+        }
+    }
+}
+
+fn blob_path(d: &Digest) -> String {
+    format!("blobs/sha256/{}", d.hex())
+}
+
+fn descriptor(media_type: &str, digest: Digest, size: u64) -> Descriptor {
+    Descriptor {
+        media_type: media_type.to_string(),
+        digest,
+        size,
+        platform: None,
+        annotations: Default::default(),
+    }
+}
+
+/// Image names from a layout descriptor: containerd's full-name annotation, else
+/// `org.opencontainers.image.ref.name` read as a reference (`busybox:latest`; a bare
+/// `busybox` means `busybox:latest`). Invalid names are logged and ignored.
+fn names_from_annotations(d: &Descriptor) -> Vec<String> {
+    let name = d
+        .annotations
+        .get(oci::ANNOTATION_CONTAINERD_NAME)
+        .or_else(|| d.annotations.get(oci::ANNOTATION_REF_NAME));
+    name.and_then(|n| normalize_name(n)).into_iter().collect()
+}
+
+fn normalize_name(name: &str) -> Option<String> {
+    match Reference::parse(name) {
+        Ok(r) => Some(r.to_string()),
+        Err(e) => {
+            warn!("{e}: name ignored");
+            None
+        }
+    }
+}
+
+fn image_config(c: oci::ExecConfig) -> ImageConfig {
+    ImageConfig {
+        entrypoint: c.entrypoint.unwrap_or_default(),
+        cmd: c.cmd.unwrap_or_default(),
+        env: c.env.unwrap_or_default(),
+        working_dir: c.working_dir.unwrap_or_default(),
+        user: c.user.unwrap_or_default(),
+        stop_signal: c.stop_signal,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_keeps_archive_paths_inside() {
+        let cases = [
+            ("./blobs/sha256/ab", Some("blobs/sha256/ab")),
+            ("a//b/../c", Some("a/c")),
+            ("/index.json", Some("index.json")),
+            ("../x", None),
+            ("a/../../x", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(clean(input).as_deref(), want, "{input}");
+        }
+    }
+}
