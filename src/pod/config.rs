@@ -144,7 +144,7 @@ pub fn command_line(c: &Container, image: &ImageConfig, env: &[(String, String)]
 /// what is defined before it), then `HOSTNAME`.
 pub fn environment(pod: &Pod, c: &Container, image_env: &[String]) -> Result<Vec<(String, String)>, ConfigError> {
     let mut env: Vec<(String, String)> = Vec::new();
-    let mut set = |env: &mut Vec<(String, String)>, k: String, v: String| match env.iter_mut().find(|(n, _)| *n == k) {
+    let set = |env: &mut Vec<(String, String)>, k: String, v: String| match env.iter_mut().find(|(n, _)| *n == k) {
         Some(slot) => slot.1 = v,
         None => env.push((k, v)),
     };
