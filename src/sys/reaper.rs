@@ -44,6 +44,10 @@ impl Exit {
     }
 }
 
+/// `__WALL`: also reap "clone" children, whose exit signal is not SIGCHLD. runc starts the
+/// container process that way, and it stays so after it is re-parented to nanolet.
+const WALL: WaitOptions = WaitOptions::from_bits_retain(0x4000_0000);
+
 #[derive(Default)]
 struct Table {
     /// Exits nobody has asked for yet.
@@ -79,7 +83,9 @@ impl Reaper {
     /// Reaps every child that has exited, without blocking.
     pub fn reap_all(&self) {
         loop {
-            match rustix::process::waitpid(None, WaitOptions::NOHANG) {
+            // `wait`, not `waitpid(None)`: the latter waits only for our own process group, and runc
+            // puts each container in a session of its own.
+            match rustix::process::wait(WaitOptions::NOHANG | WALL) {
                 Ok(Some((pid, status))) => {
                     if let Some(exit) = Exit::from_status(status) {
                         self.deliver(pid.as_raw_nonzero().get(), exit);
@@ -92,6 +98,7 @@ impl Reaper {
     }
 
     fn deliver(&self, pid: i32, exit: Exit) {
+        log::debug!("reaped pid {pid}: {exit:?}");
         let mut table = self.table.borrow_mut();
         match table.waiters.remove(&pid) {
             Some(tx) => {
