@@ -644,6 +644,7 @@ fn copy_verified(
     let mut blob = Verifier::new();
     let mut diff: Option<DiffHasher> = None;
     let mut detected = compression;
+    let mut diff_err = None;
     loop {
         let n = match reader.read(&mut buf) {
             Ok(0) => break,
@@ -667,9 +668,13 @@ fn copy_verified(
             });
         }
         out.write_all(chunk).map_err(digest::Error::Io)?;
-        if diff_id.is_some() {
-            diff.get_or_insert_with(|| DiffHasher::new(c))
-                .write(chunk)?;
+        // A decompression error is reported only once the blob's own digest checks out:
+        // a corrupted blob is named as such, not as a broken gzip stream.
+        if diff_id.is_some() && diff_err.is_none() {
+            let hasher = diff.get_or_insert_with(|| DiffHasher::new(c));
+            if let Err(e) = hasher.write(chunk) {
+                diff_err = Some(e);
+            }
         }
     }
     let size = blob.len();
@@ -680,6 +685,9 @@ fn copy_verified(
         }
         None => blob.digest(),
     };
+    if let Some(e) = diff_err {
+        return Err(e);
+    }
     if let Some(want_diff) = diff_id {
         let c = detected.unwrap_or(Compression::None);
         diff.unwrap_or_else(|| DiffHasher::new(c))
