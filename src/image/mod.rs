@@ -25,6 +25,7 @@ pub mod digest;
 mod import;
 pub mod oci;
 pub mod reference;
+mod source;
 pub mod unpack;
 
 use digest::Digest;

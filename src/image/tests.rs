@@ -464,3 +464,17 @@ fn open_removes_stale_temporaries() {
     assert_eq!(fs::read_dir(e.store_dir.join("tmp")).unwrap().count(), 0);
     assert_eq!(fs::read_dir(e.store_dir.join("rootfs")).unwrap().count(), 0);
 }
+
+#[test]
+fn manifests_without_platform_are_chosen_by_their_config() {
+    let e = env();
+    let mut a = add_image(&e.layout, "arm64", &[tar_of(&[("arch", b"arm64")])]);
+    let mut b = add_image(&e.layout, "amd64", &[tar_of(&[("arch", b"amd64")])]);
+    a.as_object_mut().unwrap().remove("platform");
+    b.as_object_mut().unwrap().remove("platform");
+    write_index(&e.layout, vec![named(a, "p:arm"), named(b, "p:amd")]);
+    let images = e.store.import_path(&e.layout, &amd64()).unwrap();
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].names, ["docker.io/library/p:amd"]);
+    assert_eq!(e.store.resolve("p:arm").unwrap(), None);
+}
