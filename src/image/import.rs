@@ -15,164 +15,13 @@
 use super::digest::{self, Digest, HashingWriter, Verifier};
 use super::oci::{self, Compression, Descriptor, Index, Manifest};
 use super::reference::Reference;
+use super::source::{DirSource, Source, TarSource};
 use super::{Error, Image, ImageConfig, ImageStore, Platform};
 use log::{info, warn};
-use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-/// Where the image files come from: paths are relative to the layout/archive root.
-trait Source {
-    /// `Ok(None)` when the path does not exist.
-    fn open(&self, path: &str) -> io::Result<Option<Box<dyn Read + '_>>>;
-}
-
-struct DirSource {
-    dir: PathBuf,
-}
-
-impl Source for DirSource {
-    fn open(&self, path: &str) -> io::Result<Option<Box<dyn Read + '_>>> {
-        let Some(rel) = clean(path) else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "path leaves the layout",
-            ));
-        };
-        match File::open(self.dir.join(rel)) {
-            Ok(f) => Ok(Some(Box::new(f))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-}
-
-enum TarItem {
-    File {
-        offset: u64,
-        size: u64,
-    },
-    /// Symlink or hardlink, already resolved to an archive path.
-    Link(String),
-}
-
-/// A plain tar archive read by offset: one pass builds the table of contents, then each
-/// blob is read in place.
-struct TarSource {
-    file: File,
-    items: HashMap<String, TarItem>,
-}
-
-impl TarSource {
-    fn open(path: &Path) -> io::Result<TarSource> {
-        let file = File::open(path)?;
-        let mut items = HashMap::new();
-        let mut archive = tar::Archive::new(&file);
-        for entry in archive.entries()? {
-            let entry = entry?;
-            let raw = entry.path_bytes().into_owned();
-            let Some(name) = clean(&String::from_utf8_lossy(&raw)) else {
-                continue;
-            };
-            let item = match entry.header().entry_type() {
-                tar::EntryType::Regular | tar::EntryType::Continuous => TarItem::File {
-                    offset: entry.raw_file_position(),
-                    size: entry.size(),
-                },
-                tar::EntryType::Symlink => {
-                    let target = entry.link_name_bytes().unwrap_or_default();
-                    let target = String::from_utf8_lossy(&target).into_owned();
-                    let dir = name.rsplit_once('/').map_or("", |(d, _)| d);
-                    let joined = if target.starts_with('/') {
-                        target
-                    } else {
-                        format!("{dir}/{target}")
-                    };
-                    match clean(&joined) {
-                        Some(t) => TarItem::Link(t),
-                        None => continue,
-                    }
-                }
-                tar::EntryType::Link => {
-                    let target = entry.link_name_bytes().unwrap_or_default();
-                    match clean(&String::from_utf8_lossy(&target)) {
-                        Some(t) => TarItem::Link(t),
-                        None => continue,
-                    }
-                }
-                _ => continue,
-            };
-            items.insert(name, item);
-        }
-        Ok(TarSource { file, items })
-    }
-}
-
-impl Source for TarSource {
-    fn open(&self, path: &str) -> io::Result<Option<Box<dyn Read + '_>>> {
-        let Some(mut name) = clean(path) else {
-            return Ok(None);
-        };
-        for _ in 0..8 {
-            match self.items.get(&name) {
-                None => return Ok(None),
-                Some(TarItem::File { offset, size }) => {
-                    return Ok(Some(Box::new(ReadAt {
-                        file: &self.file,
-                        pos: *offset,
-                        end: offset + size,
-                    })));
-                }
-                Some(TarItem::Link(target)) => name = target.clone(),
-            }
-        }
-        Err(io::Error::other("too many levels of links in archive"))
-    }
-}
-
-/// Reads `file[pos..end]` with pread, so several readers can share one `File`.
-struct ReadAt<'a> {
-    file: &'a File,
-    pos: u64,
-    end: u64,
-}
-
-impl Read for ReadAt<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = usize::try_from(self.end - self.pos).unwrap_or(usize::MAX);
-        let want = buf.len().min(left);
-        if want == 0 {
-            return Ok(0);
-        }
-        let n = self.file.read_at(&mut buf[..want], self.pos)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "archive truncated",
-            ));
-        }
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-/// Normalizes an archive path (`./a//b/../c` → `a/c`); `None` if it climbs above the root.
-fn clean(path: &str) -> Option<String> {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in path.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop()?;
-            }
-            c => parts.push(c),
-        }
-    }
-    Some(parts.join("/"))
-}
 
 pub(super) fn import_path(
     store: &ImageStore,
@@ -266,16 +115,23 @@ impl Importer<'_> {
                 None => chosen.push((m, names)),
             }
         }
-        if chosen.is_empty() {
+        let mut images = Vec::new();
+        for (m, names) in chosen {
+            match self.import_manifest(&m, names) {
+                Ok(image) => images.push(image),
+                // A manifest listed without a platform turned out (from its config) to be
+                // for another platform: one of its siblings may be ours.
+                Err(Error::Platform { .. }) if m.platform.is_none() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if images.is_empty() {
             return Err(Error::Platform {
                 image: origin,
                 want: self.platform.to_string(),
             });
         }
-        chosen
-            .into_iter()
-            .map(|(m, names)| self.import_manifest(&m, names))
-            .collect()
+        Ok(images)
     }
 
     /// The manifest for our platform reachable from `d`, if any.
@@ -644,6 +500,7 @@ fn copy_verified(
     let mut blob = Verifier::new();
     let mut diff: Option<DiffHasher> = None;
     let mut detected = compression;
+    let mut diff_err = None;
     loop {
         let n = match reader.read(&mut buf) {
             Ok(0) => break,
@@ -667,9 +524,13 @@ fn copy_verified(
             });
         }
         out.write_all(chunk).map_err(digest::Error::Io)?;
-        if diff_id.is_some() {
-            diff.get_or_insert_with(|| DiffHasher::new(c))
-                .write(chunk)?;
+        // A decompression error is reported only once the blob's own digest checks out:
+        // a corrupted blob is named as such, not as a broken gzip stream.
+        if diff_id.is_some() && diff_err.is_none() {
+            let hasher = diff.get_or_insert_with(|| DiffHasher::new(c));
+            if let Err(e) = hasher.write(chunk) {
+                diff_err = Some(e);
+            }
         }
     }
     let size = blob.len();
@@ -680,6 +541,9 @@ fn copy_verified(
         }
         None => blob.digest(),
     };
+    if let Some(e) = diff_err {
+        return Err(e);
+    }
     if let Some(want_diff) = diff_id {
         let c = detected.unwrap_or(Compression::None);
         diff.unwrap_or_else(|| DiffHasher::new(c))
@@ -774,25 +638,5 @@ fn image_config(c: oci::ExecConfig) -> ImageConfig {
         working_dir: c.working_dir.unwrap_or_default(),
         user: c.user.unwrap_or_default(),
         stop_signal: c.stop_signal,
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn clean_keeps_archive_paths_inside() {
-        let cases = [
-            ("./blobs/sha256/ab", Some("blobs/sha256/ab")),
-            ("a//b/../c", Some("a/c")),
-            ("/index.json", Some("index.json")),
-            ("../x", None),
-            ("a/../../x", None),
-        ];
-        for (input, want) in cases {
-            assert_eq!(clean(input).as_deref(), want, "{input}");
-        }
     }
 }

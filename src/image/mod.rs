@@ -25,6 +25,7 @@ pub mod digest;
 mod import;
 pub mod oci;
 pub mod reference;
+mod source;
 pub mod unpack;
 
 use digest::Digest;
@@ -148,8 +149,10 @@ pub enum Error {
         image: String,
         want: String,
     },
+    /// A layer could not be unpacked (`layer` is `None` when the rootfs itself failed).
     Unpack {
         image: String,
+        layer: Option<Digest>,
         source: unpack::Error,
     },
     NotFound {
@@ -181,7 +184,16 @@ impl fmt::Display for Error {
             Error::Platform { image, want } => {
                 write!(f, "image {image}: no manifest for platform {want}")
             }
-            Error::Unpack { image, source } => write!(f, "image {image}: unpack: {source}"),
+            Error::Unpack {
+                image,
+                layer: Some(layer),
+                source,
+            } => write!(f, "image {image}: layer {layer}: unpack: {source}"),
+            Error::Unpack {
+                image,
+                layer: None,
+                source,
+            } => write!(f, "image {image}: unpack: {source}"),
             Error::NotFound { reference } => write!(f, "image {reference:?}: not found"),
         }
     }
@@ -234,10 +246,38 @@ impl ImageStore {
             let p = root.join(dir);
             fs::create_dir_all(&p).map_err(store_err(&p, "create directory"))?;
         }
-        Ok(ImageStore {
+        let store = ImageStore {
             root: root.to_path_buf(),
             limits: Limits::default(),
-        })
+        };
+        store.remove_stale_temporaries()?;
+        Ok(store)
+    }
+
+    /// Deletes what crashed imports and unpacks left behind. Every writer holds the lock,
+    /// so holding it exclusively means no temporary is in use; if it is held, skip.
+    fn remove_stale_temporaries(&self) -> Result<(), Error> {
+        let Ok(_lock) = self.lock(FlockOperation::NonBlockingLockExclusive) else {
+            return Ok(());
+        };
+        let tmp = self.tmp_dir();
+        for entry in fs::read_dir(&tmp).map_err(store_err(&tmp, "read directory"))? {
+            let entry = entry.map_err(store_err(&tmp, "read directory"))?;
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&path)?;
+            } else {
+                fs::remove_file(&path).map_err(store_err(&path, "remove"))?;
+            }
+        }
+        let rootfs = self.root.join("rootfs");
+        for entry in fs::read_dir(&rootfs).map_err(store_err(&rootfs, "read directory"))? {
+            let entry = entry.map_err(store_err(&rootfs, "read directory"))?;
+            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                remove_tree(&entry.path())?;
+            }
+        }
+        Ok(())
     }
 
     /// Replaces the default unpack limits.
@@ -449,11 +489,16 @@ impl ImageStore {
 
     fn unpack_into(&self, image: &Image, dir: &Path) -> Result<(), Error> {
         let name = display_name(image);
-        let unpack_err = |source| Error::Unpack {
-            image: name.clone(),
-            source,
+        let unpack_err = |layer: Option<&Digest>| {
+            let image = name.clone();
+            let layer = layer.cloned();
+            move |source| Error::Unpack {
+                image,
+                layer,
+                source,
+            }
         };
-        let mut unpacker = unpack::Unpacker::new(dir, self.limits).map_err(unpack_err)?;
+        let mut unpacker = unpack::Unpacker::new(dir, self.limits).map_err(unpack_err(None))?;
         for layer in self.layers_of(image)? {
             let path = self.blob_path(&layer);
             let file = fs::File::open(&path).map_err(store_err(&path, "open layer"))?;
@@ -466,7 +511,7 @@ impl ImageStore {
             } else {
                 unpacker.apply_layer(reader)
             }
-            .map_err(unpack_err)?;
+            .map_err(unpack_err(Some(&layer)))?;
         }
         Ok(())
     }

@@ -416,3 +416,65 @@ fn platform_matching() {
     assert_eq!(p.to_string(), "linux/arm/v7");
     assert_eq!(Platform::host().os, "linux");
 }
+
+#[test]
+fn failed_unpack_names_the_layer_and_leaves_no_rootfs() {
+    let e = env();
+    // A layer with a `..` entry (written raw: tar::Builder refuses such names).
+    let mut h = tar::Header::new_old();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(1);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.as_old_mut().name[..4].copy_from_slice(b"../x");
+    h.set_cksum();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&h, &b"x"[..]).unwrap();
+    let evil = b.into_inner().unwrap();
+    let good = tar_of(&[("ok", b"ok")]);
+    write_index(
+        &e.layout,
+        vec![named(
+            add_image(&e.layout, "amd64", &[good, evil.clone()]),
+            "evil",
+        )],
+    );
+
+    let image = e.store.import_path(&e.layout, &amd64()).unwrap().remove(0);
+    let err = e.store.rootfs(&image).unwrap_err().to_string();
+    let layer = Digest::of(&gzip(&evil));
+    assert_eq!(
+        err,
+        format!(
+            "image docker.io/library/evil:latest: layer {layer}: unpack: entry \"../x\": path contains \"..\""
+        )
+    );
+    assert_eq!(fs::read_dir(e.store_dir.join("rootfs")).unwrap().count(), 0);
+    assert!(!e.store_dir.parent().unwrap().join("x").exists());
+}
+
+#[test]
+fn open_removes_stale_temporaries() {
+    let e = env();
+    fs::write(e.store_dir.join("tmp/blob-1-0"), b"partial").unwrap();
+    fs::create_dir(e.store_dir.join("rootfs/.tmp-abc-1")).unwrap();
+    let _store = ImageStore::open(&e.store_dir).unwrap();
+    assert_eq!(fs::read_dir(e.store_dir.join("tmp")).unwrap().count(), 0);
+    assert_eq!(fs::read_dir(e.store_dir.join("rootfs")).unwrap().count(), 0);
+}
+
+#[test]
+fn manifests_without_platform_are_chosen_by_their_config() {
+    let e = env();
+    let mut a = add_image(&e.layout, "arm64", &[tar_of(&[("arch", b"arm64")])]);
+    let mut b = add_image(&e.layout, "amd64", &[tar_of(&[("arch", b"amd64")])]);
+    a.as_object_mut().unwrap().remove("platform");
+    b.as_object_mut().unwrap().remove("platform");
+    write_index(&e.layout, vec![named(a, "p:arm"), named(b, "p:amd")]);
+    let images = e.store.import_path(&e.layout, &amd64()).unwrap();
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].names, ["docker.io/library/p:amd"]);
+    assert_eq!(e.store.resolve("p:arm").unwrap(), None);
+}

@@ -203,9 +203,12 @@ impl Unpacker {
         }
         for (path, mtime) in state.dir_mtimes.iter().rev() {
             let display = String::from_utf8_lossy(path).into_owned();
-            let fd = self
-                .open_in_root(path)
-                .map_err(io_err(&display, "open directory"))?;
+            let fd = match self.open_in_root(path) {
+                Ok(fd) => fd,
+                // Replaced or removed later in the same layer: nothing to stamp.
+                Err(Errno::NOTDIR | Errno::NOENT) => continue,
+                Err(e) => return Err(io_err(&display, "open directory")(e)),
+            };
             rustix::fs::futimens(&fd, &timestamps(*mtime))
                 .map_err(io_err(&display, "set mtime"))?;
         }

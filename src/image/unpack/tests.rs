@@ -238,6 +238,12 @@ fn escape_cases(out: &str) -> Vec<Case> {
             Some(("d", "file")),
         ),
         (
+            "duplicate entry: dir then file in the same layer",
+            vec![layer(&[E::Dir("d"), E::File("d", b"file")])],
+            Want::Ok,
+            Some(("d", "file")),
+        ),
+        (
             "file under a file",
             vec![layer(&[E::File("f", b"1"), E::File("f/g", b"2")])],
             Want::Err("a parent is not a directory"),
