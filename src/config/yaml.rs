@@ -5,6 +5,10 @@
 //! is a string (`yes`, `no`, `on` stay strings, unlike YAML 1.1). Anchors and aliases are
 //! expanded. Mapping keys must be strings and unique.
 //!
+//! One deliberate deviation from YAML 1.2: an integer with a leading zero (`0644`) is octal,
+//! as in the YAML 1.1 decoder Kubernetes uses. Manifests write file modes that way
+//! (`defaultMode: 0400`); reading them as decimal would silently grant the wrong permissions.
+//!
 //! It must never know about Kubernetes types: typed decoding happens on the resulting value.
 //! Errors carry the 1-based line and column of the offending node.
 
@@ -243,6 +247,10 @@ fn resolve_plain(text: &str) -> Result<Value, String> {
     {
         return radix_int(text, oct, 8);
     }
+    // YAML 1.1 / Kubernetes octal: see the module doc.
+    if text.len() > 1 && text.starts_with('0') && text.bytes().all(|b| matches!(b, b'0'..=b'7')) {
+        return radix_int(text, &text[1..], 8);
+    }
     let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
     if !unsigned.is_empty() && unsigned.bytes().all(|b| b.is_ascii_digit()) {
         if let Ok(i) = text.parse::<i64>() {
@@ -321,6 +329,9 @@ mod tests {
             ("a: -7", json!({"a": -7})),
             ("a: 0x1F", json!({"a": 31})),
             ("a: 0o17", json!({"a": 15})),
+            ("a: 0644", json!({"a": 420})),
+            ("a: 0", json!({"a": 0})),
+            ("a: 09", json!({"a": 9})),
             ("a: 1.5", json!({"a": 1.5})),
             ("a: 1e3", json!({"a": 1000.0})),
             ("a: .5", json!({"a": 0.5})),
