@@ -66,7 +66,7 @@ pub struct NodeConfig {
     /// (kubelet fixes it at 10 s); tests and impatient appliances shorten it.
     pub crash_loop_backoff_initial: Duration,
     /// `crashLoopBackOff.maxContainerRestartPeriod` (default `300s`): the cap of the back-off,
-    /// as in KubeletConfiguration (feature KubeletCrashLoopBackOffMax).
+    /// as in KubeletConfiguration (feature gate KubeletCrashLoopBackOffMax).
     pub crash_loop_backoff_max: Duration,
 }
 
@@ -92,6 +92,7 @@ struct RawConfig {
     crash_loop_back_off: Option<RawCrashLoopBackOff>,
 }
 
+/// `crashLoopBackOff`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RawCrashLoopBackOff {
@@ -176,107 +177,123 @@ pub fn parse(config_dir: &Path, text: &str) -> Result<NodeConfig, ConfigError> {
         path: path.clone(),
         source,
     })?;
-    let raw: RawConfig = if value.is_null() {
-        RawConfig::default()
-    } else {
-        serde_json::from_value(value.clone()).map_err(|e| ConfigError::Decode {
-            path: path.clone(),
-            message: name_bad_field(&value).unwrap_or_else(|| e.to_string()),
-        })?
-    };
-    let invalid = |field: &'static str, message: String| ConfigError::Invalid {
+    let decode_error = |message: String| ConfigError::Decode {
         path: path.clone(),
-        field,
         message,
     };
-    let resolve = |p: Option<PathBuf>, default: &str| config_dir.join(p.unwrap_or(default.into()));
+    let raw: RawConfig = match &value {
+        serde_json::Value::Null => RawConfig::default(),
+        serde_json::Value::Object(_) => RawConfig::deserialize(&value)
+            .map_err(|e| decode_error(name_bad_field(&value).unwrap_or_else(|| e.to_string())))?,
+        _ => return Err(decode_error("expected a mapping of settings".into())),
+    };
+    raw.resolve(&config_dir)
+        .map_err(|(field, message)| ConfigError::Invalid {
+            path,
+            field,
+            message,
+        })
+}
 
-    let node_name = raw.node_name.unwrap_or_else(hostname);
-    if let Some(problem) = crate::k8s::validate::dns1123_subdomain_problem(&node_name) {
-        return Err(invalid("nodeName", format!("{node_name:?}: {problem}")));
-    }
-    let container_log_max_size = match raw.container_log_max_size {
-        None => 10 * 1024 * 1024,
-        Some(Quantity::Bytes(0)) => {
-            return Err(invalid("containerLogMaxSize", "0: must be positive".into()));
+impl RawConfig {
+    /// Applies defaults and checks values; an error names the field.
+    fn resolve(self, config_dir: &Path) -> Result<NodeConfig, (&'static str, String)> {
+        let path = |p: Option<PathBuf>, default: &str| config_dir.join(p.unwrap_or(default.into()));
+        let from_hostname = self.node_name.is_none();
+        let node_name = self.node_name.unwrap_or_else(hostname);
+        if let Some(problem) = crate::k8s::validate::dns1123_subdomain_problem(&node_name) {
+            let origin = if from_hostname { " (the hostname)" } else { "" };
+            return Err(("nodeName", format!("{node_name:?}{origin}: {problem}")));
         }
-        Some(Quantity::Bytes(n)) => n,
-        Some(Quantity::Text(q)) => {
-            parse_quantity(&q).map_err(|m| invalid("containerLogMaxSize", m))?
+        let max_pods = self.max_pods.unwrap_or(110);
+        if max_pods == 0 {
+            return Err(("maxPods", "0: must be at least 1".into()));
         }
-    };
-    let container_log_max_files = raw.container_log_max_files.unwrap_or(5);
-    if container_log_max_files < 2 {
-        return Err(invalid(
-            "containerLogMaxFiles",
-            format!("{container_log_max_files}: must be at least 2"),
-        ));
+        let container_log_max_size = match self.container_log_max_size {
+            None => 10 * 1024 * 1024,
+            Some(Quantity::Bytes(0)) => {
+                return Err(("containerLogMaxSize", "0: must be positive".into()));
+            }
+            Some(Quantity::Bytes(n)) => n,
+            Some(Quantity::Text(q)) => {
+                parse_quantity(&q).map_err(|m| ("containerLogMaxSize", m))?
+            }
+        };
+        let container_log_max_files = self.container_log_max_files.unwrap_or(5);
+        if container_log_max_files < 2 {
+            let message = format!("{container_log_max_files}: must be at least 2");
+            return Err(("containerLogMaxFiles", message));
+        }
+        let duration = |field, text: Option<String>, default| match text {
+            None => Ok(Duration::from_secs(default)),
+            Some(d) => parse_duration(&d).map_err(|m| (field, m)),
+        };
+        let file_check_frequency = duration("fileCheckFrequency", self.file_check_frequency, 20)?;
+        if file_check_frequency.is_zero() {
+            return Err(("fileCheckFrequency", "must be positive".into()));
+        }
+        let shutdown_grace_period =
+            duration("shutdownGracePeriod", self.shutdown_grace_period, 30)?;
+        let log_level = match self.log_level {
+            None => log::LevelFilter::Info,
+            Some(l) => l.parse().map_err(|_| {
+                let message =
+                    format!("{l:?}: expected one of off, error, warn, info, debug, trace");
+                ("logLevel", message)
+            })?,
+        };
+        let backoff = self.crash_loop_back_off.unwrap_or_default();
+        let crash_loop_backoff_initial = duration(
+            "crashLoopBackOff.initialContainerRestartPeriod",
+            backoff.initial_container_restart_period,
+            10,
+        )?;
+        let crash_loop_backoff_max = duration(
+            "crashLoopBackOff.maxContainerRestartPeriod",
+            backoff.max_container_restart_period,
+            300,
+        )?;
+        if crash_loop_backoff_initial.is_zero() || crash_loop_backoff_max < crash_loop_backoff_initial {
+            let message = "initialContainerRestartPeriod must be positive and at most maxContainerRestartPeriod";
+            return Err(("crashLoopBackOff", message.into()));
+        }
+        let cgroup_parent = self.cgroup_parent.unwrap_or_else(|| "nanolet".into());
+        if cgroup_parent.is_empty() || cgroup_parent.split('/').any(|c| c == "..") {
+            let message =
+                format!("{cgroup_parent:?}: must be a non-empty cgroup path without \"..\"");
+            return Err(("cgroupParent", message));
+        }
+        let run_dir = path(self.run_dir, "/run/nanolet");
+        let runc_root = match self.runc_root {
+            Some(p) => config_dir.join(p),
+            None => run_dir.join("runc"),
+        };
+        let runc_path = match self.runc_path {
+            // A bare name is left for PATH lookup.
+            Some(p) if p.components().count() > 1 || p.is_absolute() => config_dir.join(p),
+            Some(p) => p,
+            None => PathBuf::from("runc"),
+        };
+        Ok(NodeConfig {
+            node_name,
+            static_pod_path: path(self.static_pod_path, "manifests"),
+            images_path: path(self.images_path, "images"),
+            max_pods,
+            pod_logs_dir: path(self.pod_logs_dir, "/var/log/pods"),
+            container_log_max_size,
+            container_log_max_files,
+            data_dir: path(self.data_dir, "/var/lib/nanolet"),
+            run_dir,
+            runc_root,
+            runc_path,
+            cgroup_parent,
+            file_check_frequency,
+            shutdown_grace_period,
+            log_level,
+            crash_loop_backoff_initial,
+            crash_loop_backoff_max,
+        })
     }
-    let file_check_frequency = match raw.file_check_frequency {
-        None => Duration::from_secs(20),
-        Some(d) => parse_duration(&d).map_err(|m| invalid("fileCheckFrequency", m))?,
-    };
-    if file_check_frequency.is_zero() {
-        return Err(invalid("fileCheckFrequency", "must be positive".into()));
-    }
-    let shutdown_grace_period = match raw.shutdown_grace_period {
-        None => Duration::from_secs(30),
-        Some(d) => parse_duration(&d).map_err(|m| invalid("shutdownGracePeriod", m))?,
-    };
-    let log_level = match raw.log_level {
-        None => log::LevelFilter::Info,
-        Some(l) => l.parse().map_err(|_| {
-            invalid(
-                "logLevel",
-                format!("{l:?}: expected one of off, error, warn, info, debug, trace"),
-            )
-        })?,
-    };
-    let backoff = raw.crash_loop_back_off.unwrap_or_default();
-    let crash_loop_backoff_initial = match backoff.initial_container_restart_period {
-        None => Duration::from_secs(10),
-        Some(d) => parse_duration(&d).map_err(|m| invalid("crashLoopBackOff.initialContainerRestartPeriod", m))?,
-    };
-    let crash_loop_backoff_max = match backoff.max_container_restart_period {
-        None => Duration::from_secs(300),
-        Some(d) => parse_duration(&d).map_err(|m| invalid("crashLoopBackOff.maxContainerRestartPeriod", m))?,
-    };
-    if crash_loop_backoff_initial.is_zero() || crash_loop_backoff_max < crash_loop_backoff_initial {
-        return Err(invalid(
-            "crashLoopBackOff",
-            "initialContainerRestartPeriod must be positive and at most maxContainerRestartPeriod".into(),
-        ));
-    }
-    let run_dir = resolve(raw.run_dir, "/run/nanolet");
-    let runc_root = match raw.runc_root {
-        Some(p) => config_dir.join(p),
-        None => run_dir.join("runc"),
-    };
-    let runc_path = match raw.runc_path {
-        // A bare name is left for PATH lookup.
-        Some(p) if p.components().count() > 1 || p.is_absolute() => config_dir.join(p),
-        Some(p) => p,
-        None => PathBuf::from("runc"),
-    };
-    Ok(NodeConfig {
-        node_name,
-        static_pod_path: resolve(raw.static_pod_path, "manifests"),
-        images_path: resolve(raw.images_path, "images"),
-        max_pods: raw.max_pods.unwrap_or(110),
-        pod_logs_dir: resolve(raw.pod_logs_dir, "/var/log/pods"),
-        container_log_max_size,
-        container_log_max_files,
-        data_dir: resolve(raw.data_dir, "/var/lib/nanolet"),
-        run_dir,
-        runc_root,
-        runc_path,
-        cgroup_parent: raw.cgroup_parent.unwrap_or_else(|| "nanolet".into()),
-        file_check_frequency,
-        shutdown_grace_period,
-        log_level,
-        crash_loop_backoff_initial,
-        crash_loop_backoff_max,
-    })
 }
 
 /// serde does not say which field failed to decode; every field is optional, so the first key
@@ -494,7 +511,13 @@ logLevel: debug
             ),
             ("shutdownGracePeriod: -1s", "shutdownGracePeriod"),
             ("logLevel: loud", "logLevel: \"loud\""),
-            ("nodeName: Edge_01", "nodeName: \"Edge_01\""),
+            (
+                "nodeName: Edge_01",
+                "nodeName: \"Edge_01\": a lowercase RFC 1123 subdomain",
+            ),
+            ("maxPods: 0", "maxPods: 0: must be at least 1"),
+            ("cgroupParent: ../x", "cgroupParent: \"../x\""),
+            ("- a\n- b\n", "expected a mapping of settings"),
             ("maxPods: 1\nmaxPods: 2", "duplicate mapping key"),
         ];
         for (text, fragment) in cases {

@@ -3,7 +3,11 @@
 //! Owns scalar resolution with the YAML 1.2 core schema: `true`/`false`, `null`/`~`/empty,
 //! integers (decimal, `0x`, `0o`), floats; everything else, and every quoted or block scalar,
 //! is a string (`yes`, `no`, `on` stay strings, unlike YAML 1.1). Anchors and aliases are
-//! expanded. Mapping keys must be strings and unique.
+//! expanded, and merge keys (`<<: *base`) are applied. Mapping keys must be strings and unique.
+//!
+//! One deliberate deviation from YAML 1.2: an integer with a leading zero (`0644`) is octal,
+//! as in the YAML 1.1 decoder Kubernetes uses. Manifests write file modes that way
+//! (`defaultMode: 0400`); reading them as decimal would silently grant the wrong permissions.
 //!
 //! It must never know about Kubernetes types: typed decoding happens on the resulting value.
 //! Errors carry the 1-based line and column of the offending node.
@@ -152,11 +156,18 @@ impl<'a> Builder<'a> {
 
     fn mapping(&mut self) -> Result<Map<String, Value>, YamlError> {
         let mut map = Map::new();
+        // Entries from merge keys (`<<: *base`): explicit keys win over them.
+        let mut merged = Map::new();
         loop {
             let (event, key_span) = self.next()?;
             if matches!(event, Event::MappingEnd) {
+                for (key, value) in merged {
+                    map.entry(key).or_insert(value);
+                }
                 return Ok(map);
             }
+            let is_merge_key =
+                matches!(&event, Event::Scalar(text, ScalarStyle::Plain, _, None) if text == "<<");
             let key = match self.node(event, key_span)? {
                 Value::String(key) => key,
                 other => {
@@ -168,6 +179,10 @@ impl<'a> Builder<'a> {
             };
             let (event, span) = self.next()?;
             let value = self.node(event, span)?;
+            if is_merge_key {
+                merge_into(&mut merged, value, &span)?;
+                continue;
+            }
             if map.contains_key(&key) {
                 return Err(YamlError::at(
                     &key_span,
@@ -177,6 +192,36 @@ impl<'a> Builder<'a> {
             map.insert(key, value);
         }
     }
+}
+
+/// The YAML merge key (supported by the decoder Kubernetes uses): `<<: *a` or `<<: [*a, *b]`,
+/// where earlier mappings win over later ones.
+fn merge_into(merged: &mut Map<String, Value>, value: Value, span: &Span) -> Result<(), YamlError> {
+    let sources = match value {
+        Value::Object(map) => vec![map],
+        Value::Array(items) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::Object(map) => Ok(map),
+                _ => Err(YamlError::at(
+                    span,
+                    "merge key: expected a mapping or a list of mappings",
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => {
+            return Err(YamlError::at(
+                span,
+                "merge key: expected a mapping or a list of mappings",
+            ));
+        }
+    };
+    for map in sources {
+        for (key, value) in map {
+            merged.entry(key).or_insert(value);
+        }
+    }
+    Ok(())
 }
 
 fn check_collection_tag(tag: Option<&Tag>, expected: &str, span: &Span) -> Result<(), YamlError> {
@@ -242,6 +287,10 @@ fn resolve_plain(text: &str) -> Result<Value, String> {
         && oct.bytes().all(|b| matches!(b, b'0'..=b'7'))
     {
         return radix_int(text, oct, 8);
+    }
+    // YAML 1.1 / Kubernetes octal: see the module doc.
+    if text.len() > 1 && text.starts_with('0') && text.bytes().all(|b| matches!(b, b'0'..=b'7')) {
+        return radix_int(text, &text[1..], 8);
     }
     let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
     if !unsigned.is_empty() && unsigned.bytes().all(|b| b.is_ascii_digit()) {
@@ -321,6 +370,9 @@ mod tests {
             ("a: -7", json!({"a": -7})),
             ("a: 0x1F", json!({"a": 31})),
             ("a: 0o17", json!({"a": 15})),
+            ("a: 0644", json!({"a": 420})),
+            ("a: 0", json!({"a": 0})),
+            ("a: 09", json!({"a": 9})),
             ("a: 1.5", json!({"a": 1.5})),
             ("a: 1e3", json!({"a": 1000.0})),
             ("a: .5", json!({"a": 0.5})),
@@ -350,6 +402,28 @@ mod tests {
                       "name": "web", "other": "web"})
             )
         );
+    }
+
+    #[test]
+    fn merge_keys_fill_in_missing_keys() {
+        let text = "\
+base: &b {image: nginx, tty: true}
+other: &o {stdin: true, tty: false}
+one: {<<: *b, tty: false}
+two:
+  <<: [*b, *o]
+  name: x
+quoted: {'<<': 1}
+";
+        assert_eq!(
+            parse_one(text).map(|v| (v["one"].clone(), v["two"].clone(), v["quoted"].clone())),
+            Ok((
+                json!({"image": "nginx", "tty": false}),
+                json!({"image": "nginx", "tty": true, "stdin": true, "name": "x"}),
+                json!({"<<": 1}),
+            ))
+        );
+        assert!(parse_one("a: {<<: 1}").is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod validate;
 
 use std::fmt;
 
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
@@ -56,7 +57,7 @@ pub fn decode_pod(value: Value) -> Result<Pod, DecodeError> {
             message: format!("expected a Pod object, got {}", kind_of(&value)),
         });
     }
-    match serde_json::from_value::<Pod>(value.clone()) {
+    match Pod::deserialize(&value) {
         Ok(pod) => Ok(pod),
         Err(e) => Err(locate_pod(&value).unwrap_or(DecodeError {
             field: String::new(),
@@ -118,7 +119,7 @@ struct BadKey<'v> {
 /// full path `prefix.key`. A non-object `value` is itself the culprit, reported at `prefix`.
 fn first_bad_key<'v, T: DeserializeOwned>(value: &'v Value, prefix: &str) -> Option<BadKey<'v>> {
     let Value::Object(map) = value else {
-        let e = serde_json::from_value::<T>(value.clone()).err()?;
+        let e = T::deserialize(value).err()?;
         return Some(BadKey {
             key: String::new(),
             value,
@@ -130,7 +131,7 @@ fn first_bad_key<'v, T: DeserializeOwned>(value: &'v Value, prefix: &str) -> Opt
     };
     map.iter().find_map(|(key, v)| {
         let single = Value::Object(Map::from_iter([(key.clone(), v.clone())]));
-        serde_json::from_value::<T>(single).err().map(|e| BadKey {
+        T::deserialize(&single).err().map(|e| BadKey {
             key: key.clone(),
             value: v,
             error: DecodeError {

@@ -147,7 +147,7 @@ fn validate_container(
         if let Some(p) = env_var_name_problem(&env.name) {
             problem(format!("{path}.env[{i}].name"), p);
         }
-        if env.value.is_some() && env.value_from.is_some() {
+        if env.value.as_deref().is_some_and(|v| !v.is_empty()) && env.value_from.is_some() {
             problem(
                 format!("{path}.env[{i}].valueFrom"),
                 "may not be specified when `value` is not empty".into(),

@@ -242,6 +242,92 @@ spec:
 status: {}
 ";
 
+    /// A control-plane style static pod, in the shape kubeadm writes (written for this test).
+    const KUBEADM_STYLE: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  annotations:
+    example.com/endpoint: https://10.0.0.2:2379
+  creationTimestamp: null
+  labels:
+    component: store
+    tier: control-plane
+  name: store
+  namespace: kube-system
+spec:
+  containers:
+  - command:
+    - store
+    - --data-dir=/var/lib/store
+    - --listen=https://10.0.0.2:2379
+    env:
+    - name: GOMAXPROCS
+      value: "2"
+    - name: POD_IP
+      valueFrom:
+        fieldRef: {fieldPath: status.podIP}
+    image: registry.example.com/store:3.5.9-0
+    imagePullPolicy: IfNotPresent
+    livenessProbe:
+      failureThreshold: 8
+      httpGet: {host: 127.0.0.1, path: /health, port: 2381, scheme: HTTP}
+      initialDelaySeconds: 10
+      periodSeconds: 10
+      timeoutSeconds: 15
+    name: store
+    resources:
+      requests: {cpu: 100m, memory: 100Mi}
+    startupProbe:
+      httpGet: {host: 127.0.0.1, path: /health, port: 2381, scheme: HTTP}
+    securityContext:
+      readOnlyRootFilesystem: true
+    terminationMessagePath: /dev/termination-log
+    terminationMessagePolicy: File
+    volumeMounts:
+    - mountPath: /var/lib/store
+      name: data
+  dnsPolicy: ClusterFirst
+  enableServiceLinks: true
+  hostNetwork: true
+  priority: 2000001000
+  priorityClassName: system-node-critical
+  restartPolicy: Always
+  schedulerName: default-scheduler
+  securityContext:
+    seccompProfile:
+      type: RuntimeDefault
+  terminationGracePeriodSeconds: 30
+  volumes:
+  - hostPath:
+      path: /var/lib/store
+      type: DirectoryOrCreate
+    name: data
+  - name: certs
+    secret:
+      secretName: store-certs
+      defaultMode: 0400
+status: {}
+"#;
+
+    #[test]
+    fn a_kubeadm_style_manifest_parses() {
+        let pod = parse_manifest(&path("store.yaml"), KUBEADM_STYLE.as_bytes(), NODE).unwrap();
+        assert_eq!(pod_full_name(&pod), "kube-system/store-edge-01");
+        assert!(pod.spec.host_network);
+        let c = &pod.spec.containers[0];
+        assert_eq!(c.image_pull_policy(), k8s::PullPolicy::IfNotPresent);
+        assert_eq!(c.command[1], "--data-dir=/var/lib/store");
+        assert_eq!(c.env[0].value.as_deref(), Some("2"));
+        assert!(c.env[1].value_from.is_some());
+        let volumes = pod.spec.volumes.as_ref().unwrap();
+        assert_eq!(volumes[1]["secret"]["defaultMode"], 0o400);
+        assert_eq!(
+            pod.metadata.annotations["example.com/endpoint"],
+            "https://10.0.0.2:2379"
+        );
+    }
+
     fn path(name: &str) -> PathBuf {
         PathBuf::from("/etc/nanolet/manifests").join(name)
     }
