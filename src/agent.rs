@@ -45,7 +45,10 @@ use crate::sys::{cgroup, process};
 #[derive(Debug)]
 pub enum Error {
     Config(config::ConfigError),
-    Setup { what: String, source: std::io::Error },
+    Setup {
+        what: String,
+        source: std::io::Error,
+    },
 }
 
 impl fmt::Display for Error {
@@ -60,31 +63,54 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 fn setup<T>(what: impl Into<String>, r: std::io::Result<T>) -> Result<T, Error> {
-    r.map_err(|source| Error::Setup { what: what.into(), source })
+    r.map_err(|source| Error::Setup {
+        what: what.into(),
+        source,
+    })
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(config_dir: &Path) -> Result<(), Error> {
     let config = config::load(config_dir).map_err(Error::Config)?;
     log::set_max_level(config.log_level);
-    for dir in [&config.run_dir, &config.data_dir, &config.runc_root, &config.pod_logs_dir] {
-        setup(format!("creating {}", dir.display()), std::fs::create_dir_all(dir))?;
+    for dir in [
+        &config.run_dir,
+        &config.data_dir,
+        &config.runc_root,
+        &config.pod_logs_dir,
+    ] {
+        setup(
+            format!("creating {}", dir.display()),
+            std::fs::create_dir_all(dir),
+        )?;
     }
     let boot_record = config.data_dir.join("boot_id");
     let boot_id = setup("reading the boot id", boot::current())?;
     if boot::classify(&boot_record, &boot_id) == boot::Start::Boot {
         log::info!("first start in this boot: clearing runtime state the last boot left");
         clear_stale_state(&config);
-        setup("recording the boot id", boot::record(&boot_record, &boot_id))?;
+        setup(
+            "recording the boot id",
+            boot::record(&boot_record, &boot_id),
+        )?;
     }
     let (reaper, child_signals) = setup("becoming a child subreaper", Reaper::install())?;
-    let stop_signals = setup("installing signal handlers", Signals::new([Signal::Term, Signal::Int]))?;
-    let images = ImageStore::open(&config.data_dir.join("images"))
-        .map_err(|e| Error::Setup { what: "opening the image store".into(), source: std::io::Error::other(e.to_string()) })?;
+    let stop_signals = setup(
+        "installing signal handlers",
+        Signals::new([Signal::Term, Signal::Int]),
+    )?;
+    let images = ImageStore::open(&config.data_dir.join("images")).map_err(|e| Error::Setup {
+        what: "opening the image store".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
     let exe = setup("finding nanolet's own executable", std::env::current_exe())?;
     let executor = Rc::new(LocalExecutor::new());
     let ctx = Rc::new(Context {
-        runc: Runc::new(config.runc_path.clone(), config.runc_root.clone(), reaper.clone()),
+        runc: Runc::new(
+            config.runc_path.clone(),
+            config.runc_root.clone(),
+            reaper.clone(),
+        ),
         reaper: reaper.clone(),
         images,
         exe,
@@ -108,7 +134,11 @@ fn clear_stale_state(config: &NodeConfig) {
     let pods = config.run_dir.join("pods");
     if let Ok(entries) = std::fs::read_dir(&pods) {
         for entry in entries.flatten() {
-            let _ = Sandbox { dir: entry.path().join("ns"), host_network: false }.destroy();
+            let _ = Sandbox {
+                dir: entry.path().join("ns"),
+                host_network: false,
+            }
+            .destroy();
         }
     }
     if let Ok(entries) = std::fs::read_dir(config.run_dir.join("containers")) {
@@ -116,7 +146,11 @@ fn clear_stale_state(config: &NodeConfig) {
             let _ = crate::sys::mount::unmount(&entry.path().join("rootfs"));
         }
     }
-    for dir in [pods, config.run_dir.join("containers"), config.data_dir.join("containers")] {
+    for dir in [
+        pods,
+        config.run_dir.join("containers"),
+        config.data_dir.join("containers"),
+    ] {
         if let Err(e) = state::remove_tree(&dir) {
             log::warn!("removing stale {}: {e}", dir.display());
         }
@@ -130,7 +164,9 @@ fn clear_stale_state(config: &NodeConfig) {
 
 /// What this host lets a container ask for (see the runtime spec's clamping).
 fn host_limits() -> HostLimits {
-    let nofile_hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum.unwrap_or(u64::MAX);
+    let nofile_hard = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(u64::MAX);
     // Lowering an oom_score_adj needs CAP_SYS_RESOURCE (bit 24 of the effective set).
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let cap_eff = status
@@ -142,7 +178,10 @@ fn host_limits() -> HostLimits {
     if !can_lower {
         log::warn!("no CAP_SYS_RESOURCE: negative oom_score_adj values are clamped to 0");
     }
-    HostLimits { can_lower_oom_score_adj: can_lower, nofile_hard }
+    HostLimits {
+        can_lower_oom_score_adj: can_lower,
+        nofile_hard,
+    }
 }
 
 struct Agent {
@@ -185,7 +224,10 @@ impl Agent {
             cfg.static_pod_path.display(),
             cfg.images_path.display()
         );
-        self.ctx.executor.spawn(write_snapshots(self.ctx.clone())).detach();
+        self.ctx
+            .executor
+            .spawn(write_snapshots(self.ctx.clone()))
+            .detach();
         self.import_images_if_changed().await;
         let adopted = self.adoptable().await;
         let mut adopted = self.first_scan(adopted);
@@ -194,7 +236,10 @@ impl Agent {
         let mut watch = match DirWatch::new(&cfg.static_pod_path) {
             Ok(w) => Some(w),
             Err(e) => {
-                log::warn!("watching {}: {e}; relying on the periodic rescan", cfg.static_pod_path.display());
+                log::warn!(
+                    "watching {}: {e}; relying on the periodic rescan",
+                    cfg.static_pod_path.display()
+                );
                 None
             }
         };
@@ -252,12 +297,18 @@ impl Agent {
             .set
             .errors()
             .into_iter()
-            .map(|(path, error)| SourceError { source: path.display().to_string(), error })
+            .map(|(path, error)| SourceError {
+                source: path.display().to_string(),
+                error,
+            })
             .collect();
         self.ctx.board.set_source_errors(errors);
     }
 
-    fn first_scan(&mut self, adopted: BTreeMap<String, Vec<Adopted>>) -> BTreeMap<String, Vec<Adopted>> {
+    fn first_scan(
+        &mut self,
+        adopted: BTreeMap<String, Vec<Adopted>>,
+    ) -> BTreeMap<String, Vec<Adopted>> {
         self.rescan();
         for (path, error) in self.set.errors() {
             log::error!("{}: {error}", path.display());
@@ -272,10 +323,22 @@ impl Agent {
             .set
             .desired_with_source()
             .into_iter()
-            .map(|(path, pod)| (pod.metadata.uid.clone(), pod.clone(), path.display().to_string()))
+            .map(|(path, pod)| {
+                (
+                    pod.metadata.uid.clone(),
+                    pod.clone(),
+                    path.display().to_string(),
+                )
+            })
             .collect();
-        let wanted: std::collections::HashSet<&str> = desired.iter().map(|(uid, _, _)| uid.as_str()).collect();
-        let gone: Vec<String> = self.workers.keys().filter(|uid| !wanted.contains(uid.as_str())).cloned().collect();
+        let wanted: std::collections::HashSet<&str> =
+            desired.iter().map(|(uid, _, _)| uid.as_str()).collect();
+        let gone: Vec<String> = self
+            .workers
+            .keys()
+            .filter(|uid| !wanted.contains(uid.as_str()))
+            .cloned()
+            .collect();
         for uid in gone {
             if let Some(handle) = self.workers.remove(&uid) {
                 let _ = handle.commands.try_send(Command::Stop);
@@ -293,7 +356,11 @@ impl Agent {
                 continue;
             }
             if self.workers.len() >= max_pods {
-                log::error!("pod {}/{}: not started: maxPods ({max_pods}) pods already run", pod.metadata.namespace, pod.metadata.name);
+                log::error!(
+                    "pod {}/{}: not started: maxPods ({max_pods}) pods already run",
+                    pod.metadata.namespace,
+                    pod.metadata.name
+                );
                 continue;
             }
             let mine = adopted.remove(&uid).unwrap_or_default();
@@ -313,12 +380,26 @@ impl Agent {
             }
         };
         for state in list {
-            let bundle = Bundle { id: state.id.clone(), dir: state.bundle.clone(), layer: PathBuf::new() };
-            let uid = state.annotations.as_ref().and_then(|a| a.get(ANNOTATION_POD_UID)).cloned();
+            let bundle = Bundle {
+                id: state.id.clone(),
+                dir: state.bundle.clone(),
+                layer: PathBuf::new(),
+            };
+            let uid = state
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ANNOTATION_POD_UID))
+                .cloned();
             match (uid, bundle.read_record()) {
-                (Some(uid), Ok(record)) if record.pod_uid == uid => by_pod.entry(uid).or_default().push(Adopted { record, state }),
+                (Some(uid), Ok(record)) if record.pod_uid == uid => by_pod
+                    .entry(uid)
+                    .or_default()
+                    .push(Adopted { record, state }),
                 _ => {
-                    log::warn!("container {}: not nanolet's or its record is missing; removing it", state.id);
+                    log::warn!(
+                        "container {}: not nanolet's or its record is missing; removing it",
+                        state.id
+                    );
                     let _ = self.ctx.runc.delete(&state.id).await;
                 }
             }
@@ -366,7 +447,9 @@ impl Agent {
             return;
         }
         let mut cmd = ProcessCommand::new(&self.ctx.exe);
-        cmd.arg("internal-import").arg("--config-dir").arg(&self.config_dir);
+        cmd.arg("internal-import")
+            .arg("--config-dir")
+            .arg(&self.config_dir);
         match process::output(&self.ctx.reaper, cmd).await {
             Ok(out) => {
                 for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -396,7 +479,15 @@ fn dir_signature(dir: &Path) -> Vec<(String, u64, i64)> {
         .map(|entries| {
             entries
                 .flatten()
-                .filter_map(|e| e.metadata().ok().map(|m| (e.file_name().to_string_lossy().into_owned(), m.size(), m.mtime())))
+                .filter_map(|e| {
+                    e.metadata().ok().map(|m| {
+                        (
+                            e.file_name().to_string_lossy().into_owned(),
+                            m.size(),
+                            m.mtime(),
+                        )
+                    })
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -405,13 +496,19 @@ fn dir_signature(dir: &Path) -> Vec<(String, u64, i64)> {
 }
 
 fn remove_unused_pod_dirs(ctx: &Context, live: &std::collections::HashSet<String>) {
-    let Ok(entries) = std::fs::read_dir(ctx.config.run_dir.join("pods")) else { return };
+    let Ok(entries) = std::fs::read_dir(ctx.config.run_dir.join("pods")) else {
+        return;
+    };
     for entry in entries.flatten() {
         let uid = entry.file_name().to_string_lossy().into_owned();
         if live.contains(&uid) {
             continue;
         }
-        let _ = Sandbox { dir: entry.path().join("ns"), host_network: false }.destroy();
+        let _ = Sandbox {
+            dir: entry.path().join("ns"),
+            host_network: false,
+        }
+        .destroy();
         let relative = format!("{}/pod{uid}", ctx.config.cgroup_parent.trim_matches('/'));
         let _ = cgroup::remove(Path::new(cgroup::CGROUP_ROOT), &relative);
         let _ = state::remove_tree(&entry.path());
@@ -419,8 +516,12 @@ fn remove_unused_pod_dirs(ctx: &Context, live: &std::collections::HashSet<String
 }
 
 fn write_snapshot(ctx: &Context) {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-    let snapshot = ctx.board.snapshot(std::process::id() as i32, &ctx.config.node_name, now);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let snapshot = ctx
+        .board
+        .snapshot(std::process::id() as i32, &ctx.config.node_name, now);
     let path = ctx.config.run_dir.join(SNAPSHOT_FILE);
     match serde_json::to_vec_pretty(&snapshot) {
         Ok(bytes) => {

@@ -28,12 +28,18 @@ pub const DEFAULT_CONFIG_DIR: &str = "/etc/nanolet";
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     Agent,
-    Ps { json: bool },
+    Ps {
+        json: bool,
+    },
     Logs(ctl::logs::Options),
     Images,
     Version,
     Help,
-    Sandbox { dir: PathBuf, hostname: String, host_network: bool },
+    Sandbox {
+        dir: PathBuf,
+        hostname: String,
+        host_network: bool,
+    },
     Import,
 }
 
@@ -73,7 +79,9 @@ pub fn parse(args: Vec<String>) -> Result<(Command, PathBuf), lexopt::Error> {
         Some("agent") => Command::Agent,
         Some("ps") => Command::Ps { json },
         Some("logs") => {
-            logs.pod = positional.pop().ok_or("logs: which pod? usage: nanolet logs POD")?;
+            logs.pod = positional
+                .pop()
+                .ok_or("logs: which pod? usage: nanolet logs POD")?;
             Command::Logs(logs)
         }
         Some("images") => Command::Images,
@@ -113,7 +121,11 @@ pub fn main() -> ExitCode {
 fn run(command: Command, config_dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     match command {
         Command::Help => print!("{USAGE}"),
-        Command::Version => println!("nanolet {} ({})", env!("CARGO_PKG_VERSION"), std::env::consts::ARCH),
+        Command::Version => println!(
+            "nanolet {} ({})",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::ARCH
+        ),
         Command::Agent => crate::agent::run(config_dir)?,
         Command::Ps { json } => {
             let cfg = config::load(config_dir)?;
@@ -139,16 +151,32 @@ fn run(command: Command, config_dir: &Path) -> Result<(), Box<dyn std::error::Er
             writeln!(out, "{:<48} {:<20} {:>10}", "IMAGE", "ID", "SIZE")?;
             for image in store.list()? {
                 let id = image.config_digest.to_string();
-                let short = id.trim_start_matches("sha256:").get(..12).unwrap_or("").to_string();
-                let names = if image.names.is_empty() { vec!["<none>".to_string()] } else { image.names.clone() };
+                let short = id
+                    .trim_start_matches("sha256:")
+                    .get(..12)
+                    .unwrap_or("")
+                    .to_string();
+                let names = if image.names.is_empty() {
+                    vec!["<none>".to_string()]
+                } else {
+                    image.names.clone()
+                };
                 for name in names {
-                    writeln!(out, "{:<48} {:<20} {:>10}", name, short, human_size(image.size))?;
+                    writeln!(
+                        out,
+                        "{:<48} {:<20} {:>10}",
+                        name,
+                        short,
+                        human_size(image.size)
+                    )?;
                 }
             }
         }
-        Command::Sandbox { dir, hostname, host_network } => {
-            crate::sys::sandbox::init_in_child(&dir, &hostname, host_network)?
-        }
+        Command::Sandbox {
+            dir,
+            hostname,
+            host_network,
+        } => crate::sys::sandbox::init_in_child(&dir, &hostname, host_network)?,
         Command::Import => import(config_dir)?,
     }
     Ok(())
@@ -165,7 +193,12 @@ fn import(config_dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
             Ok(images) => {
                 for image in images {
                     match store.rootfs(&image) {
-                        Ok(_) => println!("{}: imported {} ({})", path.display(), image.names.join(", "), image.config_digest),
+                        Ok(_) => println!(
+                            "{}: imported {} ({})",
+                            path.display(),
+                            image.names.join(", "),
+                            image.config_digest
+                        ),
                         Err(e) => eprintln!("{}: {e}", path.display()),
                     }
                 }
@@ -199,18 +232,41 @@ mod tests {
     fn commands_parse_with_their_options() {
         let (cmd, dir) = parse(args("agent --config-dir /tmp/x")).unwrap();
         assert_eq!((cmd, dir), (Command::Agent, PathBuf::from("/tmp/x")));
-        assert_eq!(parse(args("ps -o json")).unwrap().0, Command::Ps { json: true });
+        assert_eq!(
+            parse(args("ps -o json")).unwrap().0,
+            Command::Ps { json: true }
+        );
         let (cmd, dir) = parse(args("logs web -c app -f --tail 5")).unwrap();
         assert_eq!(dir, PathBuf::from(DEFAULT_CONFIG_DIR));
-        let Command::Logs(o) = cmd else { panic!("{cmd:?}") };
-        assert_eq!((o.pod.as_str(), o.container.as_deref(), o.follow, o.tail), ("web", Some("app"), true, Some(5)));
+        let Command::Logs(o) = cmd else {
+            panic!("{cmd:?}")
+        };
+        assert_eq!(
+            (o.pod.as_str(), o.container.as_deref(), o.follow, o.tail),
+            ("web", Some("app"), true, Some(5))
+        );
     }
 
     #[test]
     fn bad_command_lines_are_errors_naming_the_problem() {
-        assert!(parse(args("frobnicate")).unwrap_err().to_string().contains("frobnicate"));
-        assert!(parse(args("logs")).unwrap_err().to_string().contains("which pod"));
-        assert!(parse(args("ps -o yaml")).unwrap_err().to_string().contains("yaml"));
+        assert!(
+            parse(args("frobnicate"))
+                .unwrap_err()
+                .to_string()
+                .contains("frobnicate")
+        );
+        assert!(
+            parse(args("logs"))
+                .unwrap_err()
+                .to_string()
+                .contains("which pod")
+        );
+        assert!(
+            parse(args("ps -o yaml"))
+                .unwrap_err()
+                .to_string()
+                .contains("yaml")
+        );
         assert!(parse(args("logs web --tail x")).is_err());
     }
 }

@@ -25,9 +25,16 @@ impl Log for Stderr {
             Level::Debug => 'D',
             Level::Trace => 'T',
         };
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         // One write per line, so lines from this process never interleave.
-        let line = format!("{letter} {}.{:03} {}\n", now.as_secs(), now.subsec_millis(), record.args());
+        let line = format!(
+            "{letter} {}.{:03} {}\n",
+            now.as_secs(),
+            now.subsec_millis(),
+            record.args()
+        );
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 

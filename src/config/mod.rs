@@ -253,7 +253,9 @@ impl RawConfig {
             backoff.max_container_restart_period,
             300,
         )?;
-        if crash_loop_backoff_initial.is_zero() || crash_loop_backoff_max < crash_loop_backoff_initial {
+        if crash_loop_backoff_initial.is_zero()
+            || crash_loop_backoff_max < crash_loop_backoff_initial
+        {
             let message = "initialContainerRestartPeriod must be positive and at most maxContainerRestartPeriod";
             return Err(("crashLoopBackOff", message.into()));
         }

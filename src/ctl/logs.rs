@@ -31,7 +31,12 @@ pub fn find_pod<'a>(snapshot: &'a Snapshot, options: &Options) -> io::Result<&'a
     let matches: Vec<&PodStatus> = snapshot
         .pods
         .iter()
-        .filter(|p| options.namespace.as_ref().is_none_or(|ns| *ns == p.namespace))
+        .filter(|p| {
+            options
+                .namespace
+                .as_ref()
+                .is_none_or(|ns| *ns == p.namespace)
+        })
         .filter(|p| p.name == options.pod || p.name == suffixed)
         .collect();
     match matches.as_slice() {
@@ -42,7 +47,10 @@ pub fn find_pod<'a>(snapshot: &'a Snapshot, options: &Options) -> io::Result<&'a
             format!(
                 "pod {:?} is ambiguous: {}; use -n NAMESPACE",
                 options.pod,
-                many.iter().map(|p| p.full_name()).collect::<Vec<_>>().join(", ")
+                many.iter()
+                    .map(|p| p.full_name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )),
     }
@@ -53,7 +61,10 @@ fn attempt_files(dir: &Path, attempt: u32) -> io::Result<Vec<PathBuf>> {
     let prefix = format!("{attempt}.log");
     Ok(container_log_files(dir)?
         .into_iter()
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&prefix)))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+        })
         .collect())
 }
 
@@ -61,42 +72,81 @@ fn attempt_files(dir: &Path, attempt: u32) -> io::Result<Vec<PathBuf>> {
 pub fn run(cfg: &NodeConfig, options: &Options, out: &mut dyn Write) -> io::Result<()> {
     let snapshot = super::ps::read_snapshot(&cfg.run_dir)?;
     let pod = find_pod(&snapshot, options)?;
-    let all: Vec<_> = pod.init_container_statuses.iter().chain(&pod.container_statuses).collect();
+    let all: Vec<_> = pod
+        .init_container_statuses
+        .iter()
+        .chain(&pod.container_statuses)
+        .collect();
     let status = match &options.container {
         Some(name) => all.iter().find(|c| c.name == *name).ok_or_else(|| {
             not_found(format!(
                 "container {name:?} is not in pod {} (containers: {})",
                 pod.full_name(),
-                all.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")
+                all.iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
         })?,
         None => {
-            let first = pod.container_statuses.first().ok_or_else(|| not_found(format!("pod {} has no containers", pod.full_name())))?;
+            let first = pod
+                .container_statuses
+                .first()
+                .ok_or_else(|| not_found(format!("pod {} has no containers", pod.full_name())))?;
             if pod.container_statuses.len() > 1 {
-                eprintln!("Defaulted container {:?} out of: {}", first.name, pod.container_statuses.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "));
+                eprintln!(
+                    "Defaulted container {:?} out of: {}",
+                    first.name,
+                    pod.container_statuses
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
             }
             first
         }
     };
     let attempt = if options.previous {
         status.restart_count.checked_sub(1).ok_or_else(|| {
-            not_found(format!("previous terminated container {:?} in pod {} not found", status.name, pod.full_name()))
+            not_found(format!(
+                "previous terminated container {:?} in pod {} not found",
+                status.name,
+                pod.full_name()
+            ))
         })?
     } else {
         status.restart_count
     };
-    let dir = cfg.pod_logs_dir.join(format!("{}_{}_{}", pod.namespace, pod.name, pod.uid)).join(&status.name);
+    let dir = cfg
+        .pod_logs_dir
+        .join(format!("{}_{}_{}", pod.namespace, pod.name, pod.uid))
+        .join(&status.name);
     let files = attempt_files(&dir, attempt)?;
     write_contents(&files, options.tail, out)?;
     out.flush()?;
     if options.follow && !options.previous {
-        follow(cfg, &dir.join(format!("{attempt}.log")), &pod.uid, &status.name, attempt, out)?;
+        follow(
+            cfg,
+            &dir.join(format!("{attempt}.log")),
+            &pod.uid,
+            &status.name,
+            attempt,
+            out,
+        )?;
     }
     Ok(())
 }
 
 /// Prints what is appended to `path` until the container's attempt is no longer running.
-fn follow(cfg: &NodeConfig, path: &Path, uid: &str, name: &str, attempt: u32, out: &mut dyn Write) -> io::Result<()> {
+fn follow(
+    cfg: &NodeConfig,
+    path: &Path,
+    uid: &str,
+    name: &str,
+    attempt: u32,
+    out: &mut dyn Write,
+) -> io::Result<()> {
     let mut offset = std::fs::metadata(path).map_or(0, |m| m.len());
     let mut pending = Vec::new();
     loop {
@@ -123,11 +173,19 @@ fn follow(cfg: &NodeConfig, path: &Path, uid: &str, name: &str, attempt: u32, ou
             }
             out.flush()?;
         }
-        let still_running = super::ps::read_snapshot(&cfg.run_dir).ok().is_some_and(|s| {
-            s.pods.iter().filter(|p| p.uid == uid).flat_map(|p| p.init_container_statuses.iter().chain(&p.container_statuses)).any(|c| {
-                c.name == name && c.restart_count == attempt && c.is_running()
-            })
-        });
+        let still_running = super::ps::read_snapshot(&cfg.run_dir)
+            .ok()
+            .is_some_and(|s| {
+                s.pods
+                    .iter()
+                    .filter(|p| p.uid == uid)
+                    .flat_map(|p| {
+                        p.init_container_statuses
+                            .iter()
+                            .chain(&p.container_statuses)
+                    })
+                    .any(|c| c.name == name && c.restart_count == attempt && c.is_running())
+            });
         if !still_running {
             return Ok(());
         }

@@ -16,11 +16,18 @@ pub fn read_snapshot(run_dir: &Path) -> io::Result<Snapshot> {
     let bytes = fs::read(&path).map_err(|e| {
         io::Error::new(
             e.kind(),
-            format!("reading {}: {e} (is the agent running with this --config-dir?)", path.display()),
+            format!(
+                "reading {}: {e} (is the agent running with this --config-dir?)",
+                path.display()
+            ),
         )
     })?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {e}", path.display()),
+        )
+    })
 }
 
 /// `1d2h`, `5m`, `42s`: kubectl's short ages.
@@ -52,7 +59,9 @@ pub fn render_table(snapshot: &Snapshot, now: i64, agent_alive: bool) -> String 
     );
     for pod in &snapshot.pods {
         let (ready, total) = pod.ready_count();
-        let age = pod.start_time.map_or("-".to_string(), |t| human_age(now - t));
+        let age = pod
+            .start_time
+            .map_or("-".to_string(), |t| human_age(now - t));
         let _ = writeln!(
             out,
             "{:<12} {:<32} {:<6} {:<22} {:<9} {:<6} {}",
@@ -64,11 +73,23 @@ pub fn render_table(snapshot: &Snapshot, now: i64, agent_alive: bool) -> String 
             age,
             pod.message
         );
-        let containers = pod.init_container_statuses.iter().map(|c| (c, "init:")).chain(pod.container_statuses.iter().map(|c| (c, "")));
+        let containers = pod
+            .init_container_statuses
+            .iter()
+            .map(|c| (c, "init:"))
+            .chain(pod.container_statuses.iter().map(|c| (c, "")));
         for (c, prefix) in containers {
             let (state, age, reason) = match &c.state {
-                ContainerState::Running { started_at } => ("Running".to_string(), human_age(now - started_at), String::new()),
-                ContainerState::Waiting { reason, message } => (format!("Waiting:{reason}"), "-".to_string(), message.clone()),
+                ContainerState::Running { started_at } => (
+                    "Running".to_string(),
+                    human_age(now - started_at),
+                    String::new(),
+                ),
+                ContainerState::Waiting { reason, message } => (
+                    format!("Waiting:{reason}"),
+                    "-".to_string(),
+                    message.clone(),
+                ),
                 ContainerState::Terminated(t) => (
                     format!("Terminated:{}({})", t.reason, t.exit_code),
                     human_age(now - t.finished_at),
@@ -80,7 +101,11 @@ pub fn render_table(snapshot: &Snapshot, now: i64, agent_alive: bool) -> String 
                 .as_ref()
                 .map(|t| format!("last: {} exit {}", t.reason, t.exit_code))
                 .unwrap_or_default();
-            let reason = [reason, last].into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join("; ");
+            let reason = [reason, last]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
             let _ = writeln!(
                 out,
                 "{:<12} {:<32} {:<6} {:<22} {:<9} {:<6} {}",
@@ -145,7 +170,8 @@ mod tests {
             }],
             source_errors: vec![SourceError {
                 source: "/etc/nanolet/manifests/bad.yaml".into(),
-                error: "manifest /etc/nanolet/manifests/bad.yaml: unknown field `contianers`".into(),
+                error: "manifest /etc/nanolet/manifests/bad.yaml: unknown field `contianers`"
+                    .into(),
             }],
         }
     }
@@ -157,17 +183,30 @@ mod tests {
         assert!(pod_line.contains("crash-edge"), "{table}");
         assert!(pod_line.contains("CrashLoopBackOff"), "{table}");
         assert!(pod_line.contains("0/1"), "{table}");
-        assert!(pod_line.split_whitespace().any(|w| w == "2"), "restarts: {table}");
+        assert!(
+            pod_line.split_whitespace().any(|w| w == "2"),
+            "restarts: {table}"
+        );
         assert!(pod_line.contains("60s"), "age: {table}");
         assert!(table.contains("last: Error exit 3"), "{table}");
         assert!(table.contains("bad.yaml: manifest"), "{table}");
         assert!(!table.contains("warning"), "{table}");
-        assert!(render_table(&snapshot(), 100, false).starts_with("warning: the agent (pid 1) is not running"));
+        assert!(
+            render_table(&snapshot(), 100, false)
+                .starts_with("warning: the agent (pid 1) is not running")
+        );
     }
 
     #[test]
     fn ages_read_like_kubectl() {
-        for (secs, want) in [(5, "5s"), (119, "119s"), (120, "2m"), (7200, "2h"), (200_000, "2d"), (-3, "0s")] {
+        for (secs, want) in [
+            (5, "5s"),
+            (119, "119s"),
+            (120, "2m"),
+            (7200, "2h"),
+            (200_000, "2d"),
+            (-3, "0s"),
+        ] {
             assert_eq!(human_age(secs), want);
         }
     }

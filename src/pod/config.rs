@@ -73,8 +73,14 @@ pub fn container_config(i: &Inputs) -> Result<ContainerConfig, ConfigError> {
         )));
     }
     let mut namespaces = vec![
-        Namespace { kind: NamespaceKind::Pid, path: None },
-        Namespace { kind: NamespaceKind::Mount, path: None },
+        Namespace {
+            kind: NamespaceKind::Pid,
+            path: None,
+        },
+        Namespace {
+            kind: NamespaceKind::Mount,
+            path: None,
+        },
     ];
     for (kind, name) in [
         (NamespaceKind::Network, "net"),
@@ -82,14 +88,19 @@ pub fn container_config(i: &Inputs) -> Result<ContainerConfig, ConfigError> {
         (NamespaceKind::Uts, "uts"),
     ] {
         if let Some(path) = i.sandbox.namespace_path(name) {
-            namespaces.push(Namespace { kind, path: Some(path) });
+            namespaces.push(Namespace {
+                kind,
+                path: Some(path),
+            });
         }
     }
     let bind = |destination: &str, source: &PathBuf, ro: bool| Mount {
         destination: destination.to_string(),
         source: source.clone(),
         kind: "bind".to_string(),
-        options: ["rbind", "rprivate", if ro { "ro" } else { "rw" }].map(String::from).to_vec(),
+        options: ["rbind", "rprivate", if ro { "ro" } else { "rw" }]
+            .map(String::from)
+            .to_vec(),
     };
     let mounts = vec![
         bind("/etc/hosts", &i.files.hosts, false),
@@ -101,10 +112,19 @@ pub fn container_config(i: &Inputs) -> Result<ContainerConfig, ConfigError> {
         (ANNOTATION_POD_UID.to_string(), meta.uid.clone()),
         (ANNOTATION_POD_NAME.to_string(), meta.name.clone()),
         (ANNOTATION_POD_NAMESPACE.to_string(), meta.namespace.clone()),
-        (ANNOTATION_CONTAINER_NAME.to_string(), i.container.name.clone()),
+        (
+            ANNOTATION_CONTAINER_NAME.to_string(),
+            i.container.name.clone(),
+        ),
         (ANNOTATION_ATTEMPT.to_string(), i.attempt.to_string()),
     ]);
-    let is_best_effort = i.pod.spec.containers.iter().chain(&i.pod.spec.init_containers).all(|c| c.resources.is_none());
+    let is_best_effort = i
+        .pod
+        .spec
+        .containers
+        .iter()
+        .chain(&i.pod.spec.init_containers)
+        .all(|c| c.resources.is_none());
     Ok(ContainerConfig {
         args,
         env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
@@ -113,7 +133,12 @@ pub fn container_config(i: &Inputs) -> Result<ContainerConfig, ConfigError> {
         hostname: None,
         namespaces,
         mounts,
-        cgroups_path: format!("/{}/pod{}/{}", i.cgroup_parent.trim_matches('/'), meta.uid, i.container_id),
+        cgroups_path: format!(
+            "/{}/pod{}/{}",
+            i.cgroup_parent.trim_matches('/'),
+            meta.uid,
+            i.container_id
+        ),
         annotations,
         // kubelet gives BestEffort pods 1000; the QoS classes come with resources.
         oom_score_adj: is_best_effort.then_some(1000),
@@ -131,20 +156,42 @@ pub fn command_line(c: &Container, image: &ImageConfig, env: &[(String, String)]
         (true, false) => image.entrypoint.iter().chain(&c.args).cloned().collect(),
         (true, true) => image.entrypoint.iter().chain(&image.cmd).cloned().collect(),
     };
-    let lookup = |name: &str| env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let lookup = |name: &str| {
+        env.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
     // Only what the pod spec says is expanded; the image's own entrypoint is not.
-    let expand_from = if c.command.is_empty() { image.entrypoint.len() } else { 0 };
+    let expand_from = if c.command.is_empty() {
+        image.entrypoint.len()
+    } else {
+        0
+    };
     argv.into_iter()
         .enumerate()
-        .map(|(n, a)| if n >= expand_from { expand(&a, &lookup) } else { a })
+        .map(|(n, a)| {
+            if n >= expand_from {
+                expand(&a, &lookup)
+            } else {
+                a
+            }
+        })
         .collect()
 }
 
 /// The container's environment: the image's, then the container's (each value expanded against
 /// what is defined before it), then `HOSTNAME`.
-pub fn environment(pod: &Pod, c: &Container, image_env: &[String]) -> Result<Vec<(String, String)>, ConfigError> {
+pub fn environment(
+    pod: &Pod,
+    c: &Container,
+    image_env: &[String],
+) -> Result<Vec<(String, String)>, ConfigError> {
     let mut env: Vec<(String, String)> = Vec::new();
-    let set = |env: &mut Vec<(String, String)>, k: String, v: String| match env.iter_mut().find(|(n, _)| *n == k) {
+    let set = |env: &mut Vec<(String, String)>, k: String, v: String| match env
+        .iter_mut()
+        .find(|(n, _)| *n == k)
+    {
         Some(slot) => slot.1 = v,
         None => env.push((k, v)),
     };
@@ -157,26 +204,43 @@ pub fn environment(pod: &Pod, c: &Container, image_env: &[String]) -> Result<Vec
             (_, Some(from)) => value_from(pod, c, &var.name, from)?,
             (Some(v), None) => {
                 let current = env.clone();
-                let lookup = |name: &str| current.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+                let lookup = |name: &str| {
+                    current
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.clone())
+                };
                 expand(v, &lookup)
             }
             (None, None) => String::new(),
         };
         set(&mut env, var.name.clone(), value);
     }
-    let hostname = if pod.spec.host_network { crate::config::hostname() } else { pod.metadata.name.clone() };
+    let hostname = if pod.spec.host_network {
+        crate::config::hostname()
+    } else {
+        pod.metadata.name.clone()
+    };
     set(&mut env, "HOSTNAME".to_string(), hostname);
     Ok(env)
 }
 
-fn value_from(pod: &Pod, c: &Container, name: &str, from: &serde_json::Value) -> Result<String, ConfigError> {
+fn value_from(
+    pod: &Pod,
+    c: &Container,
+    name: &str,
+    from: &serde_json::Value,
+) -> Result<String, ConfigError> {
     let unsupported = || {
         ConfigError(format!(
             "container {:?}: env {name:?}: valueFrom {from} is not supported yet (fieldRef on metadata and spec.nodeName are)",
             c.name
         ))
     };
-    let path = from.pointer("/fieldRef/fieldPath").and_then(|p| p.as_str()).ok_or_else(unsupported)?;
+    let path = from
+        .pointer("/fieldRef/fieldPath")
+        .and_then(|p| p.as_str())
+        .ok_or_else(unsupported)?;
     let meta = &pod.metadata;
     let key_of = |prefix: &str| {
         path.strip_prefix(prefix)
@@ -286,10 +350,22 @@ mod tests {
             args: args.iter().map(|s| s.to_string()).collect(),
             ..Container::default()
         };
-        assert_eq!(command_line(&c(&[], &[]), &image(), &env), vec!["/entry", "default"]);
-        assert_eq!(command_line(&c(&[], &["$(A)"]), &image(), &env), vec!["/entry", "alpha"]);
-        assert_eq!(command_line(&c(&["sh", "-c"], &[]), &image(), &env), vec!["sh", "-c"]);
-        assert_eq!(command_line(&c(&["echo", "$(A)"], &["$(B)"]), &image(), &env), vec!["echo", "alpha", "$(B)"]);
+        assert_eq!(
+            command_line(&c(&[], &[]), &image(), &env),
+            vec!["/entry", "default"]
+        );
+        assert_eq!(
+            command_line(&c(&[], &["$(A)"]), &image(), &env),
+            vec!["/entry", "alpha"]
+        );
+        assert_eq!(
+            command_line(&c(&["sh", "-c"], &[]), &image(), &env),
+            vec!["sh", "-c"]
+        );
+        assert_eq!(
+            command_line(&c(&["echo", "$(A)"], &["$(B)"]), &image(), &env),
+            vec!["echo", "alpha", "$(B)"]
+        );
     }
 
     #[test]
@@ -301,17 +377,29 @@ mod tests {
         let c = Container {
             name: "c".into(),
             env: vec![
-                EnvVar { name: "A".into(), value: Some("pod".into()), value_from: None },
-                EnvVar { name: "B".into(), value: Some("$(A)-$(PATH)".into()), value_from: None },
+                EnvVar {
+                    name: "A".into(),
+                    value: Some("pod".into()),
+                    value_from: None,
+                },
+                EnvVar {
+                    name: "B".into(),
+                    value: Some("$(A)-$(PATH)".into()),
+                    value_from: None,
+                },
                 EnvVar {
                     name: "NODE".into(),
                     value: None,
-                    value_from: Some(serde_json::json!({"fieldRef": {"fieldPath": "spec.nodeName"}})),
+                    value_from: Some(
+                        serde_json::json!({"fieldRef": {"fieldPath": "spec.nodeName"}}),
+                    ),
                 },
                 EnvVar {
                     name: "APP".into(),
                     value: None,
-                    value_from: Some(serde_json::json!({"fieldRef": {"fieldPath": "metadata.labels['app']"}})),
+                    value_from: Some(
+                        serde_json::json!({"fieldRef": {"fieldPath": "metadata.labels['app']"}}),
+                    ),
                 },
             ],
             ..Container::default()
@@ -336,6 +424,9 @@ mod tests {
             ..Container::default()
         };
         let err = environment(&pod, &bad, &[]).unwrap_err().to_string();
-        assert!(err.contains("env \"X\"") && err.contains("not supported"), "{err}");
+        assert!(
+            err.contains("env \"X\"") && err.contains("not supported"),
+            "{err}"
+        );
     }
 }

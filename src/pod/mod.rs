@@ -8,8 +8,8 @@
 //! - [`worker`]: one task per pod that carries out the decisions with the runtime.
 
 pub mod backoff;
-pub mod lifecycle;
-pub mod status;
 pub mod board;
 pub mod config;
+pub mod lifecycle;
+pub mod status;
 pub mod worker;

@@ -68,7 +68,11 @@ pub struct Adopted {
 }
 
 enum Event {
-    Exited { slot: usize, id: String, exit: Option<Exit> },
+    Exited {
+        slot: usize,
+        id: String,
+        exit: Option<Exit>,
+    },
     Command(Command),
 }
 
@@ -123,7 +127,9 @@ struct Worker {
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl Worker {
@@ -139,7 +145,11 @@ impl Worker {
             .init_containers
             .iter()
             .map(|c| Slot::new(&c.name, &c.image, true))
-            .chain(spec.containers.iter().map(|c| Slot::new(&c.name, &c.image, false)))
+            .chain(
+                spec.containers
+                    .iter()
+                    .map(|c| Slot::new(&c.name, &c.image, false)),
+            )
             .collect();
         let pod_dir = ctx.config.run_dir.join("pods").join(&pod.metadata.uid);
         let files = PodFiles {
@@ -180,11 +190,20 @@ impl Worker {
     fn container(&self, slot: usize) -> &k8s::Container {
         let spec = &self.pod.spec;
         let n = spec.init_containers.len();
-        if slot < n { &spec.init_containers[slot] } else { &spec.containers[slot - n] }
+        if slot < n {
+            &spec.init_containers[slot]
+        } else {
+            &spec.containers[slot - n]
+        }
     }
 
     async fn run(mut self, adopted: Vec<Adopted>) {
-        log::info!("pod {}: starting (uid {}, from {})", self.name(), self.pod.metadata.uid, self.source);
+        log::info!(
+            "pod {}: starting (uid {}, from {})",
+            self.name(),
+            self.pod.metadata.uid,
+            self.source
+        );
         for a in adopted {
             self.adopt(a).await;
         }
@@ -210,11 +229,13 @@ impl Worker {
             self.publish();
             let next = async { self.events_rx.recv().await.ok() };
             let event = match plan.wake_at {
-                Some(at) => next.or(async {
-                    Timer::at(at).await;
-                    None
-                })
-                .await,
+                Some(at) => {
+                    next.or(async {
+                        Timer::at(at).await;
+                        None
+                    })
+                    .await
+                }
                 None => next.await,
             };
             if let Some(event) = event
@@ -234,7 +255,8 @@ impl Worker {
             }
             Event::Command(Command::ImagesChanged) => {
                 for slot in &mut self.slots {
-                    if matches!(&slot.status.state, ContainerState::Waiting { reason, .. } if reason.starts_with("ErrImage")) {
+                    if matches!(&slot.status.state, ContainerState::Waiting { reason, .. } if reason.starts_with("ErrImage"))
+                    {
                         slot.retry_at = None;
                     }
                 }
@@ -261,7 +283,11 @@ impl Worker {
     }
 
     fn create_error(&mut self, i: usize, reason: &str, message: String) {
-        log::warn!("pod {}: container {:?}: {reason}: {message}", self.name(), self.slots[i].status.name);
+        log::warn!(
+            "pod {}: container {:?}: {reason}: {message}",
+            self.name(),
+            self.slots[i].status.name
+        );
         self.slots[i].record_create_error(reason, message, Instant::now());
     }
 
@@ -293,9 +319,15 @@ impl Worker {
             return Ok(());
         }
         let _ = self.sandbox.destroy();
-        std::fs::create_dir_all(&self.pod_dir).map_err(|e| format!("{}: {e}", self.pod_dir.display()))?;
-        let hostname = if self.pod.spec.host_network { crate::config::hostname() } else { self.pod.metadata.name.clone() };
-        self.write_pod_files(&hostname).map_err(|e| format!("writing {}: {e}", self.pod_dir.display()))?;
+        std::fs::create_dir_all(&self.pod_dir)
+            .map_err(|e| format!("{}: {e}", self.pod_dir.display()))?;
+        let hostname = if self.pod.spec.host_network {
+            crate::config::hostname()
+        } else {
+            self.pod.metadata.name.clone()
+        };
+        self.write_pod_files(&hostname)
+            .map_err(|e| format!("writing {}: {e}", self.pod_dir.display()))?;
         self.sandbox
             .create(&self.ctx.reaper, &self.ctx.exe, &hostname)
             .await
@@ -339,14 +371,30 @@ impl Worker {
             return self.create_error(i, "CreatePodSandboxError", e);
         }
         let c = self.container(i).clone();
-        let passwd = inroot::read_to_string(&image_rootfs, "/etc/passwd", 1 << 20).ok().flatten();
-        let group = inroot::read_to_string(&image_rootfs, "/etc/group", 1 << 20).ok().flatten();
-        let user = match user::resolve_user(&image.config.user, passwd.as_deref(), group.as_deref(), &[]) {
+        let passwd = inroot::read_to_string(&image_rootfs, "/etc/passwd", 1 << 20)
+            .ok()
+            .flatten();
+        let group = inroot::read_to_string(&image_rootfs, "/etc/group", 1 << 20)
+            .ok()
+            .flatten();
+        let user = match user::resolve_user(
+            &image.config.user,
+            passwd.as_deref(),
+            group.as_deref(),
+            &[],
+        ) {
             Ok(u) => u,
-            Err(e) => return self.create_error(i, "CreateContainerConfigError", format!("image user: {e}")),
+            Err(e) => {
+                return self.create_error(
+                    i,
+                    "CreateContainerConfigError",
+                    format!("image user: {e}"),
+                );
+            }
         };
         // The attempt number names the container and its log file.
-        let attempt = self.slots[i].status.restart_count + u32::from(self.slots[i].status.last_termination().is_some());
+        let attempt = self.slots[i].status.restart_count
+            + u32::from(self.slots[i].status.last_termination().is_some());
         let id = format!("{}-{}-{}", self.pod.metadata.uid, c.name, attempt);
         let bundle = Bundle::new(&self.ctx.config.run_dir, &self.ctx.config.data_dir, &id);
         let inputs = config::Inputs {
@@ -377,14 +425,22 @@ impl Worker {
             .and_then(|_| bundle.write_config(&runtime_spec))
             .and_then(|_| bundle.open_stdio())
             .and_then(|(stdio, pipes)| {
-                let writer = LogWriter::open(&log_path, self.ctx.config.container_log_max_size, self.ctx.config.container_log_max_files)?;
+                let writer = LogWriter::open(
+                    &log_path,
+                    self.ctx.config.container_log_max_size,
+                    self.ctx.config.container_log_max_files,
+                )?;
                 Ok((stdio, pipes, writer))
             });
         let (stdio, pipes, writer) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 let _ = bundle.remove();
-                return self.create_error(i, "CreateContainerError", format!("preparing bundle {}: {e}", bundle.dir.display()));
+                return self.create_error(
+                    i,
+                    "CreateContainerError",
+                    format!("preparing bundle {}: {e}", bundle.dir.display()),
+                );
             }
         };
         self.slots[i].begin_attempt(&self.ctx.backoff, now);
@@ -393,7 +449,11 @@ impl Worker {
         match self.ctx.runc.run_detached(&id, &bundle.dir, stdio).await {
             Ok(pid) => {
                 let started_at = unix_now();
-                log::info!("pod {}: container {:?} started (attempt {attempt}, pid {pid})", self.name(), c.name);
+                log::info!(
+                    "pod {}: container {:?} started (attempt {attempt}, pid {pid})",
+                    self.name(),
+                    c.name
+                );
                 let record = Record {
                     pod_uid: self.pod.metadata.uid.clone(),
                     container: c.name.clone(),
@@ -405,12 +465,25 @@ impl Worker {
                     log_path,
                 };
                 if let Err(e) = bundle.write_record(&record) {
-                    log::warn!("pod {}: container {:?}: recording it for adoption: {e}", self.name(), c.name);
+                    log::warn!(
+                        "pod {}: container {:?}: recording it for adoption: {e}",
+                        self.name(),
+                        c.name
+                    );
                 }
                 self.slots[i].record_start(id.clone(), image_id, started_at);
                 self.watch_exit(i, id.clone(), pid, true);
-                let stop_signal = image.config.stop_signal.clone().unwrap_or_else(|| "SIGTERM".to_string());
-                self.running[i] = Some(Running { id, bundle, pid, stop_signal });
+                let stop_signal = image
+                    .config
+                    .stop_signal
+                    .clone()
+                    .unwrap_or_else(|| "SIGTERM".to_string());
+                self.running[i] = Some(Running {
+                    id,
+                    bundle,
+                    pid,
+                    stop_signal,
+                });
             }
             Err(e) => {
                 log::warn!("pod {}: container {:?}: {e}", self.name(), c.name);
@@ -473,7 +546,8 @@ impl Worker {
                 137,
                 None,
                 "ContainerStatusUnknown",
-                "the container exited while nanolet was not running; its exit status is unknown".to_string(),
+                "the container exited while nanolet was not running; its exit status is unknown"
+                    .to_string(),
             ),
         };
         log::info!(
@@ -503,7 +577,9 @@ impl Worker {
         let dir = self.log_path(&status.name, 0);
         let Some(dir) = dir.parent() else { return };
         let keep_from = status.restart_count.saturating_sub(1);
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let attempt = name.split('.').next().and_then(|n| n.parse::<u32>().ok());
@@ -518,37 +594,86 @@ impl Worker {
             log::warn!("pod {}: {e}", self.name());
         }
         if let Err(e) = running.bundle.remove() {
-            log::warn!("pod {}: removing bundle {}: {e}", self.name(), running.bundle.dir.display());
+            log::warn!(
+                "pod {}: removing bundle {}: {e}",
+                self.name(),
+                running.bundle.dir.display()
+            );
         }
     }
 
     /// Takes over a container a previous nanolet started.
     async fn adopt(&mut self, a: Adopted) {
-        let Some(i) = self.slots.iter().position(|s| s.status.name == a.record.container) else {
+        let Some(i) = self
+            .slots
+            .iter()
+            .position(|s| s.status.name == a.record.container)
+        else {
             return;
         };
         let bundle = Bundle {
             id: a.state.id.clone(),
             dir: a.state.bundle.clone(),
-            layer: self.ctx.config.data_dir.join("containers").join(&a.state.id),
+            layer: self
+                .ctx
+                .config
+                .data_dir
+                .join("containers")
+                .join(&a.state.id),
         };
         let slot = &mut self.slots[i];
         slot.status.restart_count = a.record.attempt;
         if a.state.is_running() && self.running[i].is_none() {
-            slot.record_start(a.state.id.clone(), a.record.image_id.clone(), a.record.started_at);
+            slot.record_start(
+                a.state.id.clone(),
+                a.record.image_id.clone(),
+                a.record.started_at,
+            );
             self.start_time = self.start_time.min(a.record.started_at);
-            match (bundle.open_log_pipes(), LogWriter::open(&a.record.log_path, self.ctx.config.container_log_max_size, self.ctx.config.container_log_max_files)) {
-                (Ok(pipes), Ok(writer)) => self.ctx.executor.spawn(pump_logs(pipes, writer)).detach(),
-                (Err(e), _) | (_, Err(e)) => log::warn!("pod {}: container {:?}: reopening its log: {e}", self.name(), a.record.container),
+            match (
+                bundle.open_log_pipes(),
+                LogWriter::open(
+                    &a.record.log_path,
+                    self.ctx.config.container_log_max_size,
+                    self.ctx.config.container_log_max_files,
+                ),
+            ) {
+                (Ok(pipes), Ok(writer)) => {
+                    self.ctx.executor.spawn(pump_logs(pipes, writer)).detach()
+                }
+                (Err(e), _) | (_, Err(e)) => log::warn!(
+                    "pod {}: container {:?}: reopening its log: {e}",
+                    self.name(),
+                    a.record.container
+                ),
             }
             self.watch_exit(i, a.state.id.clone(), a.state.pid, false);
-            log::info!("pod {}: adopted running container {:?} (pid {})", self.name(), a.record.container, a.state.pid);
+            log::info!(
+                "pod {}: adopted running container {:?} (pid {})",
+                self.name(),
+                a.record.container,
+                a.state.pid
+            );
             let stop_signal = "SIGTERM".to_string();
-            self.running[i] = Some(Running { id: a.state.id, bundle, pid: a.state.pid, stop_signal });
+            self.running[i] = Some(Running {
+                id: a.state.id,
+                bundle,
+                pid: a.state.pid,
+                stop_signal,
+            });
         } else {
             // It ended while nanolet was away.
-            slot.record_start(a.state.id.clone(), a.record.image_id.clone(), a.record.started_at);
-            let running = Running { id: a.state.id.clone(), bundle, pid: a.state.pid, stop_signal: String::new() };
+            slot.record_start(
+                a.state.id.clone(),
+                a.record.image_id.clone(),
+                a.record.started_at,
+            );
+            let running = Running {
+                id: a.state.id.clone(),
+                bundle,
+                pid: a.state.pid,
+                stop_signal: String::new(),
+            };
             self.running[i] = Some(running);
             self.on_exit(i, &a.state.id, None).await;
         }
@@ -558,25 +683,43 @@ impl Worker {
     async fn terminate(&mut self) {
         self.terminating = true;
         self.publish();
-        let grace = Duration::from_secs(self.pod.spec.termination_grace_period_seconds().max(0) as u64);
-        log::info!("pod {}: stopping (grace period {}s)", self.name(), grace.as_secs());
+        let grace =
+            Duration::from_secs(self.pod.spec.termination_grace_period_seconds().max(0) as u64);
+        log::info!(
+            "pod {}: stopping (grace period {}s)",
+            self.name(),
+            grace.as_secs()
+        );
         for r in self.running.iter().flatten() {
-            let signal = if grace.is_zero() { "SIGKILL" } else { r.stop_signal.as_str() };
+            let signal = if grace.is_zero() {
+                "SIGKILL"
+            } else {
+                r.stop_signal.as_str()
+            };
             if let Err(e) = self.ctx.runc.kill(&r.id, signal).await {
                 log::warn!("pod {}: {e}", self.name());
             }
         }
         self.wait_for_exits(Instant::now() + grace).await;
         if self.running.iter().any(Option::is_some) {
-            log::info!("pod {}: grace period over; killing what is left", self.name());
+            log::info!(
+                "pod {}: grace period over; killing what is left",
+                self.name()
+            );
             for r in self.running.iter().flatten() {
                 let _ = self.ctx.runc.kill(&r.id, "SIGKILL").await;
             }
-            self.wait_for_exits(Instant::now() + Duration::from_secs(10)).await;
+            self.wait_for_exits(Instant::now() + Duration::from_secs(10))
+                .await;
         }
         for i in 0..self.running.len() {
             if let Some(r) = self.running[i].take() {
-                log::warn!("pod {}: container {} (pid {}) did not exit after SIGKILL; removing it", self.name(), r.id, r.pid);
+                log::warn!(
+                    "pod {}: container {} (pid {}) did not exit after SIGKILL; removing it",
+                    self.name(),
+                    r.id,
+                    r.pid
+                );
                 self.remove_container(&r).await;
             }
         }
@@ -607,7 +750,11 @@ impl Worker {
         if let Err(e) = self.sandbox.destroy() {
             log::warn!("pod {name}: removing namespaces: {e}");
         }
-        let relative = format!("{}/pod{}", self.ctx.config.cgroup_parent.trim_matches('/'), self.pod.metadata.uid);
+        let relative = format!(
+            "{}/pod{}",
+            self.ctx.config.cgroup_parent.trim_matches('/'),
+            self.pod.metadata.uid
+        );
         if let Err(e) = cgroup::remove(std::path::Path::new(cgroup::CGROUP_ROOT), &relative) {
             log::warn!("pod {name}: {e}");
         }
@@ -626,7 +773,9 @@ impl Worker {
         let phase = lifecycle::phase(self.restart, &self.slots);
         let now = unix_now();
         let n_init = self.pod.spec.init_containers.len();
-        let initialized = self.slots[..n_init].iter().all(|s| matches!(&s.status.state, ContainerState::Terminated(t) if t.exit_code == 0));
+        let initialized = self.slots[..n_init]
+            .iter()
+            .all(|s| matches!(&s.status.state, ContainerState::Terminated(t) if t.exit_code == 0));
         let ready = self.slots[n_init..].iter().all(|s| s.status.ready);
         let bool_str = |b: bool| if b { "True" } else { "False" }.to_string();
         let wanted = [
@@ -638,10 +787,16 @@ impl Worker {
         // A condition's transition time changes only when its status does.
         let conditions = wanted
             .into_iter()
-            .map(|(kind, status)| match self.conditions.iter().find(|c| c.kind == kind) {
-                Some(c) if c.status == status => c.clone(),
-                _ => Condition { kind: kind.to_string(), status, last_transition_time: now },
-            })
+            .map(
+                |(kind, status)| match self.conditions.iter().find(|c| c.kind == kind) {
+                    Some(c) if c.status == status => c.clone(),
+                    _ => Condition {
+                        kind: kind.to_string(),
+                        status,
+                        last_transition_time: now,
+                    },
+                },
+            )
             .collect();
         self.conditions = conditions;
         let (init, main): (Vec<_>, Vec<_>) = self.slots.iter().partition(|s| s.is_init);
@@ -678,7 +833,11 @@ async fn pump_logs(pipes: LogPipes, writer: LogWriter) {
                 match pipe.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
-                        if let Err(e) = writer.borrow_mut().write(stream, &buf[..n], SystemTime::now()) {
+                        if let Err(e) =
+                            writer
+                                .borrow_mut()
+                                .write(stream, &buf[..n], SystemTime::now())
+                        {
                             log::warn!("container log: {e}");
                         }
                     }
@@ -687,5 +846,9 @@ async fn pump_logs(pipes: LogPipes, writer: LogWriter) {
             let _ = writer.borrow_mut().flush_partial(stream, SystemTime::now());
         }
     };
-    futures_lite::future::zip(pump(pipes.stdout, Stream::Stdout), pump(pipes.stderr, Stream::Stderr)).await;
+    futures_lite::future::zip(
+        pump(pipes.stdout, Stream::Stdout),
+        pump(pipes.stderr, Stream::Stderr),
+    )
+    .await;
 }

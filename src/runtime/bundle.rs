@@ -122,7 +122,12 @@ impl Bundle {
         }
         // The read ends first: opening them non-blocking never waits for a writer.
         let pipes = self.open_log_pipes()?;
-        let writer = |name: &str| OpenOptions::new().read(true).write(true).open(self.dir.join(name));
+        let writer = |name: &str| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(self.dir.join(name))
+        };
         let stdio = Stdio3 {
             stdout: writer("stdout")?,
             stderr: writer("stderr")?,
@@ -208,12 +213,23 @@ mod tests {
         let src = tempfile::tempdir().unwrap();
         fs::create_dir(src.path().join("bin")).unwrap();
         fs::write(src.path().join("bin/tool"), b"x").unwrap();
-        fs::set_permissions(src.path().join("bin/tool"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(
+            src.path().join("bin/tool"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         std::os::unix::fs::symlink("tool", src.path().join("bin/sh")).unwrap();
         let dst = tempfile::tempdir().unwrap();
         let to = dst.path().join("rootfs");
         copy_tree(src.path(), &to).unwrap();
         assert_eq!(fs::read_link(to.join("bin/sh")).unwrap(), Path::new("tool"));
-        assert_eq!(fs::metadata(to.join("bin/tool")).unwrap().permissions().mode() & 0o777, 0o755);
+        assert_eq!(
+            fs::metadata(to.join("bin/tool"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o755
+        );
     }
 }

@@ -147,7 +147,12 @@ impl StaticPodSet {
     pub fn desired_with_source(&self) -> Vec<(&PathBuf, &Pod)> {
         self.desired
             .values()
-            .filter_map(|path| self.files.get(path).and_then(FileState::pod).map(|pod| (path, pod)))
+            .filter_map(|path| {
+                self.files
+                    .get(path)
+                    .and_then(FileState::pod)
+                    .map(|pod| (path, pod))
+            })
             .collect()
     }
 

@@ -10,7 +10,11 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 /// Reads at most `limit` bytes of `path` (absolute inside `root`), resolved inside `root`.
 /// `Ok(None)` when the file does not exist.
 pub fn read_to_string(root: &Path, path: &str, limit: u64) -> io::Result<Option<String>> {
-    let dir = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    let dir = rustix::fs::open(
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
     let fd = match rustix::fs::openat2(
         &dir,
         path.trim_start_matches('/'),
@@ -37,9 +41,21 @@ mod tests {
         std::fs::create_dir(root.path().join("etc")).unwrap();
         std::fs::write(root.path().join("etc/real"), "inside\n").unwrap();
         std::os::unix::fs::symlink("/etc/real", root.path().join("etc/passwd")).unwrap();
-        std::os::unix::fs::symlink("../../../../../../etc/hostname", root.path().join("etc/group")).unwrap();
-        assert_eq!(read_to_string(root.path(), "/etc/passwd", 1 << 20).unwrap().as_deref(), Some("inside\n"));
+        std::os::unix::fs::symlink(
+            "../../../../../../etc/hostname",
+            root.path().join("etc/group"),
+        )
+        .unwrap();
+        assert_eq!(
+            read_to_string(root.path(), "/etc/passwd", 1 << 20)
+                .unwrap()
+                .as_deref(),
+            Some("inside\n")
+        );
         // The link points at the host's /etc/hostname, but resolves to <root>/etc/hostname.
-        assert_eq!(read_to_string(root.path(), "/etc/group", 1 << 20).unwrap(), None);
+        assert_eq!(
+            read_to_string(root.path(), "/etc/group", 1 << 20).unwrap(),
+            None
+        );
     }
 }
