@@ -361,7 +361,7 @@ fn bad_manifests_are_reported_and_never_stop_the_others() {
     std::os::unix::fs::symlink("loop1.yaml", dir.join("loop2.yaml")).unwrap();
     rustix::fs::mkfifoat(
         rustix::fs::CWD,
-        &dir.join("fifo.yaml"),
+        dir.join("fifo.yaml"),
         rustix::fs::Mode::from(0o644),
     )
     .unwrap();
