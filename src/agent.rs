@@ -194,6 +194,7 @@ struct Agent {
     reconcile_tx: async_channel::Sender<()>,
     reconcile_rx: async_channel::Receiver<()>,
     images_signature: Vec<(String, u64, i64)>,
+    logged_errors: Vec<SourceError>,
 }
 
 impl Agent {
@@ -208,6 +209,7 @@ impl Agent {
             reconcile_tx,
             reconcile_rx,
             images_signature: Vec::new(),
+            logged_errors: Vec::new(),
         }
     }
 
@@ -229,8 +231,9 @@ impl Agent {
             .spawn(write_snapshots(self.ctx.clone()))
             .detach();
         self.import_images_if_changed().await;
-        let adopted = self.adoptable().await;
-        let mut adopted = self.first_scan(adopted);
+        // The first full scan comes before anything is stopped: see the module doc.
+        let mut adopted = self.adoptable().await;
+        self.rescan();
         self.reconcile(&mut adopted);
         self.stop_orphans(adopted);
         let mut watch = match DirWatch::new(&cfg.static_pod_path) {
@@ -293,7 +296,7 @@ impl Agent {
             }
             Err(e) => log::warn!("{e}"),
         }
-        let errors = self
+        let errors: Vec<SourceError> = self
             .set
             .errors()
             .into_iter()
@@ -302,18 +305,12 @@ impl Agent {
                 error,
             })
             .collect();
-        self.ctx.board.set_source_errors(errors);
-    }
-
-    fn first_scan(
-        &mut self,
-        adopted: BTreeMap<String, Vec<Adopted>>,
-    ) -> BTreeMap<String, Vec<Adopted>> {
-        self.rescan();
-        for (path, error) in self.set.errors() {
-            log::error!("{}: {error}", path.display());
+        // One log line per problem, when it first appears (not on every rescan).
+        for e in errors.iter().filter(|e| !self.logged_errors.contains(e)) {
+            log::error!("{}", e.error);
         }
-        adopted
+        self.logged_errors = errors.clone();
+        self.ctx.board.set_source_errors(errors);
     }
 
     /// Starts workers for new pods and stops workers whose pod is gone.

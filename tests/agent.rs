@@ -438,3 +438,78 @@ fn bad_manifests_are_reported_and_never_stop_the_others() {
     // The other pods never noticed: the good one never restarted.
     assert_eq!(still.container_statuses[0].restart_count, 0);
 }
+
+#[test]
+fn after_a_reboot_pods_start_fresh_and_stale_state_is_cleared() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut node = Node::new("");
+    node.write_manifest(
+        "svc.yaml",
+        &pod_yaml(
+            "svc",
+            "exec sleep 1000",
+            "  terminationGracePeriodSeconds: 0\n",
+        ),
+    );
+    node.start();
+    let before = node.wait_running("svc");
+    node.stop_agent();
+    // What a power cut does: every process is gone, tmpfs and mounts too, and the boot id
+    // changes. The run dir here is not on tmpfs, so its stale files stay behind.
+    for id in node.runc_ids() {
+        let out = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(node.runc_root())
+            .args(["kill", &id, "KILL"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    node.wait_for("the container to die", MINUTE, |_| {
+        let out = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(node.runc_root())
+            .args(["list", "--format", "json"])
+            .output()
+            .unwrap();
+        (!String::from_utf8_lossy(&out.stdout).contains("\"running\"")).then_some(())
+    });
+    fs::write(
+        node.path("state/data/boot_id"),
+        "00000000-0000-0000-0000-000000000000\n",
+    )
+    .unwrap();
+    node.start();
+    let after = node.wait_for("the pod started fresh", MINUTE, |s| {
+        (Some(s.agent_pid as u32) == node.agent_pid())
+            .then(|| {
+                node.pod(s, "svc")
+                    .filter(|p| p.container_statuses[0].is_running())
+                    .cloned()
+            })
+            .flatten()
+    });
+    let c = &after.container_statuses[0];
+    assert_eq!(c.restart_count, 0, "a reboot starts pods fresh: {c:?}");
+    assert!(c.last_state.is_none(), "{c:?}");
+    assert_eq!(
+        node.runc_ids().len(),
+        1,
+        "no stale container is left: {:?}",
+        node.runc_ids()
+    );
+    let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert_eq!(
+        fs::read_to_string(node.path("state/data/boot_id"))
+            .unwrap()
+            .trim(),
+        boot_id.trim()
+    );
+    assert!(node.agent_log().contains("first start in this boot"));
+}
