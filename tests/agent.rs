@@ -454,7 +454,7 @@ fn after_a_reboot_pods_start_fresh_and_stale_state_is_cleared() {
         ),
     );
     node.start();
-    let before = node.wait_running("svc");
+    node.wait_running("svc");
     node.stop_agent();
     // What a power cut does: every process is gone, tmpfs and mounts too, and the boot id
     // changes. The run dir here is not on tmpfs, so its stale files stay behind.
