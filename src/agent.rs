@@ -415,13 +415,20 @@ impl Agent {
                 for (uid, containers) in orphans {
                     log::info!("pod uid {uid}: no manifest defines it any more; stopping its {} container(s)", containers.len());
                     for a in &containers {
-                        let _ = ctx.runc.kill(&a.state.id, "SIGTERM").await;
+                        let _ = ctx.runc.kill(&a.state.id, &a.record.stop_signal).await;
                     }
-                    let deadline = Instant::now() + Duration::from_secs(30);
+                    let grace = containers.iter().map(|a| a.record.grace_period_seconds).max().unwrap_or(0);
+                    let deadline = Instant::now() + Duration::from_secs(grace);
                     for a in &containers {
-                        while Instant::now() < deadline && crate::sys::reaper::is_alive(a.state.pid) {
-                            Timer::after(Duration::from_millis(100)).await;
-                        }
+                        // Not our children (an earlier nanolet started them): a pidfd tells their end.
+                        let exited = async {
+                            let _ = crate::sys::reaper::wait_foreign(a.state.pid).await;
+                        };
+                        exited
+                            .or(async {
+                                Timer::at(deadline).await;
+                            })
+                            .await;
                         let _ = ctx.runc.delete(&a.state.id).await;
                         let layer = ctx.config.data_dir.join("containers").join(&a.state.id);
                         let _ = Bundle { id: a.state.id.clone(), dir: a.state.bundle.clone(), layer }.remove();

@@ -513,3 +513,43 @@ fn after_a_reboot_pods_start_fresh_and_stale_state_is_cleared() {
     );
     assert!(node.agent_log().contains("first start in this boot"));
 }
+
+#[test]
+fn a_pod_removed_while_the_agent_was_away_is_stopped_and_cleaned_up() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut node = Node::new("");
+    node.write_manifest(
+        "gone.yaml",
+        &pod_yaml(
+            "gone",
+            "exec sleep 1000",
+            "  terminationGracePeriodSeconds: 1\n",
+        ),
+    );
+    node.write_manifest("stays.yaml", &pod_yaml("stays", "exec sleep 1000", ""));
+    node.start();
+    let gone = node.wait_running("gone");
+    let stays = node.wait_running("stays");
+    node.stop_agent();
+    node.remove_manifest("gone.yaml");
+    node.start();
+    node.wait_for("the orphan container removed", MINUTE, |_| {
+        (node.runc_ids().len() == 1).then_some(())
+    });
+    assert_eq!(
+        node.runc_ids(),
+        vec![stays.container_statuses[0].container_id.clone()]
+    );
+    node.wait_for("the orphan's cgroups and folders removed", MINUTE, |_| {
+        let pod_dir = node.path(&format!("state/run/pods/{}", gone.uid));
+        (node.cgroups(&gone.uid).is_empty() && !pod_dir.exists()).then_some(())
+    });
+    let s = node.snapshot().unwrap();
+    assert!(node.pod(&s, "gone").is_none());
+    assert_eq!(
+        node.pod(&s, "stays").unwrap().container_statuses[0].restart_count,
+        0
+    );
+}

@@ -463,6 +463,13 @@ impl Worker {
                     image: c.image.clone(),
                     image_id: image_id.clone(),
                     log_path,
+                    stop_signal: image
+                        .config
+                        .stop_signal
+                        .clone()
+                        .unwrap_or_else(|| "SIGTERM".to_string()),
+                    grace_period_seconds: self.pod.spec.termination_grace_period_seconds().max(0)
+                        as u64,
                 };
                 if let Err(e) = bundle.write_record(&record) {
                     log::warn!(
@@ -654,7 +661,7 @@ impl Worker {
                 a.record.container,
                 a.state.pid
             );
-            let stop_signal = "SIGTERM".to_string();
+            let stop_signal = a.record.stop_signal.clone();
             self.running[i] = Some(Running {
                 id: a.state.id,
                 bundle,

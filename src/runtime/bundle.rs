@@ -38,6 +38,19 @@ pub struct Record {
     pub image: String,
     pub image_id: String,
     pub log_path: PathBuf,
+    /// How to stop it when its pod's spec is gone (a pod removed while nanolet was away).
+    #[serde(default = "default_stop_signal")]
+    pub stop_signal: String,
+    #[serde(default = "default_grace")]
+    pub grace_period_seconds: u64,
+}
+
+fn default_stop_signal() -> String {
+    "SIGTERM".to_string()
+}
+
+fn default_grace() -> u64 {
+    30
 }
 
 /// The agent's ends of a container's stdout and stderr.
@@ -200,6 +213,8 @@ mod tests {
             image: "busybox".into(),
             image_id: "sha256:x".into(),
             log_path: "/var/log/pods/x/app/3.log".into(),
+            stop_signal: "SIGQUIT".into(),
+            grace_period_seconds: 5,
         };
         b.write_record(&r).unwrap();
         assert_eq!(b.read_record().unwrap(), r);
