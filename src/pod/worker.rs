@@ -417,8 +417,11 @@ impl Worker {
         for w in warnings {
             log::warn!("pod {}: container {:?}: {w}", self.name(), c.name);
         }
-        let _ = self.ctx.runc.delete(&id).await;
-        let _ = bundle.remove();
+        if bundle.dir.exists() {
+            // Left by an attempt that did not finish (nanolet stopped in the middle of it).
+            let _ = self.ctx.runc.delete(&id).await;
+            let _ = bundle.remove();
+        }
         let log_path = self.log_path(&c.name, attempt);
         let prepared = bundle
             .create(&image_rootfs)
