@@ -15,7 +15,8 @@
 //! unwinds) removes the manifests, waits for the agent to stop its pods, stops the agent,
 //! `runc delete -f`s whatever is left in both runc roots, unmounts everything below `<base>`,
 //! removes both cgroup parents and `<base>` itself. A run killed outright (SIGKILL, Ctrl-C) leaves
-//! `<base>` behind; the next run finds it and takes it down first.
+//! `<base>` behind; the next run finds it and takes it down first. `NANOLET_BENCH_KEEP_LOG=FILE`
+//! keeps a copy of the agent's log.
 //!
 //! Never touches anything outside `<base>` but its own two cgroup parents.
 
@@ -364,6 +365,12 @@ fn take_down(base: &Path, agent: Option<(Child, &Lab)>) {
         if let Err(e) = result {
             eprintln!("bench cleanup: {e}");
         }
+    }
+    if let Some(keep) = std::env::var_os("NANOLET_BENCH_KEEP_LOG")
+        && let Err(e) = fs::copy(base.join("agent.log"), &keep)
+    {
+        let keep = Path::new(&keep).display();
+        eprintln!("bench cleanup: keeping the agent log as {keep}: {e}");
     }
     if let Err(e) = fs::remove_dir_all(base) {
         eprintln!("bench cleanup: removing {}: {e}", base.display());

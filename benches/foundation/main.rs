@@ -10,8 +10,9 @@
 //! (`CARGO_BIN_EXE_nanolet`, the bench profile, which inherits `release`) as an agent on a
 //! private node in `NANOLET_BENCH_DIR` (default `/tmp/nanolet-foundation-bench`), with the busybox
 //! image from `images/build-busybox-image` (or the OCI layout in `NANOLET_BENCH_IMAGE`).
-//! `NANOLET_BENCH_AGENT` runs another binary instead, e.g. the static musl build. Everything is
-//! taken down afterwards, also on errors and panics (see `lab.rs`).
+//! `NANOLET_BENCH_AGENT` runs another binary instead, e.g. the static musl build;
+//! `NANOLET_BENCH_KEEP_LOG=FILE` keeps the agent's log. Everything is taken down afterwards, also
+//! on errors and panics (see `lab.rs`).
 //!
 //! Every number is a ratio against a baseline measured in the same run, or against its target,
 //! and is reported, never asserted (a slow machine does not fail the bench):
@@ -268,9 +269,20 @@ fn memory_rows(when: &str, memory: Option<procfs::Memory>) -> [Row; 2] {
     ]
 }
 
-/// The agent's CPU ticks over `window`: (own %, children %, own ticks), or `None` if /proc
-/// could not be read.
-fn idle_cpu(agent: u32, window: Duration) -> Option<(f64, f64, u64)> {
+/// The agent's CPU over the idle window.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct IdleCpu {
+    /// The agent's own `utime + stime`, in % of one core.
+    own_percent: f64,
+    /// Its waited-for children's (runc), in % of one core.
+    children_percent: f64,
+    own_ticks: u64,
+    /// One tick in % of one core over the window: the measurement's resolution.
+    resolution_percent: f64,
+}
+
+/// Measures the agent's CPU over `window`; `None` if /proc could not be read.
+fn idle_cpu(agent: u32, window: Duration) -> Option<IdleCpu> {
     let hz = procfs::clock_ticks_per_second() as f64;
     let before = procfs::cpu_ticks(agent)?;
     let start = Instant::now();
@@ -280,20 +292,28 @@ fn idle_cpu(agent: u32, window: Duration) -> Option<(f64, f64, u64)> {
     let percent = |ticks: u64| ticks as f64 / hz / wall * 100.0;
     let own = after.own.saturating_sub(before.own);
     let children = after.children.saturating_sub(before.children);
-    Some((percent(own), percent(children), own))
+    Some(IdleCpu {
+        own_percent: percent(own),
+        children_percent: percent(children),
+        own_ticks: own,
+        resolution_percent: percent(1),
+    })
 }
 
-fn cpu_row(cpu: Option<(f64, f64, u64)>, window: Duration) -> Row {
+fn cpu_row(cpu: Option<IdleCpu>, window: Duration) -> Row {
     Row {
         metric: format!("idle CPU, {IDLE_PODS} pods, {} s", window.as_secs()),
-        nanolet: cpu.map_or("-".to_string(), |(own, _, ticks)| {
-            format!("{own:.3} % ({ticks} ticks)")
+        nanolet: cpu.map_or("-".to_string(), |c| {
+            format!("{:.3} % ({} ticks)", c.own_percent, c.own_ticks)
         }),
         baseline: format!("target {IDLE_CPU_TARGET_PERCENT} %"),
-        ratio: cpu.map(|(own, _, _)| own / IDLE_CPU_TARGET_PERCENT),
+        ratio: cpu.map(|c| c.own_percent / IDLE_CPU_TARGET_PERCENT),
         target: 1.0,
-        note: cpu.map_or("could not read /proc".to_string(), |(_, children, _)| {
-            format!("waited-for children (runc) add {children:.3} % of a core")
+        note: cpu.map_or("could not read /proc".to_string(), |c| {
+            format!(
+                "resolution 1 tick = {:.3} %; waited-for children (runc) add {:.3} %",
+                c.resolution_percent, c.children_percent
+            )
         }),
     }
 }
