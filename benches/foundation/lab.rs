@@ -6,8 +6,8 @@
 //!   <base>/cfg/manifests/          the agent's static pods (written by rename from staging/)
 //!   <base>/cfg/images/busybox/     OCI layout from images/build-busybox-image
 //!   <base>/cfg/staging/            manifests are written here first, then renamed in
-//!   <base>/state/{data,run,logs}   the agent's dataDir, runDir, podLogsDir
-//!   <base>/baseline/               rootfs copy, one bundle per `runc run -d`, runc --root
+//!   <base>/state/{data,run,logs}   the agent's dataDir, runDir (a tmpfs), podLogsDir
+//!   <base>/baseline/               rootfs copy, one bundle per `runc run -d`, runc --root (a tmpfs)
 //!   <base>/agent.log, agent.pid    the agent's stderr, and its pid for a later stale cleanup
 //! ```
 //!
@@ -31,7 +31,7 @@ use nanolet::pod::status::{PodStatus, Snapshot};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fd::OwnedFd;
 use rustix::fs::inotify;
-use rustix::mount::UnmountFlags;
+use rustix::mount::{MountFlags, UnmountFlags};
 use rustix::process::{Pid, Signal};
 
 /// The agent's node name: static pods are named `<manifest name>-bench`.
@@ -130,6 +130,18 @@ impl Lab {
         ] {
             let dir = base.join(dir);
             fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        }
+        // An appliance's runDir (and so runc's state) is on tmpfs: so are both here.
+        for dir in ["state/run", "baseline/runc"] {
+            let dir = base.join(dir);
+            rustix::mount::mount(
+                "tmpfs",
+                &dir,
+                "tmpfs",
+                MountFlags::NOSUID | MountFlags::NODEV,
+                c"mode=0755",
+            )
+            .map_err(|e| io_err(format!("mounting a tmpfs on {}", dir.display()))(e.into()))?;
         }
         let image_dir = base.join("cfg/images/busybox");
         match image {

@@ -1,16 +1,19 @@
 //! nanolet's foundation benchmarks: pod start overhead, agent memory, idle CPU, binary size.
 //!
 //! ```text
-//! sudo -E cargo bench --bench foundation               # needs root and runc; ~3-4 minutes
+//! sudo -E cargo bench --bench foundation               # root and runc; ~1.5 min after the build
 //! NANOLET_BENCH_IDLE_SECS=10 cargo bench --bench foundation   # shorter idle CPU window
 //! cargo test --bench foundation                        # only the self-check of the parsers
 //! ```
 //!
 //! It builds nothing: it runs the nanolet binary cargo built for this bench
 //! (`CARGO_BIN_EXE_nanolet`, the bench profile, which inherits `release`) as an agent on a
-//! private node in `NANOLET_BENCH_DIR` (default `/tmp/nanolet-foundation-bench`), with the busybox
+//! private node in `NANOLET_BENCH_DIR` (default `/tmp/nanolet-foundation-bench`; its runDir and
+//! the baseline's runc root are tmpfs mounts, as `/run` is on an appliance), with the busybox
 //! image from `images/build-busybox-image` (or the OCI layout in `NANOLET_BENCH_IMAGE`).
-//! `NANOLET_BENCH_AGENT` runs another binary instead, e.g. the static musl build;
+//! `NANOLET_BENCH_AGENT` runs another binary instead: the host build cargo makes is glibc, whose
+//! malloc arenas add ~2.5 MiB of RSS, so for an appliance's memory numbers run the static musl
+//! build (`NANOLET_BENCH_AGENT=$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/release/nanolet`);
 //! `NANOLET_BENCH_KEEP_LOG=FILE` keeps the agent's log. Everything is taken down afterwards, also
 //! on errors and panics (see `lab.rs`).
 //!
