@@ -177,7 +177,11 @@ fn run(command: Command, config_dir: &Path) -> Result<(), Box<dyn std::error::Er
             hostname,
             host_network,
         } => crate::sys::sandbox::init_in_child(&dir, &hostname, host_network)?,
-        Command::Import => import(config_dir)?,
+        Command::Import => {
+            // The agent logs this child's results; its own progress lines would repeat them.
+            log::set_max_level(log::LevelFilter::Warn);
+            import(config_dir)?
+        }
     }
     Ok(())
 }
