@@ -2,10 +2,11 @@
 //! nftables-mode semantics.
 //!
 //! ```text
-//!  filter-output ─┐ (priority dstnat-10, ct state new)
-//!  filter-forward ├─► service-endpoints-check: daddr.proto.port vmap @no-endpoint-services
-//!                 │   cluster-ips-check: @cluster-ips → reject; service CIDR → drop
-//!  filter-input ──┴─► nodeport-endpoints-check: @nodeport-ips, proto.port vmap @no-endpoint-nodeports
+//!  filter-output ──┐ (priority dstnat-10, ct state new)
+//!  filter-forward ─┼─► service-endpoints-check: daddr.proto.port vmap @no-endpoint-services
+//!  filter-input ───┴─► nodeport-endpoints-check: @nodeport-ips, proto.port vmap @no-endpoint-nodeports
+//!  filter-forward, filter-output-post-dnat (after DNAT)
+//!                  ──► cluster-ips-check: @cluster-ips → reject; service CIDR → drop
 //!
 //!  nat-prerouting ─┐
 //!  nat-output ─────┴─► services ─► @service-ips ─────► service-…  (cluster policy: all endpoints)
@@ -44,6 +45,7 @@ use super::ruleset::{
 pub const FILTER_INPUT: &str = "filter-input";
 pub const FILTER_FORWARD: &str = "filter-forward";
 pub const FILTER_OUTPUT: &str = "filter-output";
+pub const FILTER_OUTPUT_POST_DNAT: &str = "filter-output-post-dnat";
 pub const NAT_PREROUTING: &str = "nat-prerouting";
 pub const NAT_OUTPUT: &str = "nat-output";
 pub const NAT_POSTROUTING: &str = "nat-postrouting";
@@ -183,16 +185,26 @@ impl<'a> TableBuilder<'a> {
                 Rule::new(vec![new()], jump(SERVICE_ENDPOINTS_CHECK)),
             ],
         );
-        for (name, hook) in [(FILTER_FORWARD, Hook::Forward), (FILTER_OUTPUT, Hook::Output)] {
-            add(
-                name,
-                base(ChainType::Filter, hook, filter),
-                vec![
-                    Rule::new(vec![new()], jump(SERVICE_ENDPOINTS_CHECK)),
-                    Rule::new(vec![new()], jump(CLUSTER_IPS_CHECK)),
-                ],
-            );
-        }
+        add(
+            FILTER_FORWARD,
+            base(ChainType::Filter, Hook::Forward, filter),
+            vec![
+                Rule::new(vec![new()], jump(SERVICE_ENDPOINTS_CHECK)),
+                Rule::new(vec![new()], jump(CLUSTER_IPS_CHECK)),
+            ],
+        );
+        add(
+            FILTER_OUTPUT,
+            base(ChainType::Filter, Hook::Output, filter),
+            vec![Rule::new(vec![new()], jump(SERVICE_ENDPOINTS_CHECK))],
+        );
+        // Forwarded traffic reaches filter-forward after DNAT; local traffic needs a chain of
+        // its own after nat-output, or every clusterIP would be rejected before it is DNATed.
+        add(
+            FILTER_OUTPUT_POST_DNAT,
+            base(ChainType::Filter, Hook::Output, PRIORITY_DSTNAT + 10),
+            vec![Rule::new(vec![new()], jump(CLUSTER_IPS_CHECK))],
+        );
         for (name, hook) in [
             (NAT_PREROUTING, Hook::Prerouting),
             (NAT_OUTPUT, Hook::Output),
