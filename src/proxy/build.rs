@@ -172,9 +172,7 @@ impl<'a> TableBuilder<'a> {
         let new = || Match::CtStateNew;
         let jump = |c: &str| Action::Jump(c.to_string());
         let mut add = |name: &str, base: Option<BaseChain>, rules: Vec<Rule>| {
-            table
-                .chains
-                .insert(name.to_string(), Chain { base, rules });
+            table.chains.insert(name.to_string(), Chain { base, rules });
         };
         let filter = PRIORITY_DSTNAT - 10;
         add(
@@ -430,7 +428,10 @@ impl<'a> TableBuilder<'a> {
                 Match::Daddr(AddrMatch::Is(cluster_ip)),
                 Match::Dport(proto, port.port),
             ];
-            m.extend(self.cluster_cidrs().map(|c| Match::Saddr(AddrMatch::NotIn(c))));
+            m.extend(
+                self.cluster_cidrs()
+                    .map(|c| Match::Saddr(AddrMatch::NotIn(c))),
+            );
             Rule::new(m, Action::Jump(MARK_FOR_MASQUERADE.to_string()))
                 .with_comment("masquerade traffic from outside the cluster to the clusterIP")
         };
@@ -456,7 +457,11 @@ impl<'a> TableBuilder<'a> {
             let verdict = no_endpoints_verdict(itp_local);
             self.claim(NO_ENDPOINT_SERVICES, key, verdict, svc, &what, problems);
         } else {
-            let target = if itp_local { &local_chain } else { &cluster_chain };
+            let target = if itp_local {
+                &local_chain
+            } else {
+                &cluster_chain
+            };
             let verdict = MapVerdict::Goto(target.clone());
             self.claim(SERVICE_IPS, key, verdict, svc, &what, problems);
         }
@@ -491,8 +496,11 @@ impl<'a> TableBuilder<'a> {
                     .with_comment("masquerade traffic from this host"),
                 );
                 rules.push(
-                    Rule::new(vec![Match::FibSaddrLocal], Action::Goto(cluster_chain.clone()))
-                        .with_comment("traffic from this host goes to the whole cluster"),
+                    Rule::new(
+                        vec![Match::FibSaddrLocal],
+                        Action::Goto(cluster_chain.clone()),
+                    )
+                    .with_comment("traffic from this host goes to the whole cluster"),
                 );
                 rules.push(Rule::always(Action::Goto(local_chain.clone())));
             } else {
@@ -568,13 +576,9 @@ impl<'a> TableBuilder<'a> {
             targets.push(chain);
         }
         rules.push(Rule::always(Action::NumgenGoto(targets)));
-        self.table.chains.insert(
-            name.to_string(),
-            Chain {
-                base: None,
-                rules,
-            },
-        );
+        self.table
+            .chains
+            .insert(name.to_string(), Chain { base: None, rules });
     }
 
     fn add_endpoint_chain(
@@ -598,13 +602,9 @@ impl<'a> TableBuilder<'a> {
             ))));
         }
         rules.push(Rule::always(Action::Dnat(proto, b.addr)));
-        self.table.chains.insert(
-            chain.to_string(),
-            Chain {
-                base: None,
-                rules,
-            },
-        );
+        self.table
+            .chains
+            .insert(chain.to_string(), Chain { base: None, rules });
     }
 }
 
@@ -640,7 +640,7 @@ fn backends(
         };
         for e in &slice.endpoints {
             let c = e.conditions;
-            if !c.ready && !(c.serving && c.terminating) {
+            if !c.is_usable() {
                 continue;
             }
             let addr = SocketAddr::new(e.address, ep_port.port);

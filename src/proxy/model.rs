@@ -164,12 +164,16 @@ fn mask(addr: IpAddr, prefix_len: u8) -> IpAddr {
     match addr {
         IpAddr::V4(a) => {
             let bits = u32::from(a);
-            let m = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
+            let m = u32::MAX
+                .checked_shl(32 - u32::from(prefix_len))
+                .unwrap_or(0);
             IpAddr::V4((bits & m).into())
         }
         IpAddr::V6(a) => {
             let bits = u128::from(a);
-            let m = u128::MAX.checked_shl(128 - u32::from(prefix_len)).unwrap_or(0);
+            let m = u128::MAX
+                .checked_shl(128 - u32::from(prefix_len))
+                .unwrap_or(0);
             IpAddr::V6((bits & m).into())
         }
     }
@@ -299,7 +303,10 @@ impl Service {
                     format!("{addr} is a loopback, unspecified or multicast address"),
                 ));
             }
-            if !cluster_ips.iter().any(|c| IpFamily::of(c) == IpFamily::of(&addr)) {
+            if !cluster_ips
+                .iter()
+                .any(|c| IpFamily::of(c) == IpFamily::of(&addr))
+            {
                 return Err(cx.err(
                     &field,
                     format!(
@@ -339,6 +346,14 @@ pub struct Conditions {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
+}
+
+impl Conditions {
+    /// May this endpoint get new connections at all: ready, or serving while terminating
+    /// (the latter only when no endpoint is ready: see `build`)?
+    pub fn is_usable(&self) -> bool {
+        self.ready || (self.serving && self.terminating)
+    }
 }
 
 /// One address of one endpoint.
@@ -448,8 +463,8 @@ impl EndpointSlice {
                 serving: flag("serving")?.unwrap_or(ready),
                 terminating: flag("terminating")?.unwrap_or(false),
             };
-            let node_name = opt_str(&cx, e, "nodeName", &format!("{field}.nodeName"))?
-                .map(str::to_string);
+            let node_name =
+                opt_str(&cx, e, "nodeName", &format!("{field}.nodeName"))?.map(str::to_string);
             let addresses = str_list(&cx, e, "addresses", &format!("{field}.addresses"))?;
             if addresses.is_empty() {
                 return Err(cx.err(
@@ -613,12 +628,7 @@ fn list<'a>(cx: &Cx, v: &'a Value, key: &str, field: &str) -> Result<&'a [Value]
     }
 }
 
-fn str_list<'a>(
-    cx: &Cx,
-    v: &'a Value,
-    key: &str,
-    field: &str,
-) -> Result<Vec<&'a str>, ModelError> {
+fn str_list<'a>(cx: &Cx, v: &'a Value, key: &str, field: &str) -> Result<Vec<&'a str>, ModelError> {
     list(cx, v, key, field)?
         .iter()
         .enumerate()
@@ -678,9 +688,17 @@ fn cluster_ips(cx: &Cx, spec: &Value) -> Result<Option<Vec<IpAddr>>, ModelError>
     if raw.len() > 2 {
         return Err(cx.err(field, "at most one IP per family is allowed".to_string()));
     }
+    // `spec.clusterIP` is one value; `spec.clusterIPs` a list.
+    let at = |i: usize| {
+        if field == "spec.clusterIP" {
+            field.to_string()
+        } else {
+            format!("{field}[{i}]")
+        }
+    };
     let mut ips: Vec<IpAddr> = Vec::new();
     for (i, s) in raw.iter().enumerate() {
-        let f = format!("{field}[{i}]");
+        let f = at(i);
         let ip = parse_ip(s).map_err(|p| cx.err(&f, p))?;
         if ips.iter().any(|o| IpFamily::of(o) == IpFamily::of(&ip)) {
             return Err(cx.err(
@@ -702,7 +720,7 @@ fn cluster_ips(cx: &Cx, spec: &Value) -> Result<Option<Vec<IpAddr>>, ModelError>
             && IpFamily::of(ip).as_kubernetes() != *fam
         {
             return Err(cx.err(
-                &format!("{field}[{i}]"),
+                &at(i),
                 format!("{ip} is not an {fam} address (spec.ipFamilies[{i}] is {fam})"),
             ));
         }
@@ -752,8 +770,7 @@ fn service_ports(
             if !name.is_empty() && other.name == name {
                 return Err(cx.err(&field, format!("duplicate port name {name:?}")));
             }
-            if node_port.is_some() && other.node_port == node_port && other.protocol == protocol
-            {
+            if node_port.is_some() && other.node_port == node_port && other.protocol == protocol {
                 return Err(cx.err(
                     &field,
                     format!(

@@ -259,7 +259,8 @@ fn render_op(out: &mut String, op: &Op) {
             render_table(out, table);
             Ok(())
         }
-        Op::DeleteTable(f) => writeln!(out, "delete table {}", t(f)),
+        // `add table` first: deleting a table that does not exist would fail the batch.
+        Op::DeleteTable(f) => writeln!(out, "add table {0}\ndelete table {0}", t(f)),
         Op::AddSet(f, name, set) => writeln!(
             out,
             "add set {} {name} {{ {}; }}",
@@ -286,7 +287,12 @@ fn render_op(out: &mut String, op: &Op) {
                     None => key(k),
                 })
                 .collect();
-            writeln!(out, "add element {} {name} {{ {} }}", t(f), items.join(", "))
+            writeln!(
+                out,
+                "add element {} {name} {{ {} }}",
+                t(f),
+                items.join(", ")
+            )
         }
         Op::DeleteElements(f, name, keys) => {
             let items: Vec<String> = keys.iter().map(key).collect();

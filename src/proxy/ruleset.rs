@@ -94,7 +94,10 @@ pub enum Action {
     Drop,
     Reject,
     /// `<key> vmap @map`.
-    Vmap { key: LookupKey, map: String },
+    Vmap {
+        key: LookupKey,
+        map: String,
+    },
     /// `numgen random mod N vmap { 0 : goto a, 1 : goto b }`, one chain per value.
     NumgenGoto(Vec<String>),
     /// `meta mark set meta mark | BIT`.

@@ -146,7 +146,11 @@ fn shape(name: &str) -> (Vec<Service>, Vec<EndpointSlice>, NodeConfig) {
             sl(),
             node_v4(),
         ),
-        "externalips" => (s(json!({ "externalIPs": ["203.0.113.7"] })), sl(), node_v4()),
+        "externalips" => (
+            s(json!({ "externalIPs": ["203.0.113.7"] })),
+            sl(),
+            node_v4(),
+        ),
         "etp-local" => (
             vec![svc(
                 "web",
@@ -352,7 +356,12 @@ fn flows_world() -> (Vec<Service>, Vec<EndpointSlice>, NodeConfig) {
             http(),
             json!({ "clusterIPs": ["10.96.0.22", "fd00:96::22"] }),
         ),
-        svc("np-empty", "10.96.0.23", np(30083), json!({ "type": "NodePort" })),
+        svc(
+            "np-empty",
+            "10.96.0.23",
+            np(30083),
+            json!({ "type": "NodePort" }),
+        ),
     ];
     let pair = |name: &str, n: u8| {
         slice(
@@ -643,7 +652,9 @@ fn over_100_flows_go_where_kube_proxy_would_send_them() {
         };
         let got = outcomes_without_affinity(&tracer.trace(&p).unwrap());
         if got != expect(want) {
-            failures.push(format!("{src} -> {dst} {pr}/{dport}: want {want}, got {got:?}"));
+            failures.push(format!(
+                "{src} -> {dst} {pr}/{dport}: want {want}, got {got:?}"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -671,7 +682,10 @@ fn session_affinity_sends_a_remembered_client_to_its_endpoint() {
         remembered_in: Some(set.clone()),
     }));
     tracer.remember(&set, p.src);
-    assert_eq!(tracer.trace(&p).unwrap().verdict(), Verdict::Dnat([chosen].into()));
+    assert_eq!(
+        tracer.trace(&p).unwrap().verdict(),
+        Verdict::Dnat([chosen].into())
+    );
     // Another client is not affected.
     let other = Packet {
         src: ip("10.244.2.99"),
@@ -689,12 +703,24 @@ fn session_affinity_sends_a_remembered_client_to_its_endpoint() {
 #[test]
 fn terminating_endpoints_are_used_only_without_ready_ones() {
     let cases: &[(&[(&str, &str)], Verdict)] = &[
-        (&[("10.244.1.1", "R"), ("10.244.1.2", "rST")], Verdict::Dnat([sock("10.244.1.1:8080")].into())),
-        (&[("10.244.1.1", "rST"), ("10.244.1.2", "rST")], Verdict::Dnat([sock("10.244.1.1:8080"), sock("10.244.1.2:8080")].into())),
-        (&[("10.244.1.1", "rsT"), ("10.244.1.2", "rST")], Verdict::Dnat([sock("10.244.1.2:8080")].into())),
+        (
+            &[("10.244.1.1", "R"), ("10.244.1.2", "rST")],
+            Verdict::Dnat([sock("10.244.1.1:8080")].into()),
+        ),
+        (
+            &[("10.244.1.1", "rST"), ("10.244.1.2", "rST")],
+            Verdict::Dnat([sock("10.244.1.1:8080"), sock("10.244.1.2:8080")].into()),
+        ),
+        (
+            &[("10.244.1.1", "rsT"), ("10.244.1.2", "rST")],
+            Verdict::Dnat([sock("10.244.1.2:8080")].into()),
+        ),
         (&[("10.244.1.1", "rsT")], Verdict::Reject),
         (&[("10.244.1.1", "rSt")], Verdict::Reject),
-        (&[("10.244.1.1", "RST")], Verdict::Dnat([sock("10.244.1.1:8080")].into())),
+        (
+            &[("10.244.1.1", "RST")],
+            Verdict::Dnat([sock("10.244.1.1:8080")].into()),
+        ),
     ];
     let node = node_v4();
     for (eps, want) in cases {
@@ -799,7 +825,9 @@ fn diff_removes_a_deleted_service_and_its_map_elements() {
     assert!(ops.iter().any(|op| matches!(op,
         Op::DeleteElements(_, m, keys) if m == "cluster-ips" && keys.len() == 1)));
     // Deleting chains comes after deleting the map elements that point to them.
-    let last_element = ops.iter().rposition(|op| matches!(op, Op::DeleteElements(..)));
+    let last_element = ops
+        .iter()
+        .rposition(|op| matches!(op, Op::DeleteElements(..)));
     let first_chain = ops.iter().position(|op| matches!(op, Op::DeleteChain(..)));
     assert!(last_element < first_chain);
 }
@@ -825,13 +853,13 @@ fn slice_err(v: Value) -> String {
 fn bad_services_are_rejected_with_the_object_and_field() {
     let cases: Vec<(Value, &str)> = vec![
         (svc_json("web", "010.96.0.1", http(), json!({})),
-         "service default/web: spec.clusterIP[0]: \"010.96.0.1\": IPv4 address must not have leading zeros"),
+         "service default/web: spec.clusterIP: \"010.96.0.1\": IPv4 address must not have leading zeros"),
         (svc_json("web", "10.96.0.1", http(), json!({ "clusterIPs": ["10.96.0.1", "10.96.0.2"] })),
          "service default/web: spec.clusterIPs[1]: 10.96.0.2: a second IPv4 clusterIP, a dual-stack service has one of each family"),
         (svc_json("web", "10.96.0.1", http(), json!({ "clusterIPs": ["fd00:96::1"], "ipFamilies": ["IPv4"] })),
          "service default/web: spec.clusterIPs[0]: fd00:96::1 is not an IPv4 address (spec.ipFamilies[0] is IPv4)"),
         (svc_json("web", "::ffff:10.96.0.1", http(), json!({})),
-         "service default/web: spec.clusterIP[0]: \"::ffff:10.96.0.1\": IPv4-mapped IPv6 address is not allowed, use the IPv4 form"),
+         "service default/web: spec.clusterIP: \"::ffff:10.96.0.1\": IPv4-mapped IPv6 address is not allowed, use the IPv4 form"),
         (svc_json("web", "10.96.0.1", json!([{ "port": 0 }]), json!({})),
          "service default/web: spec.ports[0].port: port 0 must be 1..=65535"),
         (svc_json("web", "10.96.0.1", json!([{ "port": 65536 }]), json!({})),
@@ -879,25 +907,86 @@ fn bad_services_are_rejected_with_the_object_and_field() {
 #[test]
 fn bad_endpoint_slices_are_rejected_with_the_object_and_field() {
     let cases: Vec<(Value, &str)> = vec![
-        (slice_json("web", "x", "IPv4", http_8080(), vec![ep("10.244.001.5", "n", "R")]),
-         "endpointslice default/web-x: endpoints[0].addresses[0]: \"10.244.001.5\": IPv4 address must not have leading zeros"),
-        (slice_json("web", "x", "IPv4", http_8080(), vec![ep("fd00::5", "n", "R")]),
-         "endpointslice default/web-x: endpoints[0].addresses[0]: fd00::5 is not an IPv4 address (addressType IPv4)"),
-        (slice_json("web", "x", "IPv6", http_8080(), vec![ep("10.244.1.5", "n", "R")]),
-         "endpointslice default/web-x: endpoints[0].addresses[0]: 10.244.1.5 is not an IPv6 address (addressType IPv6)"),
-        (slice_json("web", "x", "IPv4", json!([{ "name": "http", "port": 0 }]), vec![]),
-         "endpointslice default/web-x: ports[0].port: port 0 must be 1..=65535"),
-        (slice_json("web", "x", "IPv4", http_8080(), vec![json!({ "addresses": [] })]),
-         "endpointslice default/web-x: endpoints[0].addresses: must have at least one address"),
-        (slice_json("web", "x", "IPv4", http_8080(), vec![json!({ "addresses": ["10.0.0.1"], "conditions": { "ready": "yes" } })]),
-         "endpointslice default/web-x: endpoints[0].conditions.ready: must be a boolean"),
-        (slice_json("web", "x", "IPv4", http_8080(),
-                    (0..1001).map(|i| ep(&format!("10.244.{}.{}", i / 250, i % 250 + 1), "n", "R")).collect()),
-         "endpointslice default/web-x: endpoints: 1001 endpoints, at most 1000 are allowed in one slice"),
-        (json!({ "metadata": { "name": "web-x", "namespace": "default" }, "addressType": "IPv4" }),
-         "endpointslice default/web-x: metadata.labels: missing label kubernetes.io/service-name"),
-        (json!({ "metadata": { "name": "web-x", "labels": { "kubernetes.io/service-name": "web" } }, "addressType": "IPv5" }),
-         "endpointslice default/web-x: addressType: unknown address type \"IPv5\""),
+        (
+            slice_json(
+                "web",
+                "x",
+                "IPv4",
+                http_8080(),
+                vec![ep("10.244.001.5", "n", "R")],
+            ),
+            "endpointslice default/web-x: endpoints[0].addresses[0]: \"10.244.001.5\": IPv4 address must not have leading zeros",
+        ),
+        (
+            slice_json(
+                "web",
+                "x",
+                "IPv4",
+                http_8080(),
+                vec![ep("fd00::5", "n", "R")],
+            ),
+            "endpointslice default/web-x: endpoints[0].addresses[0]: fd00::5 is not an IPv4 address (addressType IPv4)",
+        ),
+        (
+            slice_json(
+                "web",
+                "x",
+                "IPv6",
+                http_8080(),
+                vec![ep("10.244.1.5", "n", "R")],
+            ),
+            "endpointslice default/web-x: endpoints[0].addresses[0]: 10.244.1.5 is not an IPv6 address (addressType IPv6)",
+        ),
+        (
+            slice_json(
+                "web",
+                "x",
+                "IPv4",
+                json!([{ "name": "http", "port": 0 }]),
+                vec![],
+            ),
+            "endpointslice default/web-x: ports[0].port: port 0 must be 1..=65535",
+        ),
+        (
+            slice_json(
+                "web",
+                "x",
+                "IPv4",
+                http_8080(),
+                vec![json!({ "addresses": [] })],
+            ),
+            "endpointslice default/web-x: endpoints[0].addresses: must have at least one address",
+        ),
+        (
+            slice_json(
+                "web",
+                "x",
+                "IPv4",
+                http_8080(),
+                vec![json!({ "addresses": ["10.0.0.1"], "conditions": { "ready": "yes" } })],
+            ),
+            "endpointslice default/web-x: endpoints[0].conditions.ready: must be a boolean",
+        ),
+        (
+            slice_json(
+                "web",
+                "x",
+                "IPv4",
+                http_8080(),
+                (0..1001)
+                    .map(|i| ep(&format!("10.244.{}.{}", i / 250, i % 250 + 1), "n", "R"))
+                    .collect(),
+            ),
+            "endpointslice default/web-x: endpoints: 1001 endpoints, at most 1000 are allowed in one slice",
+        ),
+        (
+            json!({ "metadata": { "name": "web-x", "namespace": "default" }, "addressType": "IPv4" }),
+            "endpointslice default/web-x: metadata.labels: missing label kubernetes.io/service-name",
+        ),
+        (
+            json!({ "metadata": { "name": "web-x", "labels": { "kubernetes.io/service-name": "web" } }, "addressType": "IPv5" }),
+            "endpointslice default/web-x: addressType: unknown address type \"IPv5\"",
+        ),
     ];
     for (v, want) in cases {
         assert_eq!(slice_err(v), want);
@@ -913,7 +1002,15 @@ fn strict_ip_and_cidr_parsing() {
     for good in ["10.0.0.1", "0.0.0.0", "fd00::1", "2001:db8::10"] {
         assert!(parse_ip(good).is_ok(), "{good}");
     }
-    for bad in ["010.0.0.1", "10.0.0.01", "1.2.3", "10.0.0.1 ", "::ffff:1.2.3.4", "", "x"] {
+    for bad in [
+        "010.0.0.1",
+        "10.0.0.01",
+        "1.2.3",
+        "10.0.0.1 ",
+        "::ffff:1.2.3.4",
+        "",
+        "x",
+    ] {
         assert!(parse_ip(bad).is_err(), "{bad}");
     }
     for (s, ok) in [
@@ -947,7 +1044,9 @@ fn external_ip_equal_to_the_node_ip_is_skipped_and_reported() {
     let b = build(&services, &slices, &node);
     assert_eq!(
         b.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-        vec!["service default/web: externalIP 192.168.1.10 is this node's own address, skipped (it would capture the node's own ports)"]
+        vec![
+            "service default/web: externalIP 192.168.1.10 is this node's own address, skipped (it would capture the node's own ports)"
+        ]
     );
     let tracer = Tracer::new(&b.ruleset, &node.node_ips);
     let to = |dst: &str| {
@@ -964,7 +1063,10 @@ fn external_ip_equal_to_the_node_ip_is_skipped_and_reported() {
     };
     // The node's own SSH is not captured; the other externalIP still works.
     assert_eq!(to("192.168.1.10"), Verdict::NotService);
-    assert_eq!(to("203.0.113.7"), Verdict::Dnat([sock("10.244.2.6:2222")].into()));
+    assert_eq!(
+        to("203.0.113.7"),
+        Verdict::Dnat([sock("10.244.2.6:2222")].into())
+    );
 }
 
 #[test]
@@ -990,8 +1092,13 @@ fn names_at_the_63_character_limit_make_valid_nft_names() {
                               "ports": [{ "name": "b".repeat(15), "port": 80 }],
                               "sessionAffinity": "ClientIP" } });
     let s = Service::from_json(&v).unwrap().unwrap();
-    let mut sl = slice_json(&long, "x", "IPv6", json!([{ "name": "b".repeat(15), "port": 8080 }]),
-        vec![ep("fd00:244:ffff:ffff:ffff:ffff:ffff:ffff", "node-a", "R")]);
+    let mut sl = slice_json(
+        &long,
+        "x",
+        "IPv6",
+        json!([{ "name": "b".repeat(15), "port": 8080 }]),
+        vec![ep("fd00:244:ffff:ffff:ffff:ffff:ffff:ffff", "node-a", "R")],
+    );
     sl["metadata"]["namespace"] = json!(long);
     sl["metadata"]["name"] = json!("c".repeat(63));
     let sl = EndpointSlice::from_json(&sl).unwrap().unwrap();
@@ -1007,7 +1114,10 @@ fn names_at_the_63_character_limit_make_valid_nft_names() {
         .unwrap();
     // nftables' NFT_NAME_MAXLEN is 256 including the terminating NUL.
     assert!(longest < 256, "{longest}");
-    assert!(longest > 200, "the test should exercise long names: {longest}");
+    assert!(
+        longest > 200,
+        "the test should exercise long names: {longest}"
+    );
 }
 
 #[test]
@@ -1017,11 +1127,23 @@ fn five_thousand_endpoints_in_one_service_build_and_trace() {
     let slices: Vec<EndpointSlice> = (0..5)
         .map(|s| {
             let eps = (0..1000)
-                .map(|i| ep(&format!("10.244.{}.{}", s * 4 + i / 250, i % 250 + 1), "node-b", "R"))
+                .map(|i| {
+                    ep(
+                        &format!("10.244.{}.{}", s * 4 + i / 250, i % 250 + 1),
+                        "node-b",
+                        "R",
+                    )
+                })
                 .collect();
-            EndpointSlice::from_json(&slice_json("big", &format!("s{s}"), "IPv4", http_8080(), eps))
-                .unwrap()
-                .unwrap()
+            EndpointSlice::from_json(&slice_json(
+                "big",
+                &format!("s{s}"),
+                "IPv4",
+                http_8080(),
+                eps,
+            ))
+            .unwrap()
+            .unwrap()
         })
         .collect();
     let b = build(&services, &slices, &node);
@@ -1054,10 +1176,18 @@ fn duplicate_endpoints_across_slices_count_once() {
     let node = node_v4();
     let e = || vec![ep("10.244.1.5", "node-a", "R")];
     let slices = [
-        EndpointSlice::from_json(&slice_json("web", "a", "IPv4", http_8080(), e())).unwrap().unwrap(),
-        EndpointSlice::from_json(&slice_json("web", "b", "IPv4", http_8080(), e())).unwrap().unwrap(),
+        EndpointSlice::from_json(&slice_json("web", "a", "IPv4", http_8080(), e()))
+            .unwrap()
+            .unwrap(),
+        EndpointSlice::from_json(&slice_json("web", "b", "IPv4", http_8080(), e()))
+            .unwrap()
+            .unwrap(),
     ];
-    let b = build(&[svc("web", "10.96.0.10", http(), json!({}))], &slices, &node);
+    let b = build(
+        &[svc("web", "10.96.0.10", http(), json!({}))],
+        &slices,
+        &node,
+    );
     assert!(render(&b.ruleset).contains("numgen random mod 1 vmap"));
 }
 
@@ -1081,7 +1211,10 @@ fn nft_in_netns(ns: &str, scripts: &[String]) -> Result<String, String> {
         }
         let out = child.wait_with_output().map_err(|e| e.to_string())?;
         if !out.status.success() {
-            return Err(format!("{args:?}: {}", String::from_utf8_lossy(&out.stderr)));
+            return Err(format!(
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
@@ -1104,7 +1237,10 @@ fn nft_loads_every_golden_and_the_flows_world() {
         .map(|s| (s.to_string(), render_replace(&built(s).ruleset)))
         .collect();
     let (services, slices, node) = flows_world();
-    rulesets.push(("flows".to_string(), render_replace(&build(&services, &slices, &node).ruleset)));
+    rulesets.push((
+        "flows".to_string(),
+        render_replace(&build(&services, &slices, &node).ruleset),
+    ));
     for (name, text) in rulesets {
         let ns = format!("nanolet-proxy-{}", std::process::id());
         if let Err(e) = nft_in_netns(&ns, &[text]) {
@@ -1120,12 +1256,34 @@ fn nft_applies_a_diff_to_the_same_state_as_a_full_load() {
     let old = build(&services, &slices, &node).ruleset;
     let mut services2 = services.clone();
     services2.retain(|s| s.name != "sticky" && s.name != "web");
-    services2.push(svc("new", "10.96.0.50", http(), json!({ "sessionAffinity": "ClientIP" })));
+    services2.push(svc(
+        "new",
+        "10.96.0.50",
+        http(),
+        json!({ "sessionAffinity": "ClientIP" }),
+    ));
     let mut slices2 = slices.clone();
-    slices2.push(slice("new", "IPv4", http_8080(), vec![ep("10.244.1.200", "node-a", "R")]));
+    slices2.push(slice(
+        "new",
+        "IPv4",
+        http_8080(),
+        vec![ep("10.244.1.200", "node-a", "R")],
+    ));
     let new = build(&services2, &slices2, &node).ruleset;
     let ns = format!("nanolet-proxy-diff-{}", std::process::id());
-    let stepped = nft_in_netns(&ns, &[render_replace(&old), render_ops(&diff(&old, &new))]).unwrap();
+    // The first write after a start replaces tables that may or may not exist.
+    let mut replace: Vec<Op> = old
+        .tables
+        .iter()
+        .map(|t| Op::DeleteTable(t.family))
+        .collect();
+    replace.extend(old.tables.iter().cloned().map(Op::AddTable));
+    let steps = [
+        render_ops(&replace),
+        render_replace(&old),
+        render_ops(&diff(&old, &new)),
+    ];
+    let stepped = nft_in_netns(&ns, &steps).unwrap();
     let fresh = nft_in_netns(&ns, &[render_replace(&new)]).unwrap();
     // nft lists objects in creation order: compare the lines as multisets.
     let lines = |s: &str| {
@@ -1134,4 +1292,34 @@ fn nft_applies_a_diff_to_the_same_state_as_a_full_load() {
         v
     };
     assert_eq!(lines(&stepped), lines(&fresh));
+}
+
+#[test]
+fn dump_renders_the_valid_objects_and_names_the_invalid_ones() {
+    let services = [
+        svc_json("web", "10.96.0.10", http(), json!({})),
+        svc_json("bad", "10.96.0.011", http(), json!({})),
+    ];
+    let slices = [slice_json(
+        "web",
+        "abc12",
+        "IPv4",
+        http_8080(),
+        vec![ep("10.244.1.5", "node-a", "R")],
+    )];
+    let (text, problems) = super::dump(&services, &slices, &node_v4());
+    assert_eq!(
+        problems,
+        vec![
+            "service default/bad: spec.clusterIP: \"10.96.0.011\": IPv4 address must not have leading zeros"
+        ]
+    );
+    assert!(text.contains("10.96.0.10 . tcp . 80 : goto service-default/web/tcp/http"));
+    assert!(!text.contains("default/bad"));
+    let mut broken = node_v4();
+    broken.masquerade_bit = 0x4001;
+    assert_eq!(
+        super::dump(&services, &slices, &broken).1,
+        vec!["node config: masqueradeBit: 0x4001 must have exactly one bit set"]
+    );
 }

@@ -42,10 +42,7 @@ impl fmt::Display for TraceError {
             TraceError::UnknownMap(m) => write!(f, "map {m}: looked up but not defined"),
             TraceError::UnknownSet(s) => write!(f, "set {s}: looked up but not defined"),
             TraceError::TooDeep(c) => {
-                write!(
-                    f,
-                    "chain {c}: jumps nest deeper than {MAX_DEPTH} (a loop?)"
-                )
+                write!(f, "chain {c}: jumps nest deeper than {MAX_DEPTH} (a loop?)")
             }
         }
     }
@@ -77,7 +74,9 @@ pub enum Outcome {
     Drop,
     Reject,
     /// Untouched by the proxy.
-    NotService { masquerade: bool },
+    NotService {
+        masquerade: bool,
+    },
 }
 
 /// The summary a user reads: where the packet goes.
