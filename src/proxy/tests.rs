@@ -1086,23 +1086,7 @@ fn two_services_claiming_one_node_port_keep_the_first() {
 
 #[test]
 fn names_at_the_63_character_limit_make_valid_nft_names() {
-    let long = "a".repeat(63);
-    let v = json!({ "metadata": { "name": long, "namespace": long },
-                    "spec": { "clusterIPs": ["10.96.0.10", "fd00:96::10"],
-                              "ports": [{ "name": "b".repeat(15), "port": 80 }],
-                              "sessionAffinity": "ClientIP" } });
-    let s = Service::from_json(&v).unwrap().unwrap();
-    let mut sl = slice_json(
-        &long,
-        "x",
-        "IPv6",
-        json!([{ "name": "b".repeat(15), "port": 8080 }]),
-        vec![ep("fd00:244:ffff:ffff:ffff:ffff:ffff:ffff", "node-a", "R")],
-    );
-    sl["metadata"]["namespace"] = json!(long);
-    sl["metadata"]["name"] = json!("c".repeat(63));
-    let sl = EndpointSlice::from_json(&sl).unwrap().unwrap();
-    let b = build(&[s], &[sl], &node());
+    let b = long_names_world();
     assert_eq!(b.problems, vec![]);
     let longest = b
         .ruleset
@@ -1120,33 +1104,31 @@ fn names_at_the_63_character_limit_make_valid_nft_names() {
     );
 }
 
+/// 63-character namespace, Service and slice names, a 15-character port name, the longest
+/// IPv6 address form, and affinity sets named after all of them.
+fn long_names_world() -> Built {
+    let long = "a".repeat(63);
+    let v = json!({ "metadata": { "name": long, "namespace": long },
+                    "spec": { "clusterIPs": ["10.96.0.10", "fd00:96::10"],
+                              "ports": [{ "name": "b".repeat(15), "port": 80 }],
+                              "sessionAffinity": "ClientIP" } });
+    let s = Service::from_json(&v).unwrap().unwrap();
+    let mut sl = slice_json(
+        &long,
+        "x",
+        "IPv6",
+        json!([{ "name": "b".repeat(15), "port": 8080 }]),
+        vec![ep("fd00:244:ffff:ffff:ffff:ffff:ffff:ffff", "node-a", "R")],
+    );
+    sl["metadata"]["namespace"] = json!(long);
+    sl["metadata"]["name"] = json!("c".repeat(63));
+    let sl = EndpointSlice::from_json(&sl).unwrap().unwrap();
+    build(&[s], &[sl], &node())
+}
+
 #[test]
 fn five_thousand_endpoints_in_one_service_build_and_trace() {
-    let node = node_v4();
-    let services = [svc("big", "10.96.0.10", http(), json!({}))];
-    let slices: Vec<EndpointSlice> = (0..5)
-        .map(|s| {
-            let eps = (0..1000)
-                .map(|i| {
-                    ep(
-                        &format!("10.244.{}.{}", s * 4 + i / 250, i % 250 + 1),
-                        "node-b",
-                        "R",
-                    )
-                })
-                .collect();
-            EndpointSlice::from_json(&slice_json(
-                "big",
-                &format!("s{s}"),
-                "IPv4",
-                http_8080(),
-                eps,
-            ))
-            .unwrap()
-            .unwrap()
-        })
-        .collect();
-    let b = build(&services, &slices, &node);
+    let (b, node) = five_thousand_world();
     assert_eq!(b.problems, vec![]);
     let table = b.ruleset.table(IpFamily::V4).unwrap();
     let chain = &table.chains["service-default/big/tcp/http"];
@@ -1238,6 +1220,14 @@ fn nft_loads_every_golden_and_the_flows_world() {
         .collect();
     let (services, slices, node) = flows_world();
     rulesets.push((
+        "long-names".to_string(),
+        render_replace(&long_names_world().ruleset),
+    ));
+    rulesets.push((
+        "5000-endpoints".to_string(),
+        render_replace(&five_thousand_world().0.ruleset),
+    ));
+    rulesets.push((
         "flows".to_string(),
         render_replace(&build(&services, &slices, &node).ruleset),
     ));
@@ -1322,4 +1312,33 @@ fn dump_renders_the_valid_objects_and_names_the_invalid_ones() {
         super::dump(&services, &slices, &broken).1,
         vec!["node config: masqueradeBit: 0x4001 must have exactly one bit set"]
     );
+}
+
+/// One Service with 5000 ready endpoints in five full slices.
+fn five_thousand_world() -> (Built, NodeConfig) {
+    let node = node_v4();
+    let services = [svc("big", "10.96.0.10", http(), json!({}))];
+    let slices: Vec<EndpointSlice> = (0..5)
+        .map(|s| {
+            let eps = (0..1000)
+                .map(|i| {
+                    ep(
+                        &format!("10.244.{}.{}", s * 4 + i / 250, i % 250 + 1),
+                        "node-b",
+                        "R",
+                    )
+                })
+                .collect();
+            EndpointSlice::from_json(&slice_json(
+                "big",
+                &format!("s{s}"),
+                "IPv4",
+                http_8080(),
+                eps,
+            ))
+            .unwrap()
+            .unwrap()
+        })
+        .collect();
+    (build(&services, &slices, &node), node)
 }
