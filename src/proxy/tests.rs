@@ -1252,7 +1252,13 @@ fn nft_applies_a_diff_to_the_same_state_as_a_full_load() {
         http(),
         json!({ "sessionAffinity": "ClientIP" }),
     ));
+    // A verdict that changes in place: internalTrafficPolicy Local → Cluster.
+    for s in services2.iter_mut().filter(|s| s.name == "itp") {
+        s.internal_traffic_policy = super::model::TrafficPolicy::Cluster;
+    }
     let mut slices2 = slices.clone();
+    // A NodePort that loses its endpoints moves to the no-endpoint maps.
+    slices2.retain(|s| s.service_name != "np");
     slices2.push(slice(
         "new",
         "IPv4",
@@ -1341,4 +1347,43 @@ fn five_thousand_world() -> (Built, NodeConfig) {
         })
         .collect();
     (build(&services, &slices, &node), node)
+}
+
+#[test]
+fn diff_replaces_a_changed_verdict_and_redeclared_sets() {
+    let node = node_v4();
+    let slices = [slice(
+        "web",
+        "IPv4",
+        http_8080(),
+        vec![ep("10.244.1.5", "node-a", "R")],
+    )];
+    let at =
+        |extra: Value| build(&[svc("web", "10.96.0.10", http(), extra)], &slices, &node).ruleset;
+    // Cluster → Local: the same service-ips key now goes to the local chain.
+    let ops = diff(
+        &at(json!({})),
+        &at(json!({ "internalTrafficPolicy": "Local" })),
+    );
+    let key_ops: Vec<&Op> = ops
+        .iter()
+        .filter(|op| matches!(op, Op::AddElements(_, m, _) | Op::DeleteElements(_, m, _) if m == "service-ips"))
+        .collect();
+    assert!(
+        matches!(
+            key_ops.as_slice(),
+            [Op::DeleteElements(..), Op::AddElements(..)]
+        ),
+        "{key_ops:?}"
+    );
+    // A new affinity timeout redeclares the sets: the table is replaced in one transaction.
+    let sticky = |t: u32| {
+        at(json!({ "sessionAffinity": "ClientIP",
+        "sessionAffinityConfig": { "clientIP": { "timeoutSeconds": t } } }))
+    };
+    let ops = diff(&sticky(60), &sticky(120));
+    assert!(matches!(
+        ops.as_slice(),
+        [Op::DeleteTable(IpFamily::V4), Op::AddTable(_)]
+    ));
 }
