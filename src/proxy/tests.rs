@@ -723,8 +723,8 @@ fn terminating_endpoints_are_used_only_without_ready_ones() {
         ),
     ];
     let node = node_v4();
-    for (eps, want) in cases {
-        let eps = eps.iter().map(|(a, c)| ep(a, "node-a", c)).collect();
+    for (case, want) in cases {
+        let eps = case.iter().map(|(a, c)| ep(a, "node-a", c)).collect();
         let b = build(
             &[svc("web", "10.96.0.10", http(), json!({}))],
             &[slice("web", "IPv4", http_8080(), eps)],
@@ -738,7 +738,7 @@ fn terminating_endpoints_are_used_only_without_ready_ones() {
             is_from_local: false,
         };
         let got = Tracer::new(&b.ruleset, &node.node_ips).trace(&p).unwrap();
-        assert_eq!(&got.verdict(), want, "{eps_dbg:?}", eps_dbg = p);
+        assert_eq!(&got.verdict(), want, "endpoints {case:?}");
     }
 }
 
