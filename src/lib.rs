@@ -19,6 +19,7 @@
 //!   the `runc` driver, CRI-format logs.
 //! - [`pod`]: pod lifecycle with kubelet's semantics: the per-container state machine, restart
 //!   back-off (pure), and the pod worker that drives the runtime.
+//! - [`proxy`]: Services in nftables (kube-proxy's job): model, desired ruleset, nft text, tracer.
 //! - [`agent`]: wires sources, pod workers and the status snapshot on one executor thread.
 //! - [`state`]: durable and runtime state: atomic writes, boot id, the status snapshot.
 //! - [`sys`]: the one seam for syscalls that need `unsafe` or root: child reaping, namespaces,
@@ -34,6 +35,7 @@ pub mod image;
 pub mod k8s;
 pub mod logger;
 pub mod pod;
+pub mod proxy;
 pub mod runtime;
 pub mod source;
 pub mod state;
