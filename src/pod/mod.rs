@@ -4,12 +4,14 @@
 //! - [`backoff`] (pure): CrashLoopBackOff timing.
 //! - [`status`]: Kubernetes-shaped pod and container status, and the snapshot `ps` reads.
 //! - [`config`] (pure): a container of a Pod plus its image → the runtime configuration.
+//! - [`images`]: imagePullPolicy (pure) and pulls in child processes, shared per reference.
 //! - [`board`]: where workers publish status for the snapshot.
 //! - [`worker`]: one task per pod that carries out the decisions with the runtime.
 
 pub mod backoff;
 pub mod board;
 pub mod config;
+pub mod images;
 pub mod lifecycle;
 pub mod status;
 pub mod worker;
