@@ -375,7 +375,6 @@ impl Unpacker {
             // data) is read here, inside the total and outside the header bound.
             io::copy(&mut entry, &mut io::sink()).map_err(Error::Read)?;
         }
-        drop(entries);
         // Read to the end: the zero blocks and padding after the archive, and, for gzip,
         // the trailer whose CRC proves the stream whole. Metered: no bomb hides there.
         let mut rest = archive.into_inner();
@@ -699,7 +698,7 @@ impl Unpacker {
     fn set_xattrs(
         &mut self,
         display: &str,
-        xattrs: &[(Vec<u8>, Vec<u8>)],
+        xattrs: &[Xattr],
         mut set: impl FnMut(&[u8], &[u8]) -> Result<(), Errno>,
     ) {
         for (k, v) in xattrs {
@@ -720,13 +719,7 @@ impl Unpacker {
     /// xattrs of an entry that cannot be opened (a symlink, a device): `lsetxattr` on
     /// `/proc/self/fd/<parent>/<name>`. The magic link is the parent directory, already
     /// resolved inside the rootfs; `lsetxattr` does not follow `name`.
-    fn set_xattrs_at(
-        &mut self,
-        display: &str,
-        xattrs: &[(Vec<u8>, Vec<u8>)],
-        parent: &OwnedFd,
-        name: &[u8],
-    ) {
+    fn set_xattrs_at(&mut self, display: &str, xattrs: &[Xattr], parent: &OwnedFd, name: &[u8]) {
         if xattrs.is_empty() {
             return;
         }
@@ -827,8 +820,11 @@ fn opaque_clear(
     Ok(())
 }
 
+/// An extended attribute: name (`user.foo`), value.
+type Xattr = (Vec<u8>, Vec<u8>);
+
 /// The xattrs an entry carries as PAX `SCHILY.xattr.NAME=VALUE` records.
-fn xattrs_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+fn xattrs_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<Xattr>, Error> {
     const PREFIX: &str = "SCHILY.xattr.";
     let mut out = Vec::new();
     let Some(records) = entry.pax_extensions().map_err(Error::Read)? else {

@@ -957,3 +957,5 @@ fn keeps_mode_mtime_and_owner() {
     assert_eq!(d.permissions().mode() & 0o7777, 0o1777);
     assert_eq!(d.mtime(), 42);
 }
+
+mod streams;
