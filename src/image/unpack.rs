@@ -11,11 +11,16 @@
 //! follow it. Missing parents are created as directories (0755).
 //!
 //! Rules, as in the OCI image spec (layer.md) and docker/containerd:
-//! - `..` anywhere in an entry or hardlink path is an error; a leading `/` is stripped.
+//! - `..` anywhere in an entry or hardlink path is an error; a leading `/` is stripped;
+//!   `.` and empty components are dropped; a NUL byte (possible in a PAX path) is an error.
+//! - Paths and link targets are at most [`Limits::max_path_len`] bytes, each component at
+//!   most [`MAX_NAME_LEN`].
 //! - A later entry replaces an earlier one at the same path, except a directory over a
 //!   directory, which keeps the children and takes the new metadata.
 //! - `.wh.NAME` deletes NAME from the lower layers; `.wh..wh..opq` deletes every child of
-//!   its directory that came from lower layers. Entries of the same layer stay.
+//!   its directory that came from lower layers, wherever the marker sits in the layer.
+//!   Entries of the same layer stay (and in directories they keep, lower children go).
+//! - A hardlink to itself, to a directory or to a missing entry is an error.
 //! - Hardlinks may only point at entries inside the rootfs (resolved the same way).
 //! - Device nodes are created when mknod is allowed, else skipped with a warning.
 //! - Ownership (lchown) needs root; without it, ownership is left as is.
@@ -26,9 +31,9 @@
 //!   0000 can still receive its children without root.
 //!
 //! Bounds (see [`Limits`]): the uncompressed tar stream of all layers, headers included, is
-//! metered as it is read, so a decompression bomb stops after `max_bytes`; one extended
-//! header (PAX, GNU long name), which the `tar` crate holds in memory, may not exceed
-//! [`MAX_EXTENSION_BYTES`]; a file larger than what is left is refused before it is created.
+//! metered as it is read, so a decompression bomb stops after `max_bytes`; the extended
+//! headers of one entry (PAX, GNU long name and link), which the `tar` crate holds in
+//! memory, may not exceed [`MAX_EXTENSION_BYTES`] (plus a few blocks); a file larger than what is left is refused before it is created.
 //! A failed unpack leaves a partial rootfs: the caller owns removing it (the store unpacks
 //! into `.tmp-*` and deletes it on error).
 
@@ -45,7 +50,7 @@ use std::path::Path;
 use std::rc::Rc;
 
 mod decompress;
-pub use decompress::{LayerCompression, ZSTD_MAX_WINDOW};
+pub use decompress::{LayerCompression, ZSTD_MAX_WINDOW, ZstdReader, decompress};
 
 /// The longest path component Linux accepts (NAME_MAX).
 pub const MAX_NAME_LEN: usize = 255;
@@ -321,7 +326,7 @@ impl Unpacker {
     /// Applies one stored layer blob, gzip, zstd or uncompressed (told apart by its first
     /// bytes), on top of what is already unpacked.
     pub fn apply_blob<R: BufRead>(&mut self, blob: R) -> Result<LayerCompression, Error> {
-        let (c, reader) = decompress::decompress(blob).map_err(Error::Read)?;
+        let (c, reader) = decompress(blob).map_err(Error::Read)?;
         self.apply_layer(reader)?;
         Ok(c)
     }
@@ -379,7 +384,12 @@ impl Unpacker {
         // the trailer whose CRC proves the stream whole. Metered: no bomb hides there.
         let mut rest = archive.into_inner();
         io::copy(&mut rest, &mut io::sink()).map_err(Error::Read)?;
+        // Latest entry first; a directory listed twice takes its last entry's metadata.
+        let mut stamped = HashSet::new();
         for (path, mode, mtime) in state.dirs.iter().rev() {
+            if !stamped.insert(path) {
+                continue;
+            }
             let display = display_path(path);
             let fd = match self.open_in_root(path) {
                 Ok(fd) => fd,
@@ -592,12 +602,13 @@ impl Unpacker {
                         got,
                     });
                 }
-                // chown before chmod: chown clears setuid/setgid.
+                // chown first: it clears setuid/setgid and security.capability. xattrs
+                // before chmod: without root, a read-only mode would refuse `user.*` ones.
                 owner.apply_fd(&file).map_err(err("chown"))?;
-                rustix::fs::fchmod(&file, mode).map_err(err("chmod"))?;
                 self.set_xattrs(&display, &xattrs, |k, v| {
                     rustix::fs::fsetxattr(&file, k, v, rustix::fs::XattrFlags::empty())
                 });
+                rustix::fs::fchmod(&file, mode).map_err(err("chmod"))?;
                 rustix::fs::futimens(&file, &timestamps(mtime)).map_err(err("set mtime"))?;
             }
             tar::EntryType::Symlink => {
@@ -673,12 +684,12 @@ impl Unpacker {
                 match rustix::fs::mknodat(&parent, name.as_slice(), file_type, mode, dev) {
                     Ok(()) => {
                         owner.apply_at(&parent, &name).map_err(err("lchown"))?;
-                        // mknod applies the umask: set the mode as the layer says.
-                        if file_type == FileType::Fifo {
-                            rustix::fs::chmodat(&parent, name.as_slice(), mode, AtFlags::empty())
-                                .map_err(err("chmod"))?;
-                        }
                         self.set_xattrs_at(&display, &xattrs, &parent, &name);
+                        // mknod applies the umask: set the mode as the layer says. (The
+                        // name is the node just made, not a symlink, in a directory of
+                        // the rootfs that nothing else writes to.)
+                        rustix::fs::chmodat(&parent, name.as_slice(), mode, AtFlags::empty())
+                            .map_err(err("chmod"))?;
                     }
                     Err(e) => warn!("layer entry {display:?}: mknod failed ({e}): skipped"),
                 }

@@ -958,4 +958,33 @@ fn keeps_mode_mtime_and_owner() {
     assert_eq!(d.mtime(), 42);
 }
 
+#[test]
+fn opaque_whiteout_after_same_layer_entries_clears_their_lower_siblings() {
+    let f = Fixture::new();
+    let lower = layer(&[E::File("d/sub/old", b"o"), E::File("d/gone", b"g")]);
+    let upper = layer(&[E::File("d/sub/new", b"n"), E::File("d/.wh..wh..opq", b"")]);
+    f.unpack(&[lower, upper], Limits::default()).unwrap();
+    assert_eq!(fs::read(f.root.join("d/sub/new")).unwrap(), b"n");
+    assert!(
+        !f.root.join("d/sub/old").exists(),
+        "lower child of an opaque dir kept"
+    );
+    assert!(!f.root.join("d/gone").exists());
+}
+
+#[test]
+fn directory_listed_twice_takes_the_last_metadata() {
+    let f = Fixture::new();
+    let l = layer(&[
+        E::Mode("d", tar::EntryType::Directory, 0o700),
+        E::File("d/f", b"f"),
+        E::Mode("d", tar::EntryType::Directory, 0o751),
+    ]);
+    f.unpack(&[l], Limits::default()).unwrap();
+    let m = fs::metadata(f.root.join("d")).unwrap();
+    assert_eq!(m.permissions().mode() & 0o7777, 0o751);
+    assert_eq!(m.mtime(), 1_000_000);
+    assert_eq!(fs::read(f.root.join("d/f")).unwrap(), b"f");
+}
+
 mod streams;
