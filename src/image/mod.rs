@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fmt;
 use std::fs;
-use std::io::{self, BufRead, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 pub use unpack::Limits;
@@ -502,16 +502,10 @@ impl ImageStore {
         for layer in self.layers_of(image)? {
             let path = self.blob_path(&layer);
             let file = fs::File::open(&path).map_err(store_err(&path, "open layer"))?;
-            let mut reader = io::BufReader::new(file);
-            // The store holds only plain and gzip layers (checked at import): sniff which.
-            let head = reader.fill_buf().map_err(store_err(&path, "read layer"))?;
-            let is_gzip = head.starts_with(&[0x1f, 0x8b]);
-            if is_gzip {
-                unpacker.apply_layer(flate2::read::MultiGzDecoder::new(reader))
-            } else {
-                unpacker.apply_layer(reader)
-            }
-            .map_err(unpack_err(Some(&layer)))?;
+            // The store keeps no media type: the unpacker sniffs gzip, zstd or none.
+            unpacker
+                .apply_blob(io::BufReader::new(file))
+                .map_err(unpack_err(Some(&layer)))?;
         }
         Ok(())
     }

@@ -1,7 +1,8 @@
 //! Applying layer tarballs, in order, into one rootfs directory.
 //!
-//! Owns: the tar-entry → filesystem step, OCI whiteouts, and the limits on entry count and
-//! uncompressed size. The `tar` crate is used only as a streaming parser.
+//! Owns: the tar-entry → filesystem step, OCI whiteouts, the layer decompression
+//! (gzip, zstd, none: [`decompress`]) and the limits on entry count, uncompressed size and
+//! path length. The `tar` crate is used only as a streaming parser.
 //!
 //! Must never: write, create, link or delete anything outside the rootfs. Every path is
 //! resolved *inside* the rootfs, as if it were `/` (`openat2` with `RESOLVE_IN_ROOT |
@@ -10,31 +11,62 @@
 //! follow it. Missing parents are created as directories (0755).
 //!
 //! Rules, as in the OCI image spec (layer.md) and docker/containerd:
-//! - `..` anywhere in an entry or hardlink path is an error; a leading `/` is stripped.
+//! - `..` anywhere in an entry or hardlink path is an error; a leading `/` is stripped;
+//!   `.` and empty components are dropped; a NUL byte (possible in a PAX path) is an error.
+//! - Paths and link targets are at most [`Limits::max_path_len`] bytes, each component at
+//!   most [`MAX_NAME_LEN`].
 //! - A later entry replaces an earlier one at the same path, except a directory over a
 //!   directory, which keeps the children and takes the new metadata.
 //! - `.wh.NAME` deletes NAME from the lower layers; `.wh..wh..opq` deletes every child of
-//!   its directory that came from lower layers. Entries of the same layer stay.
+//!   its directory that came from lower layers, wherever the marker sits in the layer.
+//!   Entries of the same layer stay (and in directories they keep, lower children go).
+//! - A hardlink to itself, to a directory or to a missing entry is an error.
 //! - Hardlinks may only point at entries inside the rootfs (resolved the same way).
 //! - Device nodes are created when mknod is allowed, else skipped with a warning.
 //! - Ownership (lchown) needs root; without it, ownership is left as is.
+//! - xattrs come from PAX `SCHILY.xattr.NAME` records; one the filesystem (or our lack of
+//!   privilege) refuses is skipped with a warning. They are set after chown, which clears
+//!   `security.capability`.
+//! - Directory modes and mtimes are set once the layer is done, so a directory of mode
+//!   0000 can still receive its children without root.
+//!
+//! Bounds (see [`Limits`]): the uncompressed tar stream of all layers, headers included, is
+//! metered as it is read, so a decompression bomb stops after `max_bytes`; the extended
+//! headers of one entry (PAX, GNU long name and link), which the `tar` crate holds in
+//! memory, may not exceed [`MAX_EXTENSION_BYTES`] (plus a few blocks); a file larger than what is left is refused before it is created.
+//! A failed unpack leaves a partial rootfs: the caller owns removing it (the store unpacks
+//! into `.tmp-*` and deletes it on error).
 
 use log::{debug, warn};
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
 use rustix::io::Errno;
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::fmt;
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
+use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::rc::Rc;
+
+mod decompress;
+pub use decompress::{LayerCompression, ZSTD_MAX_WINDOW, ZstdReader, decompress};
+
+/// The longest path component Linux accepts (NAME_MAX).
+pub const MAX_NAME_LEN: usize = 255;
+/// The largest PAX or GNU long-name header one entry may carry.
+pub const MAX_EXTENSION_BYTES: u64 = 1 << 20;
 
 /// Bounds on what one image may unpack to.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Sum of the sizes of all regular files, over all layers.
+    /// Uncompressed bytes (the tar streams, headers included), over all layers.
     pub max_bytes: u64,
     /// Number of tar entries, over all layers.
     pub max_entries: u64,
+    /// Length of an entry path, hardlink or symlink target (PATH_MAX by default). Each
+    /// component is also bounded by [`MAX_NAME_LEN`].
+    pub max_path_len: usize,
 }
 
 impl Default for Limits {
@@ -42,6 +74,7 @@ impl Default for Limits {
         Limits {
             max_bytes: 16 << 30,
             max_entries: 1_000_000,
+            max_path_len: 4096,
         }
     }
 }
@@ -63,10 +96,29 @@ pub enum Error {
         op: &'static str,
         source: io::Error,
     },
+    /// An entry path or link target is longer than [`Limits::max_path_len`].
+    PathTooLong {
+        path: String,
+        limit: usize,
+    },
+    /// A path component is longer than [`MAX_NAME_LEN`].
+    NameTooLong {
+        path: String,
+    },
+    /// A regular file's data ends before its header's size.
+    Truncated {
+        path: String,
+        want: u64,
+        got: u64,
+    },
     TooManyEntries {
         limit: u64,
     },
     TooLarge {
+        limit: u64,
+    },
+    /// A PAX or GNU long-name header over [`MAX_EXTENSION_BYTES`].
+    HeaderTooLarge {
         limit: u64,
     },
 }
@@ -78,6 +130,17 @@ impl fmt::Display for Error {
             Error::Read(e) => write!(f, "read layer: {e}"),
             Error::Entry { path, reason } => write!(f, "entry {path:?}: {reason}"),
             Error::Io { path, op, source } => write!(f, "entry {path:?}: {op}: {source}"),
+            Error::PathTooLong { path, limit } => {
+                write!(f, "entry {path:?}: path longer than {limit} bytes")
+            }
+            Error::NameTooLong { path } => write!(
+                f,
+                "entry {path:?}: a path component is longer than {MAX_NAME_LEN} bytes"
+            ),
+            Error::Truncated { path, want, got } => write!(
+                f,
+                "entry {path:?}: data truncated: header says {want} bytes, layer has {got}"
+            ),
             Error::TooManyEntries { limit } => {
                 write!(f, "more than {limit} entries: refusing to unpack")
             }
@@ -87,6 +150,10 @@ impl fmt::Display for Error {
                     "more than {limit} bytes uncompressed: refusing to unpack"
                 )
             }
+            Error::HeaderTooLarge { limit } => write!(
+                f,
+                "a PAX or GNU long-name header is larger than {limit} bytes: refusing to unpack"
+            ),
         }
     }
 }
@@ -109,7 +176,10 @@ pub struct Unpacker {
     root: OwnedFd,
     limits: Limits,
     entries: u64,
+    /// Uncompressed bytes read so far, over all layers.
     bytes: u64,
+    /// Whether an xattr was already refused (warned once, then logged at debug).
+    xattr_warned: bool,
 }
 
 /// A path split into its components, each non-empty and none `.` or `..`.
@@ -118,16 +188,29 @@ struct EntryPath {
 }
 
 impl EntryPath {
-    /// `None` for the root itself (`./`, `/`).
-    fn parse(raw: &[u8], display: &str) -> Result<Option<EntryPath>, Error> {
+    /// `None` for the root itself (`./`, `/`, ``).
+    fn parse(raw: &[u8], display: &str, limits: &Limits) -> Result<Option<EntryPath>, Error> {
+        let refuse = |reason| Error::Entry {
+            path: display.to_string(),
+            reason,
+        };
+        if raw.contains(&0) {
+            return Err(refuse("path contains a NUL byte"));
+        }
+        if raw.len() > limits.max_path_len {
+            return Err(Error::PathTooLong {
+                path: display.to_string(),
+                limit: limits.max_path_len,
+            });
+        }
         let mut components = Vec::new();
         for c in raw.split(|&b| b == b'/') {
             match c {
                 b"" | b"." => {}
-                b".." => {
-                    return Err(Error::Entry {
+                b".." => return Err(refuse("path contains \"..\"")),
+                c if c.len() > MAX_NAME_LEN => {
+                    return Err(Error::NameTooLong {
                         path: display.to_string(),
-                        reason: "path contains \"..\"",
                     });
                 }
                 c => components.push(c.to_vec()),
@@ -154,6 +237,13 @@ impl EntryPath {
     }
 }
 
+/// An entry path for messages: lossy UTF-8, cut short (a PAX path may be a megabyte).
+fn display_path(raw: &[u8]) -> String {
+    const MAX: usize = 256;
+    let s = String::from_utf8_lossy(&raw[..raw.len().min(MAX)]).into_owned();
+    if raw.len() > MAX { s + "…" } else { s }
+}
+
 fn io_err<'a>(path: &'a str, op: &'static str) -> impl Fn(Errno) -> Error + 'a {
     move |e| Error::Io {
         path: path.to_string(),
@@ -167,8 +257,53 @@ fn io_err<'a>(path: &'a str, op: &'static str) -> impl Fn(Errno) -> Error + 'a {
 struct LayerState {
     /// Paths this layer wrote (explicitly or as implicit parents): whiteouts spare them.
     written: HashSet<Vec<u8>>,
-    /// Directory mtimes, set once the layer is done (writing children changes them).
-    dir_mtimes: Vec<(Vec<u8>, u64)>,
+    /// Directory modes and mtimes, set once the layer is done (writing children changes
+    /// the mtime; a mode without write or search permission would stop them).
+    dirs: Vec<(Vec<u8>, Mode, u64)>,
+}
+
+/// Why the [`Metered`] reader stopped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Trip {
+    TooLarge,
+    HeaderTooLarge,
+}
+
+/// Counts the uncompressed bytes the tar parser reads, and fails the read that crosses a
+/// limit: the total, or (while the parser looks for the next entry) one extended header.
+struct Meter {
+    total: Cell<u64>,
+    max_total: u64,
+    /// Bytes read since the parser started looking for the next entry; `None` while an
+    /// entry's data is read.
+    between_entries: Cell<Option<u64>>,
+    tripped: Cell<Option<Trip>>,
+}
+
+struct Metered<R> {
+    inner: R,
+    meter: Rc<Meter>,
+}
+
+impl<R: Read> Read for Metered<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)? as u64;
+        let m = &self.meter;
+        m.total.set(m.total.get() + n);
+        if m.total.get() > m.max_total {
+            m.tripped.set(Some(Trip::TooLarge));
+            return Err(io::Error::other("uncompressed size limit reached"));
+        }
+        if let Some(b) = m.between_entries.get() {
+            m.between_entries.set(Some(b + n));
+            // The headers of one entry: its extension data plus a few 512-byte blocks.
+            if b + n > MAX_EXTENSION_BYTES + 8 * 512 {
+                m.tripped.set(Some(Trip::HeaderTooLarge));
+                return Err(io::Error::other("extended header limit reached"));
+            }
+        }
+        Ok(n as usize)
+    }
 }
 
 impl Unpacker {
@@ -184,25 +319,78 @@ impl Unpacker {
             limits,
             entries: 0,
             bytes: 0,
+            xattr_warned: false,
         })
+    }
+
+    /// Applies one stored layer blob, gzip, zstd or uncompressed (told apart by its first
+    /// bytes), on top of what is already unpacked.
+    pub fn apply_blob<R: BufRead>(&mut self, blob: R) -> Result<LayerCompression, Error> {
+        let (c, reader) = decompress(blob).map_err(Error::Read)?;
+        self.apply_layer(reader)?;
+        Ok(c)
     }
 
     /// Applies one uncompressed layer tarball on top of what is already unpacked.
     pub fn apply_layer<R: Read>(&mut self, layer: R) -> Result<(), Error> {
+        let meter = Rc::new(Meter {
+            total: Cell::new(self.bytes),
+            max_total: self.limits.max_bytes,
+            between_entries: Cell::new(None),
+            tripped: Cell::new(None),
+        });
+        let result = self.apply_metered(
+            Metered {
+                inner: layer,
+                meter: Rc::clone(&meter),
+            },
+            &meter,
+        );
+        self.bytes = meter.total.get();
+        match (result, meter.tripped.get()) {
+            (Ok(()), _) => Ok(()),
+            (Err(_), Some(Trip::TooLarge)) => Err(Error::TooLarge {
+                limit: self.limits.max_bytes,
+            }),
+            (Err(_), Some(Trip::HeaderTooLarge)) => Err(Error::HeaderTooLarge {
+                limit: MAX_EXTENSION_BYTES,
+            }),
+            (Err(e), None) => Err(e),
+        }
+    }
+
+    fn apply_metered<R: Read>(&mut self, layer: Metered<R>, meter: &Meter) -> Result<(), Error> {
         let mut archive = tar::Archive::new(layer);
         let mut state = LayerState::default();
-        for entry in archive.entries().map_err(Error::Read)? {
-            let entry = entry.map_err(Error::Read)?;
+        let mut entries = archive.entries().map_err(Error::Read)?;
+        loop {
+            meter.between_entries.set(Some(0));
+            let next = entries.next();
+            meter.between_entries.set(None);
+            let Some(entry) = next else { break };
+            let mut entry = entry.map_err(Error::Read)?;
             self.entries += 1;
             if self.entries > self.limits.max_entries {
                 return Err(Error::TooManyEntries {
                     limit: self.limits.max_entries,
                 });
             }
-            self.apply_entry(entry, &mut state)?;
+            self.apply_entry(&mut entry, &mut state, meter)?;
+            // Whatever the entry carried and we did not use (a directory's or whiteout's
+            // data) is read here, inside the total and outside the header bound.
+            io::copy(&mut entry, &mut io::sink()).map_err(Error::Read)?;
         }
-        for (path, mtime) in state.dir_mtimes.iter().rev() {
-            let display = String::from_utf8_lossy(path).into_owned();
+        // Read to the end: the zero blocks and padding after the archive, and, for gzip,
+        // the trailer whose CRC proves the stream whole. Metered: no bomb hides there.
+        let mut rest = archive.into_inner();
+        io::copy(&mut rest, &mut io::sink()).map_err(Error::Read)?;
+        // Latest entry first; a directory listed twice takes its last entry's metadata.
+        let mut stamped = HashSet::new();
+        for (path, mode, mtime) in state.dirs.iter().rev() {
+            if !stamped.insert(path) {
+                continue;
+            }
+            let display = display_path(path);
             let fd = match self.open_in_root(path) {
                 Ok(fd) => fd,
                 // Replaced or removed later in the same layer: nothing to stamp.
@@ -211,6 +399,7 @@ impl Unpacker {
             };
             rustix::fs::futimens(&fd, &timestamps(*mtime))
                 .map_err(io_err(&display, "set mtime"))?;
+            rustix::fs::fchmod(&fd, *mode).map_err(io_err(&display, "chmod"))?;
         }
         Ok(())
     }
@@ -294,11 +483,12 @@ impl Unpacker {
 
     fn apply_entry<R: Read>(
         &mut self,
-        mut entry: tar::Entry<'_, R>,
+        entry: &mut tar::Entry<'_, R>,
         state: &mut LayerState,
+        meter: &Meter,
     ) -> Result<(), Error> {
         let raw = entry.path_bytes().into_owned();
-        let display = String::from_utf8_lossy(&raw).into_owned();
+        let display = display_path(&raw);
         let kind = entry.header().entry_type();
         if matches!(
             kind,
@@ -306,7 +496,7 @@ impl Unpacker {
         ) {
             return Ok(());
         }
-        let Some(path) = EntryPath::parse(&raw, &display)? else {
+        let Some(path) = EntryPath::parse(&raw, &display, &self.limits)? else {
             debug!("layer entry {display:?}: the rootfs itself: skipped");
             return Ok(());
         };
@@ -314,6 +504,29 @@ impl Unpacker {
         if name.starts_with(WHITEOUT_PREFIX) {
             return self.apply_whiteout(&path, &display, state);
         }
+        let link = match kind {
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                let target = entry.link_name_bytes().ok_or(Error::Entry {
+                    path: display.clone(),
+                    reason: "link without target",
+                })?;
+                if target.contains(&0) {
+                    return Err(Error::Entry {
+                        path: display,
+                        reason: "link target contains a NUL byte",
+                    });
+                }
+                if target.len() > self.limits.max_path_len {
+                    return Err(Error::PathTooLong {
+                        path: display,
+                        limit: self.limits.max_path_len,
+                    });
+                }
+                target.into_owned()
+            }
+            _ => Vec::new(),
+        };
+        let xattrs = xattrs_of(entry)?;
         let parent = self
             .open_dir(path.parent(), true, state, &display)?
             .ok_or(Error::Entry {
@@ -321,6 +534,13 @@ impl Unpacker {
                 reason: "parent not created",
             })?;
         let full = EntryPath::joined(&path.components);
+        // Ancestors too: an opaque whiteout higher up must spare this entry's directories
+        // (while clearing what lower layers left in them).
+        for i in 1..path.components.len() {
+            state
+                .written
+                .insert(EntryPath::joined(&path.components[..i]));
+        }
         state.written.insert(full.clone());
 
         let header = entry.header();
@@ -346,17 +566,20 @@ impl Unpacker {
                 )
                 .map_err(err("open directory"))?;
                 owner.apply_fd(&dir).map_err(err("chown"))?;
-                rustix::fs::fchmod(&dir, mode).map_err(err("chmod"))?;
-                state.dir_mtimes.push((full, mtime));
+                self.set_xattrs(&display, &xattrs, |k, v| {
+                    rustix::fs::fsetxattr(&dir, k, v, rustix::fs::XattrFlags::empty())
+                });
+                state.dirs.push((full, mode, mtime));
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let size = entry.size();
-                if self.bytes.saturating_add(size) > self.limits.max_bytes {
+                // Refused before anything is created; the meter would stop it later anyway.
+                if meter.total.get().saturating_add(size) > self.limits.max_bytes {
+                    meter.tripped.set(Some(Trip::TooLarge));
                     return Err(Error::TooLarge {
                         limit: self.limits.max_bytes,
                     });
                 }
-                self.bytes += size;
                 remove_all_at(&parent, &name).map_err(err("replace"))?;
                 // O_CREAT|O_EXCL never follows a symlink, and we just removed the name.
                 let fd = rustix::fs::openat(
@@ -371,25 +594,30 @@ impl Unpacker {
                 )
                 .map_err(err("create file"))?;
                 let mut file = std::fs::File::from(fd);
-                io::copy(&mut entry, &mut file).map_err(Error::Read)?;
-                // chown before chmod: chown clears setuid/setgid.
+                let got = io::copy(entry, &mut file).map_err(Error::Read)?;
+                if got != size {
+                    return Err(Error::Truncated {
+                        path: display,
+                        want: size,
+                        got,
+                    });
+                }
+                // chown first: it clears setuid/setgid and security.capability. xattrs
+                // before chmod: without root, a read-only mode would refuse `user.*` ones.
                 owner.apply_fd(&file).map_err(err("chown"))?;
+                self.set_xattrs(&display, &xattrs, |k, v| {
+                    rustix::fs::fsetxattr(&file, k, v, rustix::fs::XattrFlags::empty())
+                });
                 rustix::fs::fchmod(&file, mode).map_err(err("chmod"))?;
                 rustix::fs::futimens(&file, &timestamps(mtime)).map_err(err("set mtime"))?;
             }
             tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or(Error::Entry {
-                        path: display.clone(),
-                        reason: "symlink without target",
-                    })?
-                    .into_owned();
                 remove_all_at(&parent, &name).map_err(err("replace"))?;
                 // The target is stored as is: it is only ever resolved inside the rootfs.
-                rustix::fs::symlinkat(target.as_slice(), &parent, name.as_slice())
+                rustix::fs::symlinkat(link.as_slice(), &parent, name.as_slice())
                     .map_err(err("symlink"))?;
                 owner.apply_at(&parent, &name).map_err(err("lchown"))?;
+                self.set_xattrs_at(&display, &xattrs, &parent, &name);
                 rustix::fs::utimensat(
                     &parent,
                     name.as_slice(),
@@ -399,17 +627,11 @@ impl Unpacker {
                 .map_err(err("set mtime"))?;
             }
             tar::EntryType::Link => {
-                let target_raw = entry
-                    .link_name_bytes()
-                    .ok_or(Error::Entry {
+                let target =
+                    EntryPath::parse(&link, &display, &self.limits)?.ok_or(Error::Entry {
                         path: display.clone(),
-                        reason: "hardlink without target",
-                    })?
-                    .into_owned();
-                let target = EntryPath::parse(&target_raw, &display)?.ok_or(Error::Entry {
-                    path: display.clone(),
-                    reason: "hardlink to the rootfs itself",
-                })?;
+                        reason: "hardlink to the rootfs itself",
+                    })?;
                 let target_parent = self
                     .open_dir(target.parent(), false, state, &display)?
                     .ok_or(Error::Entry {
@@ -421,6 +643,22 @@ impl Unpacker {
                         path: display,
                         reason: "hardlink to itself",
                     });
+                }
+                match rustix::fs::statat(&target_parent, target.name(), AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                        return Err(Error::Entry {
+                            path: display,
+                            reason: "hardlink to a directory",
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(Errno::NOENT) => {
+                        return Err(Error::Entry {
+                            path: display,
+                            reason: "hardlink target not found",
+                        });
+                    }
+                    Err(e) => return Err(err("hardlink target")(e)),
                 }
                 remove_all_at(&parent, &name).map_err(err("replace"))?;
                 // No AT_SYMLINK_FOLLOW: a symlink target is linked itself, never followed.
@@ -446,6 +684,12 @@ impl Unpacker {
                 match rustix::fs::mknodat(&parent, name.as_slice(), file_type, mode, dev) {
                     Ok(()) => {
                         owner.apply_at(&parent, &name).map_err(err("lchown"))?;
+                        self.set_xattrs_at(&display, &xattrs, &parent, &name);
+                        // mknod applies the umask: set the mode as the layer says. (The
+                        // name is the node just made, not a symlink, in a directory of
+                        // the rootfs that nothing else writes to.)
+                        rustix::fs::chmodat(&parent, name.as_slice(), mode, AtFlags::empty())
+                            .map_err(err("chmod"))?;
                     }
                     Err(e) => warn!("layer entry {display:?}: mknod failed ({e}): skipped"),
                 }
@@ -460,6 +704,43 @@ impl Unpacker {
         Ok(())
     }
 
+    /// Sets each xattr with `set`; one refused is skipped with a warning (the first time;
+    /// at debug after that, so an image on a filesystem without xattrs logs one line).
+    fn set_xattrs(
+        &mut self,
+        display: &str,
+        xattrs: &[Xattr],
+        mut set: impl FnMut(&[u8], &[u8]) -> Result<(), Errno>,
+    ) {
+        for (k, v) in xattrs {
+            if let Err(e) = set(k, v) {
+                let k = String::from_utf8_lossy(k);
+                if self.xattr_warned {
+                    debug!("layer entry {display:?}: xattr {k}: {e}: skipped");
+                } else {
+                    warn!(
+                        "layer entry {display:?}: xattr {k}: {e}: skipped (further refusals logged at debug)"
+                    );
+                    self.xattr_warned = true;
+                }
+            }
+        }
+    }
+
+    /// xattrs of an entry that cannot be opened (a symlink, a device): `lsetxattr` on
+    /// `/proc/self/fd/<parent>/<name>`. The magic link is the parent directory, already
+    /// resolved inside the rootfs; `lsetxattr` does not follow `name`.
+    fn set_xattrs_at(&mut self, display: &str, xattrs: &[Xattr], parent: &OwnedFd, name: &[u8]) {
+        if xattrs.is_empty() {
+            return;
+        }
+        let mut path = format!("/proc/self/fd/{}/", parent.as_raw_fd()).into_bytes();
+        path.extend_from_slice(name);
+        self.set_xattrs(display, xattrs, |k, v| {
+            rustix::fs::lsetxattr(path.as_slice(), k, v, rustix::fs::XattrFlags::empty())
+        });
+    }
+
     fn apply_whiteout(
         &mut self,
         path: &EntryPath,
@@ -467,6 +748,17 @@ impl Unpacker {
         state: &mut LayerState,
     ) -> Result<(), Error> {
         let name = path.name();
+        let is_opaque = name == WHITEOUT_OPAQUE;
+        let target = &name[WHITEOUT_PREFIX.len()..];
+        if !is_opaque
+            && !name.starts_with(b".wh..wh.")
+            && (target.is_empty() || target == b"." || target == b"..")
+        {
+            return Err(Error::Entry {
+                path: display.to_string(),
+                reason: "whiteout names no file",
+            });
+        }
         // A missing directory has nothing to hide.
         let Some(parent) = self.open_dir(path.parent(), false, state, display)? else {
             return Ok(());
@@ -479,32 +771,13 @@ impl Unpacker {
                 [parent_path.as_slice(), b"/", child].concat()
             }
         };
-        if name == WHITEOUT_OPAQUE {
-            let dir =
-                rustix::fs::Dir::read_from(&parent).map_err(io_err(display, "read directory"))?;
-            for child in dir {
-                let child = child.map_err(io_err(display, "read directory"))?;
-                let child_name = child.file_name().to_bytes();
-                if child_name == b"."
-                    || child_name == b".."
-                    || state.written.contains(&child_path(child_name))
-                {
-                    continue;
-                }
-                remove_all_at(&parent, child_name).map_err(io_err(display, "opaque whiteout"))?;
-            }
-            return Ok(());
+        if is_opaque {
+            return opaque_clear(parent.as_fd(), &parent_path, &state.written)
+                .map_err(io_err(display, "opaque whiteout"));
         }
         if name.starts_with(b".wh..wh.") {
             warn!("layer entry {display:?}: unknown special whiteout: skipped");
             return Ok(());
-        }
-        let target = &name[WHITEOUT_PREFIX.len()..];
-        if target.is_empty() || target == b"." || target == b".." {
-            return Err(Error::Entry {
-                path: display.to_string(),
-                reason: "whiteout names no file",
-            });
         }
         if state.written.contains(&child_path(target)) {
             // Whiteouts hide lower layers only.
@@ -512,6 +785,73 @@ impl Unpacker {
         }
         remove_all_at(&parent, target).map_err(io_err(display, "whiteout"))
     }
+}
+
+/// Removes what lower layers left in `dir` (at `dir_path`): every child this layer did
+/// not write, and, inside directories it did write, their lower-layer children too.
+fn opaque_clear(
+    dir: BorrowedFd<'_>,
+    dir_path: &[u8],
+    written: &HashSet<Vec<u8>>,
+) -> Result<(), Errno> {
+    let sub = rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut names = Vec::new();
+    for child in rustix::fs::Dir::read_from(&sub)? {
+        let child = child?;
+        let n = child.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(n.to_vec());
+        }
+    }
+    for n in names {
+        let path = if dir_path.is_empty() {
+            n.clone()
+        } else {
+            [dir_path, b"/", &n].concat()
+        };
+        if !written.contains(&path) {
+            remove_all_at_fd(sub.as_fd(), &n)?;
+        } else if rustix::fs::statat(&sub, n.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory)
+        {
+            let child = rustix::fs::openat(
+                &sub,
+                n.as_slice(),
+                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            opaque_clear(child.as_fd(), &path, written)?;
+        }
+    }
+    Ok(())
+}
+
+/// An extended attribute: name (`user.foo`), value.
+type Xattr = (Vec<u8>, Vec<u8>);
+
+/// The xattrs an entry carries as PAX `SCHILY.xattr.NAME=VALUE` records.
+fn xattrs_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Vec<Xattr>, Error> {
+    const PREFIX: &str = "SCHILY.xattr.";
+    let mut out = Vec::new();
+    let Some(records) = entry.pax_extensions().map_err(Error::Read)? else {
+        return Ok(out);
+    };
+    for r in records {
+        let r = r.map_err(Error::Read)?;
+        let key = r.key_bytes();
+        if let Some(name) = key.strip_prefix(PREFIX.as_bytes())
+            && !name.is_empty()
+            && !name.contains(&0)
+        {
+            out.push((name.to_vec(), r.value_bytes().to_vec()));
+        }
+    }
+    Ok(out)
 }
 
 struct Owner {

@@ -12,34 +12,165 @@ enum E<'a> {
     Dir(&'a str),
     Sym(&'a str, &'a str),
     Link(&'a str, &'a str),
+    /// A regular file or directory (`kind`) with a given mode.
+    Mode(&'a str, tar::EntryType, u32),
+    /// A FIFO, character or block device (major 1, minor 3: /dev/null).
+    Node(&'a str, tar::EntryType),
+    /// An entry whose header name is `header` but whose PAX `path` (and `linkpath`,
+    /// when given) say otherwise; `kind` is the entry type.
+    Pax(&'a str, &'a [u8], tar::EntryType, Option<&'a [u8]>),
+    /// A GNU long-name (`L`) entry, then an entry of `kind` named "short", with a GNU
+    /// long-link (`K`) entry first when a target is given.
+    Gnu(&'a [u8], tar::EntryType, Option<&'a [u8]>),
+    /// A regular file with PAX records (key, value).
+    PaxRecords(&'a str, &'a [(&'a str, &'a [u8])]),
+}
+
+fn header(
+    path: &[u8],
+    kind: tar::EntryType,
+    size: u64,
+    mode: u32,
+    link: Option<&[u8]>,
+) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(mode);
+    h.set_mtime(1_000_000);
+    h.set_uid(0);
+    h.set_gid(0);
+    let n = path.len().min(100);
+    h.as_old_mut().name[..n].copy_from_slice(&path[..n]);
+    if let Some(t) = link {
+        let n = t.len().min(100);
+        h.as_old_mut().linkname[..n].copy_from_slice(&t[..n]);
+    }
+    if matches!(kind, tar::EntryType::Char | tar::EntryType::Block) {
+        h.set_device_major(1).unwrap();
+        h.set_device_minor(3).unwrap();
+    }
+    h.set_cksum();
+    h
+}
+
+/// One PAX record: "<len> <key>=<value>\n", the length counting itself.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body = key.len() + value.len() + 3;
+    let mut len = body + 1;
+    while len.to_string().len() + body != len {
+        len += 1;
+    }
+    let mut r = format!("{len} {key}=").into_bytes();
+    r.extend_from_slice(value);
+    r.push(b'\n');
+    r
+}
+
+fn append_pax(b: &mut tar::Builder<Vec<u8>>, records: &[(&str, &[u8])]) {
+    let data: Vec<u8> = records.iter().flat_map(|(k, v)| pax_record(k, v)).collect();
+    let h = header(
+        b"PaxHeaders/x",
+        tar::EntryType::XHeader,
+        data.len() as u64,
+        0o644,
+        None,
+    );
+    b.append(&h, data.as_slice()).unwrap();
 }
 
 /// A tar layer; names are written raw into the header so `..` and `/` reach the unpacker.
 fn layer(entries: &[E<'_>]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for e in entries {
-        let mut h = tar::Header::new_old();
-        let (path, data, kind, link): (&str, &[u8], _, Option<&str>) = match *e {
-            E::File(p, d) => (p, d, tar::EntryType::Regular, None),
-            E::Dir(p) => (p, b"", tar::EntryType::Directory, None),
-            E::Sym(p, t) => (p, b"", tar::EntryType::Symlink, Some(t)),
-            E::Link(p, t) => (p, b"", tar::EntryType::Link, Some(t)),
+        let (path, data, kind, mode, link): (&[u8], &[u8], _, u32, Option<&[u8]>) = match *e {
+            E::File(p, d) => (p.as_bytes(), d, tar::EntryType::Regular, 0o644, None),
+            E::Dir(p) => (p.as_bytes(), b"", tar::EntryType::Directory, 0o755, None),
+            E::Sym(p, t) => (
+                p.as_bytes(),
+                b"",
+                tar::EntryType::Symlink,
+                0o777,
+                Some(t.as_bytes()),
+            ),
+            E::Link(p, t) => (
+                p.as_bytes(),
+                b"",
+                tar::EntryType::Link,
+                0o644,
+                Some(t.as_bytes()),
+            ),
+            E::Mode(p, kind, mode) => {
+                let data: &[u8] = if kind == tar::EntryType::Regular {
+                    b"m"
+                } else {
+                    b""
+                };
+                (p.as_bytes(), data, kind, mode, None)
+            }
+            E::Node(p, kind) => (p.as_bytes(), b"", kind, 0o666, None),
+            E::Pax(h, pax_path, kind, pax_link) => {
+                let mut records: Vec<(&str, &[u8])> = vec![("path", pax_path)];
+                if let Some(l) = pax_link {
+                    records.push(("linkpath", l));
+                }
+                append_pax(&mut b, &records);
+                let data: &[u8] = if kind == tar::EntryType::Regular {
+                    b"pax"
+                } else {
+                    b""
+                };
+                (
+                    h.as_bytes(),
+                    data,
+                    kind,
+                    0o644,
+                    pax_link.map(|_| &b"placeholder"[..]),
+                )
+            }
+            E::Gnu(long, kind, long_link) => {
+                let mut name = long.to_vec();
+                name.push(0);
+                let mut h = header(
+                    b"././@LongLink",
+                    tar::EntryType::GNULongName,
+                    name.len() as u64,
+                    0o644,
+                    None,
+                );
+                h.set_cksum();
+                b.append(&h, name.as_slice()).unwrap();
+                if let Some(t) = long_link {
+                    let mut t = t.to_vec();
+                    t.push(0);
+                    let h = header(
+                        b"././@LongLink",
+                        tar::EntryType::GNULongLink,
+                        t.len() as u64,
+                        0o644,
+                        None,
+                    );
+                    b.append(&h, t.as_slice()).unwrap();
+                }
+                let data: &[u8] = if kind == tar::EntryType::Regular {
+                    b"gnu"
+                } else {
+                    b""
+                };
+                (
+                    &b"short"[..],
+                    data,
+                    kind,
+                    0o644,
+                    long_link.map(|_| &b"placeholder"[..]),
+                )
+            }
+            E::PaxRecords(p, records) => {
+                append_pax(&mut b, records);
+                (p.as_bytes(), b"x", tar::EntryType::Regular, 0o644, None)
+            }
         };
-        h.set_entry_type(kind);
-        h.set_size(data.len() as u64);
-        h.set_mode(if kind == tar::EntryType::Directory {
-            0o755
-        } else {
-            0o644
-        });
-        h.set_mtime(1_000_000);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
-        if let Some(t) = link {
-            h.as_old_mut().linkname[..t.len()].copy_from_slice(t.as_bytes());
-        }
-        h.set_cksum();
+        let h = header(path, kind, data.len() as u64, mode, link);
         b.append(&h, data).unwrap();
     }
     b.into_inner().unwrap()
@@ -114,12 +245,20 @@ struct Case {
     want: Want,
     /// A regular file the unpack must have produced inside the rootfs, and its content.
     check: Option<(&'static str, &'static str)>,
+    /// A path inside the rootfs and the permission bits it must have.
+    mode: Option<(&'static str, u32)>,
+    /// A path that must not exist inside the rootfs afterwards.
+    absent: Option<&'static str>,
 }
 
 /// The cases, with `out` the absolute path of the fixture's directory outside the rootfs.
 fn escape_cases(out: &str) -> Vec<Case> {
     let out_secret = format!("{out}/secret");
     let out = out.to_string();
+    let long_name = "n".repeat(256);
+    let max_name = "n".repeat(255);
+    let long_path = "d/".repeat(2100) + "f";
+    let rel_out = format!("../../../../../../../..{out}");
     type Row = (
         &'static str,
         Vec<Vec<u8>>,
@@ -249,14 +388,398 @@ fn escape_cases(out: &str) -> Vec<Case> {
             Want::Err("a parent is not a directory"),
             None,
         ),
+        (
+            "PAX path header says ../x",
+            vec![layer(&[E::Pax(
+                "innocent",
+                b"../x",
+                tar::EntryType::Regular,
+                None,
+            )])],
+            Want::Err("path contains \"..\""),
+            None,
+        ),
+        (
+            "PAX path is absolute: lands inside",
+            vec![layer(&[E::Pax(
+                "innocent",
+                format!("{out}/pax").as_bytes(),
+                tar::EntryType::Regular,
+                None,
+            )])],
+            Want::Ok,
+            None,
+        ),
+        (
+            "PAX linkpath of a hardlink climbs out",
+            vec![layer(&[E::Pax(
+                "h",
+                b"h",
+                tar::EntryType::Link,
+                Some(rel_out.as_bytes()),
+            )])],
+            Want::Err("path contains \"..\""),
+            None,
+        ),
+        (
+            "PAX path with a NUL byte",
+            vec![layer(&[E::Pax(
+                "innocent",
+                b"a\0/../../x",
+                tar::EntryType::Regular,
+                None,
+            )])],
+            Want::Err("path contains a NUL byte"),
+            None,
+        ),
+        (
+            "ustar name with a NUL byte ends at the NUL",
+            vec![layer(&[E::File("nul\0/../../x", b"n")])],
+            Want::Ok,
+            Some(("nul", "n")),
+        ),
+        (
+            "GNU long name with dotdot",
+            vec![layer(&[E::Gnu(
+                format!("{}/../../../x", "a".repeat(120)).as_bytes(),
+                tar::EntryType::Regular,
+                None,
+            )])],
+            Want::Err("path contains \"..\""),
+            None,
+        ),
+        (
+            "GNU long link to an absolute host path",
+            vec![layer(&[E::Gnu(
+                format!("{}/h", "a".repeat(120)).as_bytes(),
+                tar::EntryType::Link,
+                Some(out_secret.as_bytes()),
+            )])],
+            Want::Err("hardlink target not found"),
+            None,
+        ),
+        (
+            "GNU long symlink target to the host: stored, resolved inside later",
+            vec![layer(&[
+                E::Gnu(
+                    b"lnk",
+                    tar::EntryType::Symlink,
+                    Some(format!("{out}/{}", "s".repeat(120)).as_bytes()),
+                ),
+                E::File("lnk/x", b"x"),
+            ])],
+            Want::Err("a parent is a dangling symlink"),
+            None,
+        ),
+        (
+            "component of 256 bytes",
+            vec![layer(&[E::Pax(
+                "innocent",
+                format!("d/{long_name}").as_bytes(),
+                tar::EntryType::Regular,
+                None,
+            )])],
+            Want::Err("a path component is longer than 255 bytes"),
+            None,
+        ),
+        (
+            "component of 255 bytes is fine",
+            vec![layer(&[E::Pax(
+                "innocent",
+                max_name.as_bytes(),
+                tar::EntryType::Regular,
+                None,
+            )])],
+            Want::Ok,
+            None,
+        ),
+        (
+            "path of 4201 bytes",
+            vec![layer(&[E::Pax(
+                "innocent",
+                long_path.as_bytes(),
+                tar::EntryType::Regular,
+                None,
+            )])],
+            Want::Err("path longer than 4096 bytes"),
+            None,
+        ),
+        (
+            "symlink target of 4201 bytes",
+            vec![layer(&[E::Pax(
+                "s",
+                b"s",
+                tar::EntryType::Symlink,
+                Some(long_path.as_bytes()),
+            )])],
+            Want::Err("path longer than 4096 bytes"),
+            None,
+        ),
+        (
+            "dot and empty names are the rootfs itself",
+            vec![layer(&[
+                E::Dir("."),
+                E::Dir(""),
+                E::Dir("./"),
+                E::File("./a/./b//c", b"c"),
+            ])],
+            Want::Ok,
+            Some(("a/b/c", "c")),
+        ),
+        (
+            "symlink loop then a file through it",
+            vec![layer(&[
+                E::Sym("a", "b"),
+                E::Sym("b", "a"),
+                E::File("a/x", b"x"),
+            ])],
+            Want::Err("open parent"),
+            None,
+        ),
+        (
+            "symlink chain through an absolute host path",
+            vec![layer(&[
+                E::Sym("a", "/b"),
+                E::Sym("b", &out),
+                E::File("a/secret", b"pwned"),
+            ])],
+            Want::Err("a parent is a dangling symlink"),
+            None,
+        ),
+        (
+            "symlink replaces a directory, a later layer writes into it",
+            vec![
+                layer(&[E::Dir("etc"), E::File("etc/f", b"1")]),
+                layer(&[E::Sym("etc", &out)]),
+                layer(&[E::File("etc/secret", b"pwned")]),
+            ],
+            Want::Err("a parent is a dangling symlink"),
+            None,
+        ),
+        (
+            "symlink replaces a directory in the same layer",
+            vec![layer(&[
+                E::Dir("d"),
+                E::Sym("d", "../../.."),
+                E::File("d/x", b"clamped"),
+            ])],
+            Want::Ok,
+            Some(("x", "clamped")),
+        ),
+        (
+            "dir replaced by a symlink in a later layer keeps nothing below",
+            vec![
+                layer(&[E::Dir("d"), E::File("d/f", b"1")]),
+                layer(&[E::Sym("d", "e"), E::File("e", b"e")]),
+            ],
+            Want::Ok,
+            Some(("e", "e")),
+        ),
+        (
+            "hardlink to itself",
+            vec![layer(&[E::File("h", b"1"), E::Link("h", "h")])],
+            Want::Err("hardlink to itself"),
+            None,
+        ),
+        (
+            "hardlink to a directory",
+            vec![layer(&[E::Dir("d"), E::Link("h", "d")])],
+            Want::Err("hardlink to a directory"),
+            None,
+        ),
+        (
+            "hardlink to a symlink to the host",
+            vec![layer(&[E::Sym("s", &out_secret), E::Link("h", "s")])],
+            Want::Ok,
+            None,
+        ),
+        (
+            "hardlink to a missing file",
+            vec![layer(&[E::Link("h", "nope")])],
+            Want::Err("hardlink target not found"),
+            None,
+        ),
+        (
+            "file over a hardlink does not write through it",
+            vec![
+                layer(&[E::File("etc/passwd", b"root")]),
+                layer(&[E::Link("h", "etc/passwd"), E::File("h", b"pwned")]),
+            ],
+            Want::Ok,
+            Some(("etc/passwd", "root")),
+        ),
+        (
+            "whiteout with an absolute path of the host",
+            vec![layer(&[E::File(&format!("{out}/.wh.secret"), b"")])],
+            Want::Ok,
+            None,
+        ),
+        (
+            "whiteout through a symlink to /",
+            vec![
+                layer(&[E::File("f", b"f"), E::Sym("lnk", "/")]),
+                layer(&[E::File("lnk/.wh.f", b"")]),
+            ],
+            Want::Ok,
+            None,
+        ),
+        (
+            "opaque whiteout before its directory entry",
+            vec![
+                layer(&[E::File("d/old", b"o")]),
+                layer(&[
+                    E::File("d/.wh..wh..opq", b""),
+                    E::Dir("d"),
+                    E::File("d/new", b"n"),
+                ]),
+            ],
+            Want::Ok,
+            Some(("d/new", "n")),
+        ),
+        (
+            "opaque whiteout twice",
+            vec![
+                layer(&[E::File("d/old", b"o")]),
+                layer(&[
+                    E::File("d/new", b"n"),
+                    E::File("d/.wh..wh..opq", b""),
+                    E::File("d/.wh..wh..opq", b""),
+                ]),
+            ],
+            Want::Ok,
+            Some(("d/new", "n")),
+        ),
+        (
+            "opaque whiteout of a missing directory",
+            vec![layer(&[
+                E::File("nowhere/.wh..wh..opq", b""),
+                E::File("f", b"f"),
+            ])],
+            Want::Ok,
+            Some(("f", "f")),
+        ),
+        (
+            "opaque whiteout through a symlink to the host",
+            vec![
+                layer(&[E::Sym("evil", &out)]),
+                layer(&[E::File("evil/.wh..wh..opq", b"")]),
+            ],
+            Want::Ok,
+            None,
+        ),
+        (
+            "opaque whiteout at the rootfs top",
+            vec![
+                layer(&[E::File("old", b"o"), E::Dir("olddir")]),
+                layer(&[E::File(".wh..wh..opq", b""), E::File("new", b"n")]),
+            ],
+            Want::Ok,
+            Some(("new", "n")),
+        ),
+        (
+            "whiteout of a name with nothing after .wh.",
+            vec![layer(&[E::File("d/.wh.", b"")])],
+            Want::Err("whiteout names no file"),
+            None,
+        ),
+        (
+            "whiteout as a directory entry",
+            vec![layer(&[E::File("x", b"x")]), layer(&[E::Dir(".wh.x")])],
+            Want::Ok,
+            None,
+        ),
+        (
+            "duplicate file entries: the last wins",
+            vec![layer(&[
+                E::File("f", b"1"),
+                E::File("f", b"2"),
+                E::File("f", b"3"),
+            ])],
+            Want::Ok,
+            Some(("f", "3")),
+        ),
+        (
+            "file replaced by a directory in a later layer",
+            vec![
+                layer(&[E::File("d", b"file")]),
+                layer(&[E::Dir("d"), E::File("d/f", b"in")]),
+            ],
+            Want::Ok,
+            Some(("d/f", "in")),
+        ),
+        (
+            "directory of mode 0000 receives its children",
+            vec![layer(&[
+                E::Mode("locked", tar::EntryType::Directory, 0),
+                E::File("locked/f", b"f"),
+            ])],
+            Want::Ok,
+            None,
+        ),
+        (
+            "setuid file keeps its mode",
+            vec![layer(&[E::Mode("bin/su", tar::EntryType::Regular, 0o4755)])],
+            Want::Ok,
+            Some(("bin/su", "m")),
+        ),
+        (
+            "FIFO entry",
+            vec![layer(&[E::Node("run/fifo", tar::EntryType::Fifo)])],
+            Want::Ok,
+            None,
+        ),
+        (
+            "character device entry: made or skipped",
+            vec![layer(&[
+                E::Node("dev/null", tar::EntryType::Char),
+                E::File("after", b"a"),
+            ])],
+            Want::Ok,
+            Some(("after", "a")),
+        ),
+        (
+            "device node over a host symlink is made inside",
+            vec![layer(&[
+                E::Sym("dev", &out),
+                E::Node("dev/secret", tar::EntryType::Fifo),
+            ])],
+            Want::Err("a parent is a dangling symlink"),
+            None,
+        ),
+        (
+            "unsupported entry type (GNU sparse)",
+            vec![layer(&[E::Node("sparse", tar::EntryType::GNUSparse)])],
+            Want::Err("sparse entry type listed but not GNU header"),
+            None,
+        ),
     ];
+    let extra = |name: &str| -> (Option<(&'static str, u32)>, Option<&'static str>) {
+        match name {
+            "directory of mode 0000 receives its children" => (Some(("locked", 0)), None),
+            "setuid file keeps its mode" => (Some(("bin/su", 0o4755)), None),
+            "FIFO entry" => (Some(("run/fifo", 0o666)), None),
+            "opaque whiteout before its directory entry" | "opaque whiteout twice" => {
+                (None, Some("d/old"))
+            }
+            "opaque whiteout at the rootfs top" => (None, Some("olddir")),
+            "whiteout through a symlink to /" => (None, Some("f")),
+            "whiteout as a directory entry" => (None, Some("x")),
+            "dir replaced by a symlink in a later layer keeps nothing below" => (None, Some("d/f")),
+            _ => (None, None),
+        }
+    };
     cases
         .into_iter()
-        .map(|(name, layers, want, check)| Case {
-            name,
-            layers,
-            want,
-            check,
+        .map(|(name, layers, want, check)| {
+            let (mode, absent) = extra(name);
+            Case {
+                name,
+                layers,
+                want,
+                check,
+                mode,
+                absent,
+            }
         })
         .collect()
 }
@@ -264,7 +787,7 @@ fn escape_cases(out: &str) -> Vec<Case> {
 #[test]
 fn escapes_are_refused_or_kept_inside() {
     let n = escape_cases("/x").len();
-    assert!(n >= 10);
+    assert!(n >= 40, "{n} cases");
     for i in 0..n {
         let f = Fixture::new();
         let Case {
@@ -272,6 +795,8 @@ fn escapes_are_refused_or_kept_inside() {
             layers,
             want,
             check,
+            mode,
+            absent,
         } = escape_cases(&f.out()).remove(i);
         let got = f.unpack(&layers, Limits::default());
         match (&want, &got) {
@@ -287,6 +812,16 @@ fn escapes_are_refused_or_kept_inside() {
                 "{name}"
             );
             assert_eq!(fs::read_to_string(&p).unwrap(), content, "{name}");
+        }
+        if let Some((path, want)) = mode {
+            let m = fs::symlink_metadata(f.root.join(path)).unwrap();
+            assert_eq!(m.permissions().mode() & 0o7777, want, "{name}");
+        }
+        if let Some(path) = absent {
+            assert!(
+                fs::symlink_metadata(f.root.join(path)).is_err(),
+                "{name}: {path} exists"
+            );
         }
         f.assert_outside_untouched();
     }
@@ -365,6 +900,7 @@ fn limits_stop_unpacking_with_a_clear_error() {
             Limits {
                 max_bytes: 1 << 20,
                 max_entries: 2,
+                ..Limits::default()
             },
         )
         .unwrap_err();
@@ -378,6 +914,7 @@ fn limits_stop_unpacking_with_a_clear_error() {
             Limits {
                 max_bytes: 10,
                 max_entries: 100,
+                ..Limits::default()
             },
         )
         .unwrap_err();
@@ -420,3 +957,34 @@ fn keeps_mode_mtime_and_owner() {
     assert_eq!(d.permissions().mode() & 0o7777, 0o1777);
     assert_eq!(d.mtime(), 42);
 }
+
+#[test]
+fn opaque_whiteout_after_same_layer_entries_clears_their_lower_siblings() {
+    let f = Fixture::new();
+    let lower = layer(&[E::File("d/sub/old", b"o"), E::File("d/gone", b"g")]);
+    let upper = layer(&[E::File("d/sub/new", b"n"), E::File("d/.wh..wh..opq", b"")]);
+    f.unpack(&[lower, upper], Limits::default()).unwrap();
+    assert_eq!(fs::read(f.root.join("d/sub/new")).unwrap(), b"n");
+    assert!(
+        !f.root.join("d/sub/old").exists(),
+        "lower child of an opaque dir kept"
+    );
+    assert!(!f.root.join("d/gone").exists());
+}
+
+#[test]
+fn directory_listed_twice_takes_the_last_metadata() {
+    let f = Fixture::new();
+    let l = layer(&[
+        E::Mode("d", tar::EntryType::Directory, 0o700),
+        E::File("d/f", b"f"),
+        E::Mode("d", tar::EntryType::Directory, 0o751),
+    ]);
+    f.unpack(&[l], Limits::default()).unwrap();
+    let m = fs::metadata(f.root.join("d")).unwrap();
+    assert_eq!(m.permissions().mode() & 0o7777, 0o751);
+    assert_eq!(m.mtime(), 1_000_000);
+    assert_eq!(fs::read(f.root.join("d/f")).unwrap(), b"f");
+}
+
+mod streams;
