@@ -113,7 +113,7 @@ pub fn run(config_dir: &Path) -> Result<(), Error> {
         ),
         reaper: reaper.clone(),
         images,
-        exe,
+        exe: exe.clone(),
         host: host_limits(),
         backoff: BackoffPolicy {
             initial: config.crash_loop_backoff_initial,
@@ -121,6 +121,11 @@ pub fn run(config_dir: &Path) -> Result<(), Error> {
         },
         board: Board::default(),
         executor: executor.clone(),
+        puller: crate::pod::images::Puller::new(
+            exe.clone(),
+            config_dir.to_path_buf(),
+            reaper.clone(),
+        ),
         config: config.clone(),
     });
     executor.spawn(reaper.run(child_signals)).detach();

@@ -75,10 +75,17 @@ impl Puller {
             }
         };
         if let Some(rx) = joined {
-            return rx.recv().await.unwrap_or_else(|_| Err("pull abandoned".to_string()));
+            return rx
+                .recv()
+                .await
+                .unwrap_or_else(|_| Err("pull abandoned".to_string()));
         }
         let result = self.run_child(reference).await;
-        let waiters = self.inflight.borrow_mut().remove(reference).unwrap_or_default();
+        let waiters = self
+            .inflight
+            .borrow_mut()
+            .remove(reference)
+            .unwrap_or_default();
         for w in waiters {
             let _ = w.try_send(result.clone());
         }
@@ -134,7 +141,11 @@ mod tests {
             (Always, true, Pull { fallback: true }),
             (Always, false, Pull { fallback: false }),
         ] {
-            assert_eq!(decide(policy, present), want, "{policy:?} present={present}");
+            assert_eq!(
+                decide(policy, present),
+                want,
+                "{policy:?} present={present}"
+            );
         }
     }
 

@@ -23,6 +23,7 @@ use futures_lite::{AsyncReadExt, FutureExt};
 use super::backoff::BackoffPolicy;
 use super::board::Board;
 use super::config::{self, PodFiles};
+use super::images::{self, PullAction, Puller};
 use super::lifecycle::{self, RestartPolicy, Slot};
 use super::status::{Condition, ContainerState, Phase, PodStatus, Terminated};
 use crate::config::NodeConfig;
@@ -50,6 +51,7 @@ pub struct Context {
     pub backoff: BackoffPolicy,
     pub board: Board,
     pub executor: Rc<LocalExecutor<'static>>,
+    pub puller: Puller,
 }
 
 /// Orders for a worker.
@@ -291,22 +293,57 @@ impl Worker {
         self.slots[i].record_create_error(reason, message, Instant::now());
     }
 
-    /// Resolves a container's image to its record and shared rootfs.
-    fn image_for(&self, i: usize) -> Result<(Image, PathBuf), (&'static str, String)> {
-        let c = self.container(i);
-        let image = match self.ctx.images.resolve(&c.image) {
-            Ok(Some(image)) => image,
-            Ok(None) => {
-                return Err((
-                    "ErrImageNeverPull",
-                    format!(
-                        "image {:?} is not present in the image store; add it to {} (pulling from registries is not available yet)",
-                        c.image,
-                        self.ctx.config.images_path.display()
-                    ),
-                ));
+    /// Finds (pulling as `imagePullPolicy` says) a container's image and its shared rootfs.
+    async fn image_for(&mut self, i: usize) -> Result<(Image, PathBuf), (&'static str, String)> {
+        let c = self.container(i).clone();
+        let lookup = |ctx: &Context| {
+            ctx.images
+                .resolve(&c.image)
+                .map_err(|e| ("ErrImagePull", format!("image {:?}: {e}", c.image)))
+        };
+        let present = lookup(&self.ctx)?;
+        let image = match images::decide(c.image_pull_policy(), present.is_some()) {
+            PullAction::Use => present,
+            PullAction::Missing => None,
+            PullAction::Pull { fallback } => {
+                self.slots[i].status.state = ContainerState::Waiting {
+                    reason: "ContainerCreating".to_string(),
+                    message: format!("pulling image {:?}", c.image),
+                };
+                self.publish();
+                match self.ctx.puller.pull(&c.image).await {
+                    Ok(()) => lookup(&self.ctx)?,
+                    Err(e) if fallback => {
+                        log::warn!(
+                            "pod {}: container {:?}: pulling {:?} failed ({e}); using the image already in the store",
+                            self.name(),
+                            c.name,
+                            c.image
+                        );
+                        present
+                    }
+                    Err(e) => {
+                        let again = matches!(&self.slots[i].status.state, ContainerState::Waiting { reason, .. }
+                            if reason == "ErrImagePull" || reason == "ImagePullBackOff");
+                        let reason = if again {
+                            "ImagePullBackOff"
+                        } else {
+                            "ErrImagePull"
+                        };
+                        return Err((reason, format!("image {:?}: {e}", c.image)));
+                    }
+                }
             }
-            Err(e) => return Err(("ErrImagePull", format!("image {:?}: {e}", c.image))),
+        };
+        let Some(image) = image else {
+            return Err((
+                "ErrImageNeverPull",
+                format!(
+                    "image {:?} is not present in the image store and imagePullPolicy is Never; add it to {} or run `nanolet pull`",
+                    c.image,
+                    self.ctx.config.images_path.display()
+                ),
+            ));
         };
         match self.ctx.images.rootfs(&image) {
             Ok(rootfs) => Ok((image, rootfs)),
@@ -363,7 +400,7 @@ impl Worker {
     /// Starts container `i`: everything up to `runc run --detach`.
     async fn start(&mut self, i: usize) {
         let now = Instant::now();
-        let (image, image_rootfs) = match self.image_for(i) {
+        let (image, image_rootfs) = match self.image_for(i).await {
             Ok(found) => found,
             Err((reason, message)) => return self.create_error(i, reason, message),
         };
