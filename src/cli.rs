@@ -203,7 +203,11 @@ fn run(command: Command, config_dir: &Path) -> Result<(), Box<dyn std::error::Er
             hostname,
             host_network,
         } => crate::sys::sandbox::init_in_child(&dir, &hostname, host_network)?,
-        Command::Import => import(config_dir)?,
+        Command::Import => {
+            // The agent logs this child's results; its own progress lines would repeat them.
+            log::set_max_level(log::LevelFilter::Warn);
+            import(config_dir)?
+        }
         Command::Pull { reference } => {
             let cfg = config::load(config_dir)?;
             let store = crate::image::ImageStore::open(&cfg.data_dir.join("images"))?;
@@ -231,6 +235,8 @@ fn run(command: Command, config_dir: &Path) -> Result<(), Box<dyn std::error::Er
             );
         }
         Command::InternalPull { reference } => {
+            // The agent reads the JSON lines on stdout; log lines would repeat them.
+            log::set_max_level(log::LevelFilter::Warn);
             let result = (|| -> Result<_, Box<dyn std::error::Error>> {
                 let cfg = config::load(config_dir)?;
                 let store = crate::image::ImageStore::open(&cfg.data_dir.join("images"))?;
