@@ -504,6 +504,10 @@ enum Reply {
     Fixed(u16, &'static str, Vec<u8>),
     /// 200 with this Content-Type and a body that never ends.
     Endless(&'static str),
+    /// 307 to this URL.
+    Redirect(String),
+    /// 401 with a Basic challenge unless the request carries this `Authorization`.
+    Private(String, Box<Reply>),
 }
 
 /// A registry that answers `GET <path>` from a table; anything else is a 404. Runs until
@@ -530,20 +534,43 @@ fn serve(mut stream: TcpStream, routes: &HashMap<String, Reply>, log: &Mutex<Vec
     if reader.read_line(&mut request_line).is_err() {
         return;
     }
+    let mut authorization = None;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
             break;
         }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("authorization")
+        {
+            authorization = Some(value.trim().to_string());
+        }
     }
     let path = request_line.split(' ').nth(1).unwrap_or("").to_string();
-    log.lock().unwrap().push(path.clone());
-    let reply = routes.get(&path).cloned().unwrap_or(Reply::Fixed(
+    let auth_seen = authorization.as_deref().unwrap_or("-");
+    log.lock().unwrap().push(format!("{path} {auth_seen}"));
+    let mut reply = routes.get(&path).cloned().unwrap_or(Reply::Fixed(
         404,
         "application/json",
         br#"{"errors":[{"code":"NOT_FOUND","message":"not here"}]}"#.to_vec(),
     ));
+    if let Reply::Private(want, inner) = reply {
+        if authorization.as_deref() != Some(want.as_str()) {
+            let head = "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"fake\"\r\n\
+                        Content-Length: 0\r\nConnection: close\r\n\r\n";
+            let _ = stream.write_all(head.as_bytes());
+            return;
+        }
+        reply = *inner;
+    }
     match reply {
+        Reply::Private(..) => {}
+        Reply::Redirect(location) => {
+            let head = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = stream.write_all(head.as_bytes());
+        }
         Reply::Fixed(status, content_type, body) => {
             let head = format!(
                 "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -669,7 +696,51 @@ fn faults_of_a_registry_are_errors_naming_image_and_descriptor_and_store_nothing
     let node = Node::new("");
     let (lines, ok) = node.internal_pull(&format!("{host}/app"));
     assert!(ok, "{lines:?}");
-    assert!(seen.lock().unwrap().contains(&layer_path));
+    assert!(seen.lock().unwrap().contains(&format!("{layer_path} -")));
+}
+
+#[test]
+fn credentials_stay_with_the_registry_when_a_blob_is_redirected_to_storage() {
+    let image = tiny_image(host_arch(), "redirected\n");
+    let layer = sha256(&image.blobs[1]);
+    let layer_path = format!("/v2/app/blobs/{layer}");
+    // The storage: another origin (same address, other port), serving the layer to anyone.
+    let mut storage_routes = HashMap::new();
+    storage_routes.insert(
+        "/store/layer?sig=1".to_string(),
+        Reply::Fixed(200, "application/octet-stream", image.blobs[1].clone()),
+    );
+    let (storage, storage_seen) = fake_registry(storage_routes);
+    // The registry: everything private; the layer is a redirect to the storage.
+    let basic = "Basic YWxpY2U6czNjcmV0".to_string(); // alice:s3cret
+    let mut routes: HashMap<String, Reply> = routes_for(&image)
+        .into_iter()
+        .map(|(path, reply)| (path, Reply::Private(basic.clone(), Box::new(reply))))
+        .collect();
+    routes.insert(
+        layer_path.clone(),
+        Reply::Private(
+            basic.clone(),
+            Box::new(Reply::Redirect(format!(
+                "http://{storage}/store/layer?sig=1"
+            ))),
+        ),
+    );
+    let (host, seen) = fake_registry(routes);
+    let node = Node::new("");
+    node.docker_config(&host, "alice", "s3cret");
+    let (lines, ok) = node.internal_pull(&format!("{host}/app"));
+    assert!(ok, "{lines:?}");
+    assert!(
+        seen.lock()
+            .unwrap()
+            .contains(&format!("{layer_path} {basic}"))
+    );
+    assert_eq!(
+        *storage_seen.lock().unwrap(),
+        ["/store/layer?sig=1 -".to_string()],
+        "the storage must not see the registry's credentials"
+    );
 }
 
 #[test]

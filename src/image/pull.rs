@@ -278,47 +278,35 @@ fn resolve(
             fetched.digest_header.as_deref(),
         )
         .map_err(doc_err)?;
-        let declared = match kind {
-            Kind::Manifest => {
-                let m = Manifest::parse(&fetched.bytes).map_err(|e| doc_err(e.to_string()))?;
-                if m.media_type
-                    .as_deref()
-                    .is_some_and(|t| t != fetched.content_type)
-                {
-                    return Err(doc_err(format!(
-                        "ambiguous document: mediaType {:?} served as {:?}",
-                        m.media_type.unwrap_or_default(),
-                        fetched.content_type
-                    )));
-                }
-                let desc = Descriptor {
-                    media_type: fetched.content_type.clone(),
-                    digest,
-                    size: fetched.bytes.len() as u64,
-                    platform: None,
-                    annotations: Default::default(),
-                };
-                return Ok((desc, fetched.bytes, m));
-            }
-            Kind::Index => {
-                let index = Index::parse(&fetched.bytes).map_err(|e| doc_err(e.to_string()))?;
-                index.media_type.clone()
-            }
+        let ambiguous = |declared: Option<&str>| {
+            declared.filter(|t| *t != fetched.content_type).map(|t| {
+                doc_err(format!(
+                    "ambiguous document: mediaType {t:?} served as {:?}",
+                    fetched.content_type
+                ))
+            })
         };
-        if declared
-            .as_deref()
-            .is_some_and(|t| t != fetched.content_type)
-        {
-            return Err(doc_err(format!(
-                "ambiguous document: mediaType {:?} served as {:?}",
-                declared.unwrap_or_default(),
-                fetched.content_type
-            )));
+        if kind == Kind::Manifest {
+            let m = Manifest::parse(&fetched.bytes).map_err(|e| doc_err(e.to_string()))?;
+            if let Some(e) = ambiguous(m.media_type.as_deref()) {
+                return Err(e);
+            }
+            let desc = Descriptor {
+                media_type: fetched.content_type.clone(),
+                digest,
+                size: fetched.bytes.len() as u64,
+                platform: None,
+                annotations: Default::default(),
+            };
+            return Ok((desc, fetched.bytes, m));
+        }
+        let index = Index::parse(&fetched.bytes).map_err(|e| doc_err(e.to_string()))?;
+        if let Some(e) = ambiguous(index.media_type.as_deref()) {
+            return Err(e);
         }
         if depth == MAX_INDEX_DEPTH {
             return Err(doc_err("image indexes nested too deep".into()));
         }
-        let index = Index::parse(&fetched.bytes).map_err(|e| doc_err(e.to_string()))?;
         let Some(child) = choose(&index, platform) else {
             return Err(Error::Store(super::Error::Platform {
                 image: image.to_string(),

@@ -12,7 +12,7 @@
 //!
 //! Decisions: TLS (rustls, webpki roots) except for loopback registries and those listed
 //! in `insecureRegistries`, which are reached over plain HTTP (as docker does). Redirects
-//! are followed by ureq, which sends `Authorization` only to the same host (a blob
+//! are followed here, sending `Authorization` only to the registry's own origin (a blob
 //! redirected to storage gets no credentials). Connection failures, 429 and 5xx are retried
 //! with doubling back-off, a bounded number of times; a blob body that breaks off is resumed
 //! with a Range request from the last byte received. Must never: read more of a body than
@@ -185,8 +185,8 @@ impl Registry {
         };
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .max_redirects(5)
-            .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
+            // Redirects are followed in `send`, which decides where credentials go.
+            .max_redirects(0)
             .timeout_connect(Some(Duration::from_secs(30)))
             .timeout_recv_response(Some(Duration::from_secs(60)))
             .timeout_per_read(Some(Duration::from_secs(60)))
@@ -264,17 +264,7 @@ impl Registry {
         let mut failures = 0;
         let mut authenticated = false;
         loop {
-            let mut request = self.agent.get(url);
-            if let Some(accept) = accept {
-                request = request.header("Accept", accept);
-            }
-            if offset > 0 {
-                request = request.header("Range", format!("bytes={offset}-"));
-            }
-            if let Some(auth) = self.authorization.borrow().as_deref() {
-                request = request.header("Authorization", auth);
-            }
-            let retryable = match request.call() {
+            let retryable = match self.send(url, accept, offset) {
                 Ok(response) => {
                     let status = response.status().as_u16();
                     if status == 401 && !authenticated {
@@ -306,6 +296,45 @@ impl Registry {
             let wait = self.retry.backoff(failures);
             warn!("{retryable}: retrying in {wait:?}");
             std::thread::sleep(wait);
+        }
+    }
+
+    /// One GET, following redirects itself: `Authorization` goes only to the origin
+    /// (scheme, host and port) of `url`, never to the storage a blob is redirected to.
+    fn send(
+        &self,
+        url: &str,
+        accept: Option<&str>,
+        offset: u64,
+    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+        let mut target = url.to_string();
+        let mut redirects = 0;
+        loop {
+            let mut request = self.agent.get(&target);
+            if let Some(accept) = accept {
+                request = request.header("Accept", accept);
+            }
+            if offset > 0 {
+                request = request.header("Range", format!("bytes={offset}-"));
+            }
+            if let Some(auth) = self.authorization.borrow().as_deref()
+                && origin(&target) == origin(url)
+            {
+                request = request.header("Authorization", auth);
+            }
+            let response = request.call()?;
+            let location = response
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok());
+            match (response.status().as_u16(), location) {
+                (301 | 302 | 303 | 307 | 308, Some(location)) if redirects < MAX_REDIRECTS => {
+                    redirects += 1;
+                    target = resolve_location(&target, location);
+                    debug!("GET {url}: redirected to {}", origin(&target));
+                }
+                _ => return Ok(response),
+            }
         }
     }
 
@@ -400,6 +429,34 @@ impl Registry {
             reason,
         }
     }
+}
+
+/// Redirects followed per request.
+const MAX_REDIRECTS: u32 = 5;
+
+/// `scheme://host:port` of a URL (as written; we only compare URLs we built or were sent).
+fn origin(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    let end = url[after_scheme..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| after_scheme + i);
+    &url[..end]
+}
+
+/// A `Location` against the URL it answered: absolute, or a path on the same origin.
+fn resolve_location(base: &str, location: &str) -> String {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        return location.to_string();
+    }
+    if let Some(rest) = location.strip_prefix("//") {
+        let scheme = base.split_once("://").map_or("https", |(s, _)| s);
+        return format!("{scheme}://{rest}");
+    }
+    if location.starts_with('/') {
+        return format!("{}{location}", origin(base));
+    }
+    let dir = base.rsplit_once('/').map_or(base, |(d, _)| d);
+    format!("{dir}/{location}")
 }
 
 /// An error for an unexpected status, with the registry's own message if it sent one.
@@ -566,6 +623,29 @@ mod tests {
         for (domain, want) in cases {
             assert_eq!(is_plain_http(domain, &insecure), want, "{domain}");
         }
+    }
+
+    #[test]
+    fn redirects_resolve_and_credentials_stay_with_their_origin() {
+        let base = "https://r.io:5000/v2/app/blobs/sha256:ab";
+        let cases = [
+            (
+                "https://s3.example/b?sig=1",
+                "https://s3.example/b?sig=1",
+                false,
+            ),
+            ("/v2/app/blobs/x", "https://r.io:5000/v2/app/blobs/x", true),
+            ("//cdn.example/x", "https://cdn.example/x", false),
+            ("other", "https://r.io:5000/v2/app/blobs/other", true),
+            ("https://r.io:5001/x", "https://r.io:5001/x", false),
+            ("http://r.io:5000/x", "http://r.io:5000/x", false),
+        ];
+        for (location, want, same_origin) in cases {
+            let got = resolve_location(base, location);
+            assert_eq!(got, want, "{location}");
+            assert_eq!(origin(&got) == origin(base), same_origin, "{location}");
+        }
+        assert_eq!(origin("http://127.0.0.1:5000"), "http://127.0.0.1:5000");
     }
 
     #[test]
