@@ -504,6 +504,9 @@ enum Reply {
     Fixed(u16, &'static str, Vec<u8>),
     /// 200 with this Content-Type and a body that never ends.
     Endless(&'static str),
+    /// The body with its full Content-Length, broken off after this many bytes; a request
+    /// with `Range: bytes=N-` gets the rest (206).
+    BreaksOff(Vec<u8>, usize),
     /// 307 to this URL.
     Redirect(String),
     /// 401 with a Basic challenge unless the request carries this `Authorization`.
@@ -535,6 +538,7 @@ fn serve(mut stream: TcpStream, routes: &HashMap<String, Reply>, log: &Mutex<Vec
         return;
     }
     let mut authorization = None;
+    let mut range = None;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
@@ -545,10 +549,21 @@ fn serve(mut stream: TcpStream, routes: &HashMap<String, Reply>, log: &Mutex<Vec
         {
             authorization = Some(value.trim().to_string());
         }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("range")
+        {
+            range = Some(value.trim().to_string());
+        }
     }
     let path = request_line.split(' ').nth(1).unwrap_or("").to_string();
     let auth_seen = authorization.as_deref().unwrap_or("-");
-    log.lock().unwrap().push(format!("{path} {auth_seen}"));
+    let range_seen = range
+        .as_deref()
+        .map(|r| format!(" {r}"))
+        .unwrap_or_default();
+    log.lock()
+        .unwrap()
+        .push(format!("{path} {auth_seen}{range_seen}"));
     let mut reply = routes.get(&path).cloned().unwrap_or(Reply::Fixed(
         404,
         "application/json",
@@ -565,6 +580,31 @@ fn serve(mut stream: TcpStream, routes: &HashMap<String, Reply>, log: &Mutex<Vec
     }
     match reply {
         Reply::Private(..) => {}
+        Reply::BreaksOff(body, cut) => {
+            let from: Option<usize> = range
+                .as_deref()
+                .and_then(|r| r.strip_prefix("bytes="))
+                .and_then(|r| r.trim_end_matches('-').parse().ok());
+            let head = match from {
+                None => format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                ),
+                Some(n) => format!(
+                    "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {n}-{}/{}\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len() - 1,
+                    body.len(),
+                    body.len() - n
+                ),
+            };
+            let _ = stream.write_all(head.as_bytes());
+            let part = match from {
+                None => &body[..cut],
+                Some(n) => &body[n..],
+            };
+            let _ = stream.write_all(part);
+        }
         Reply::Redirect(location) => {
             let head = format!(
                 "HTTP/1.1 307 Temporary Redirect\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -697,6 +737,40 @@ fn faults_of_a_registry_are_errors_naming_image_and_descriptor_and_store_nothing
     let (lines, ok) = node.internal_pull(&format!("{host}/app"));
     assert!(ok, "{lines:?}");
     assert!(seen.lock().unwrap().contains(&format!("{layer_path} -")));
+}
+
+#[test]
+fn a_layer_download_that_breaks_off_is_resumed_where_it_stopped() {
+    let image = tiny_image(host_arch(), "resumed\n");
+    let layer = sha256(&image.blobs[1]);
+    let layer_path = format!("/v2/app/blobs/{layer}");
+    let cut = image.blobs[1].len() / 2;
+    let mut routes = routes_for(&image);
+    routes.insert(
+        layer_path.clone(),
+        Reply::BreaksOff(image.blobs[1].clone(), cut),
+    );
+    let (host, seen) = fake_registry(routes);
+    let node = Node::new("");
+    let (lines, ok) = node.internal_pull(&format!("{host}/app"));
+    assert!(ok, "{lines:?}");
+    let requests: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.starts_with(&layer_path))
+        .cloned()
+        .collect();
+    assert_eq!(
+        requests,
+        [
+            format!("{layer_path} -"),
+            format!("{layer_path} - bytes={cut}-")
+        ]
+    );
+    let config_hex = &sha256(&image.blobs[0])[7..];
+    let hello = fs::read_to_string(node.store().join("rootfs").join(config_hex).join("hello"));
+    assert_eq!(hello.unwrap(), "resumed\n");
 }
 
 #[test]
