@@ -509,8 +509,9 @@ enum Reply {
     BreaksOff(Vec<u8>, usize),
     /// 307 to this URL.
     Redirect(String),
-    /// 401 with a Basic challenge unless the request carries this `Authorization`.
-    Private(String, Box<Reply>),
+    /// 401 with the challenge (`WWW-Authenticate`) unless the request carries this
+    /// `Authorization`.
+    Private(String, String, Box<Reply>),
 }
 
 /// A registry that answers `GET <path>` from a table; anything else is a 404. Runs until
@@ -569,10 +570,12 @@ fn serve(mut stream: TcpStream, routes: &HashMap<String, Reply>, log: &Mutex<Vec
         "application/json",
         br#"{"errors":[{"code":"NOT_FOUND","message":"not here"}]}"#.to_vec(),
     ));
-    if let Reply::Private(want, inner) = reply {
+    if let Reply::Private(want, challenge, inner) = reply {
         if authorization.as_deref() != Some(want.as_str()) {
-            let head = "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"fake\"\r\n\
-                        Content-Length: 0\r\nConnection: close\r\n\r\n";
+            let head = format!(
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: {challenge}\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            );
             let _ = stream.write_all(head.as_bytes());
             return;
         }
@@ -629,6 +632,14 @@ fn serve(mut stream: TcpStream, routes: &HashMap<String, Reply>, log: &Mutex<Vec
             while stream.write_all(&chunk).is_ok() {}
         }
     }
+}
+
+fn private(authorization: &str, challenge: &str, reply: Reply) -> Reply {
+    Reply::Private(
+        authorization.to_string(),
+        challenge.to_string(),
+        Box::new(reply),
+    )
 }
 
 /// Routes serving `image` as `/v2/app/manifests/latest` and its blobs.
@@ -789,12 +800,13 @@ fn credentials_stay_with_the_registry_when_a_blob_is_redirected_to_storage() {
     let basic = "Basic YWxpY2U6czNjcmV0".to_string(); // alice:s3cret
     let mut routes: HashMap<String, Reply> = routes_for(&image)
         .into_iter()
-        .map(|(path, reply)| (path, Reply::Private(basic.clone(), Box::new(reply))))
+        .map(|(path, reply)| (path, private(&basic, "Basic realm=\"fake\"", reply)))
         .collect();
     routes.insert(
         layer_path.clone(),
         Reply::Private(
             basic.clone(),
+            "Basic realm=\"fake\"".to_string(),
             Box::new(Reply::Redirect(format!(
                 "http://{storage}/store/layer?sig=1"
             ))),
@@ -832,5 +844,49 @@ fn a_registry_outside_loopback_is_reached_over_tls_unless_listed_insecure() {
     assert!(
         e.contains("GET https://registry.invalid:5000/v2/app/manifests/latest"),
         "{e}"
+    );
+}
+
+#[test]
+fn bearer_tokens_are_fetched_with_config_json_credentials_and_used_for_the_registry() {
+    let image = tiny_image(host_arch(), "token\n");
+    let basic = "Basic YWxpY2U6czNjcmV0"; // alice:s3cret
+    let mut token_routes = HashMap::new();
+    token_routes.insert(
+        "/token?service=fake&scope=repository%3Aapp%3Apull".to_string(),
+        private(
+            basic,
+            "Basic realm=\"auth\"",
+            Reply::Fixed(200, "application/json", br#"{"token":"t0k"}"#.to_vec()),
+        ),
+    );
+    let (auth_host, auth_seen) = fake_registry(token_routes);
+    let challenge = format!("Bearer realm=\"http://{auth_host}/token\",service=\"fake\"");
+    let routes: HashMap<String, Reply> = routes_for(&image)
+        .into_iter()
+        .map(|(path, reply)| (path, private("Bearer t0k", &challenge, reply)))
+        .collect();
+    let (host, seen) = fake_registry(routes);
+    let node = Node::new("");
+    node.docker_config(&host, "alice", "s3cret");
+    let (lines, ok) = node.internal_pull(&format!("{host}/app"));
+    assert!(ok, "{lines:?}");
+    // One token, asked for with the credentials; the registry only ever sees the token.
+    assert_eq!(
+        *auth_seen.lock().unwrap(),
+        [format!(
+            "/token?service=fake&scope=repository%3Aapp%3Apull {basic}"
+        )]
+    );
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.iter()
+            .all(|r| r.ends_with(" -") || r.ends_with(" Bearer t0k")),
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen.iter().filter(|r| r.ends_with(" Bearer t0k")).count(),
+        3,
+        "{seen:?}"
     );
 }
