@@ -235,6 +235,7 @@ fn run(command: Command, config_dir: &Path) -> Result<(), Box<dyn std::error::Er
             );
         }
         Command::InternalPull { reference } => {
+            use crate::image::pull::Event;
             // The agent reads the JSON lines on stdout; log lines would repeat them.
             log::set_max_level(log::LevelFilter::Warn);
             let result = (|| -> Result<_, Box<dyn std::error::Error>> {
@@ -242,17 +243,23 @@ fn run(command: Command, config_dir: &Path) -> Result<(), Box<dyn std::error::Er
                 let store = crate::image::ImageStore::open(&cfg.data_dir.join("images"))?;
                 let options = pull_options(config_dir, &cfg, &reference)?;
                 let report = |digest: &crate::image::digest::Digest, done: u64, total: u64| {
-                    let line = serde_json::json!({"layer": digest, "done": done, "total": total});
-                    println!("{line}");
+                    let layer = digest.clone();
+                    println!("{}", Event::Layer { layer, done, total }.to_line());
                 };
                 Ok(crate::image::pull::pull(
                     &store, &reference, &options, &report,
                 )?)
             })();
             match result {
-                Ok(image) => println!("{}", serde_json::json!({ "image": image })),
+                Ok(image) => println!("{}", Event::Image { image }.to_line()),
                 Err(e) => {
-                    println!("{}", serde_json::json!({ "error": e.to_string() }));
+                    println!(
+                        "{}",
+                        Event::Error {
+                            error: e.to_string()
+                        }
+                        .to_line()
+                    );
                     return Err(e);
                 }
             }

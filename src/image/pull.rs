@@ -100,6 +100,35 @@ pub struct Options {
 /// Progress of one layer: `(layer digest, bytes done, bytes total)`.
 pub type Progress<'a> = &'a dyn Fn(&Digest, u64, u64);
 
+/// One line of `nanolet internal-pull`'s stdout, as JSON: any number of `Layer`, then one
+/// `Image` or `Error`. The agent reads these with [`Event::parse`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Event {
+    /// `{"layer":"sha256:…","done":n,"total":m}`
+    Layer {
+        layer: Digest,
+        done: u64,
+        total: u64,
+    },
+    /// `{"image":{…}}`: the store's record of the pulled image.
+    Image { image: Image },
+    /// `{"error":"…"}`: the pull failed; the text names the image and what went wrong.
+    Error { error: String },
+}
+
+impl Event {
+    pub fn parse(line: &str) -> Result<Event, serde_json::Error> {
+        serde_json::from_str(line)
+    }
+
+    /// The JSON line, without the newline.
+    pub fn to_line(&self) -> String {
+        // Serializing these plain types cannot fail; an empty object is never produced.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
 /// The credentials for `domain` in `<config_dir>/config.json` (docker's format); none when
 /// the file does not exist.
 pub fn credentials_in(config_dir: &Path, domain: &str) -> Result<Option<Credentials>, Error> {
@@ -414,6 +443,42 @@ impl<R: Read> Read for ProgressReader<'_, R> {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn internal_pull_lines_parse_back_into_events() {
+        let digest = Digest::of(b"layer");
+        let image = Image {
+            names: vec!["r.local/app:v1".into()],
+            manifest_digest: Digest::of(b"m"),
+            config_digest: Digest::of(b"c"),
+            config: Default::default(),
+            size: 42,
+        };
+        let events = [
+            Event::Layer {
+                layer: digest.clone(),
+                done: 1,
+                total: 2,
+            },
+            Event::Image { image },
+            Event::Error {
+                error: "image r.local/app:v1: boom".into(),
+            },
+        ];
+        for e in events {
+            assert_eq!(Event::parse(&e.to_line()).unwrap(), e);
+        }
+        assert_eq!(
+            Event::Layer {
+                layer: digest.clone(),
+                done: 1,
+                total: 2
+            }
+            .to_line(),
+            format!(r#"{{"layer":"{digest}","done":1,"total":2}}"#)
+        );
+        assert!(Event::parse("{}").is_err());
+    }
 
     #[test]
     fn content_types_decide_the_document_kind() {
