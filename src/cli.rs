@@ -1,5 +1,9 @@
-//! The command line: `nanolet agent|ps|logs|images|version`, and the hidden child modes the
-//! agent runs itself as (`internal-sandbox`, `internal-import`).
+//! The command line: `nanolet agent|ps|logs|images|pull|rmi|version`, and the hidden child
+//! modes the agent runs itself as (`internal-sandbox`, `internal-import`, `internal-pull`).
+//!
+//! `internal-pull REF` speaks to its parent in JSON lines on stdout, one object per line:
+//! `{"layer":"sha256:…","done":n,"total":m}` while layers download, then exactly one of
+//! `{"image":{…the store's Image record…}}` (exit 0) or `{"error":"…"}` (exit 1).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,6 +22,8 @@ commands:
   logs POD [-c CONTAINER] [-n NAMESPACE] [-f] [--tail N] [-p|--previous]
                               a container's logs
   images                      images in the store
+  pull IMAGE                  pull an image from its registry into the store
+  rmi IMAGE                   remove an image (a name; the image goes with its last name)
   version                     print the version
 ";
 
@@ -41,6 +47,17 @@ pub enum Command {
         host_network: bool,
     },
     Import,
+    /// `pull REF`: progress for a person.
+    Pull {
+        reference: String,
+    },
+    /// `internal-pull REF`: progress as JSON lines, for the agent.
+    InternalPull {
+        reference: String,
+    },
+    Rmi {
+        reference: String,
+    },
 }
 
 /// Parses `args` (without the program name) into a command and the config dir.
@@ -92,6 +109,15 @@ pub fn parse(args: Vec<String>) -> Result<(Command, PathBuf), lexopt::Error> {
             host_network,
         },
         Some("internal-import") => Command::Import,
+        Some(verb @ ("pull" | "rmi" | "internal-pull")) => {
+            let [reference] = <[String; 1]>::try_from(positional)
+                .map_err(|_| format!("{verb}: want one image. usage: nanolet {verb} IMAGE"))?;
+            match verb {
+                "pull" => Command::Pull { reference },
+                "rmi" => Command::Rmi { reference },
+                _ => Command::InternalPull { reference },
+            }
+        }
         None => Command::Help,
         Some(other) => return Err(format!("unknown command {other:?}").into()),
     };
@@ -182,8 +208,99 @@ fn run(command: Command, config_dir: &Path) -> Result<(), Box<dyn std::error::Er
             log::set_max_level(log::LevelFilter::Warn);
             import(config_dir)?
         }
+        Command::Pull { reference } => {
+            let cfg = config::load(config_dir)?;
+            let store = crate::image::ImageStore::open(&cfg.data_dir.join("images"))?;
+            let options = pull_options(config_dir, &cfg, &reference)?;
+            let is_terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            let show = |digest: &crate::image::digest::Digest, done: u64, total: u64| {
+                let line = progress_line(digest, done, total);
+                let mut out = std::io::stdout().lock();
+                // Progress is a courtesy: a closed stdout must not fail the pull.
+                let _ = if is_terminal {
+                    let end = if done == total { "\n" } else { "" };
+                    write!(out, "\r{line}\x1b[K{end}").and_then(|()| out.flush())
+                } else if done == total {
+                    writeln!(out, "{line}")
+                } else {
+                    Ok(())
+                };
+            };
+            let image = crate::image::pull::pull(&store, &reference, &options, &show)?;
+            println!(
+                "{}: pulled {} ({})",
+                image.names.join(", "),
+                image.manifest_digest,
+                human_size(image.size)
+            );
+        }
+        Command::InternalPull { reference } => {
+            use crate::image::pull::Event;
+            // The agent reads the JSON lines on stdout; log lines would repeat them.
+            log::set_max_level(log::LevelFilter::Warn);
+            let result = (|| -> Result<_, Box<dyn std::error::Error>> {
+                let cfg = config::load(config_dir)?;
+                let store = crate::image::ImageStore::open(&cfg.data_dir.join("images"))?;
+                let options = pull_options(config_dir, &cfg, &reference)?;
+                let report = |digest: &crate::image::digest::Digest, done: u64, total: u64| {
+                    let layer = digest.clone();
+                    println!("{}", Event::Layer { layer, done, total }.to_line());
+                };
+                Ok(crate::image::pull::pull(
+                    &store, &reference, &options, &report,
+                )?)
+            })();
+            match result {
+                Ok(image) => println!("{}", Event::Image { image }.to_line()),
+                Err(e) => {
+                    println!(
+                        "{}",
+                        Event::Error {
+                            error: e.to_string()
+                        }
+                        .to_line()
+                    );
+                    return Err(e);
+                }
+            }
+        }
+        Command::Rmi { reference } => {
+            let cfg = config::load(config_dir)?;
+            let store = crate::image::ImageStore::open(&cfg.data_dir.join("images"))?;
+            store.remove(&reference)?;
+            println!("{reference}: removed");
+        }
     }
     Ok(())
+}
+
+/// Pull options from the node config and `<config-dir>/config.json`.
+fn pull_options(
+    config_dir: &Path,
+    cfg: &config::NodeConfig,
+    reference: &str,
+) -> Result<crate::image::pull::Options, Box<dyn std::error::Error>> {
+    let r = crate::image::reference::Reference::parse(reference)?;
+    Ok(crate::image::pull::Options {
+        platform: crate::image::Platform::host(),
+        insecure_registries: cfg.insecure_registries.clone(),
+        credentials: crate::image::pull::credentials_in(config_dir, &r.domain)?,
+        retry: Default::default(),
+    })
+}
+
+/// `sha256:0123456789ab: 1.5MiB / 2.0MiB`, or `…: done 2.0MiB` once complete.
+fn progress_line(digest: &crate::image::digest::Digest, done: u64, total: u64) -> String {
+    if done == total {
+        format!("{}: done {}", digest.short(), human_size(total))
+    } else {
+        format!(
+            "{}: {} / {}",
+            digest.short(),
+            human_size(done),
+            human_size(total)
+        )
+    }
 }
 
 /// The `internal-import` child: imports every archive and layout in `images/`, unpacks each
@@ -272,5 +389,39 @@ mod tests {
                 .contains("yaml")
         );
         assert!(parse(args("logs web --tail x")).is_err());
+        for verb in ["pull", "rmi", "internal-pull"] {
+            for line in [verb.to_string(), format!("{verb} a b")] {
+                let e = parse(args(&line)).unwrap_err().to_string();
+                assert!(e.contains("want one image"), "{line}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn image_commands_take_one_reference() {
+        let r = || "127.0.0.1:5000/busybox:latest".to_string();
+        let cases = [
+            ("pull", Command::Pull { reference: r() }),
+            ("rmi", Command::Rmi { reference: r() }),
+            ("internal-pull", Command::InternalPull { reference: r() }),
+        ];
+        for (verb, want) in cases {
+            let (cmd, dir) = parse(args(&format!("{verb} --config-dir /c {}", r()))).unwrap();
+            assert_eq!((cmd, dir), (want, PathBuf::from("/c")));
+        }
+    }
+
+    #[test]
+    fn progress_lines_name_the_layer() {
+        let d = crate::image::digest::Digest::of(b"layer");
+        let short = d.short();
+        assert_eq!(
+            progress_line(&d, 1536, 2048),
+            format!("{short}: 1.5KiB / 2.0KiB")
+        );
+        assert_eq!(
+            progress_line(&d, 2048, 2048),
+            format!("{short}: done 2.0KiB")
+        );
     }
 }

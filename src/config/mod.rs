@@ -68,6 +68,10 @@ pub struct NodeConfig {
     /// `crashLoopBackOff.maxContainerRestartPeriod` (default `300s`): the cap of the back-off,
     /// as in KubeletConfiguration (feature gate KubeletCrashLoopBackOffMax).
     pub crash_loop_backoff_max: Duration,
+    /// `insecureRegistries`: registries (`host` or `host:port`, as in an image reference) that
+    /// `nanolet pull` reaches over plain HTTP instead of TLS. Registries on loopback
+    /// (`localhost`, `127.0.0.0/8`, `[::1]`) always are, as with docker. Default: none.
+    pub insecure_registries: Vec<String>,
 }
 
 /// The file as written: everything optional, unknown fields rejected.
@@ -90,6 +94,7 @@ struct RawConfig {
     shutdown_grace_period: Option<String>,
     log_level: Option<String>,
     crash_loop_back_off: Option<RawCrashLoopBackOff>,
+    insecure_registries: Option<Vec<String>>,
 }
 
 /// `crashLoopBackOff`.
@@ -276,6 +281,14 @@ impl RawConfig {
             Some(p) => p,
             None => PathBuf::from("runc"),
         };
+        let insecure_registries = self.insecure_registries.unwrap_or_default();
+        if let Some(bad) = insecure_registries
+            .iter()
+            .find(|r| r.is_empty() || r.contains(['/', '@', ' ']))
+        {
+            let message = format!("{bad:?}: want host or host:port, without scheme or path");
+            return Err(("insecureRegistries", message));
+        }
         Ok(NodeConfig {
             node_name,
             static_pod_path: path(self.static_pod_path, "manifests"),
@@ -294,6 +307,7 @@ impl RawConfig {
             log_level,
             crash_loop_backoff_initial,
             crash_loop_backoff_max,
+            insecure_registries,
         })
     }
 }
@@ -444,6 +458,14 @@ mod tests {
         assert_eq!(c.file_check_frequency, Duration::from_secs(20));
         assert_eq!(c.shutdown_grace_period, Duration::from_secs(30));
         assert_eq!(c.log_level, log::LevelFilter::Info);
+        assert!(c.insecure_registries.is_empty());
+    }
+
+    #[test]
+    fn insecure_registries_are_read() {
+        let text = "insecureRegistries:\n  - registry.local\n  - 10.0.0.5:5000\n";
+        let c = parse(dir(), text).unwrap();
+        assert_eq!(c.insecure_registries, ["registry.local", "10.0.0.5:5000"]);
     }
 
     #[test]
@@ -519,6 +541,14 @@ logLevel: debug
             ),
             ("maxPods: 0", "maxPods: 0: must be at least 1"),
             ("cgroupParent: ../x", "cgroupParent: \"../x\""),
+            (
+                "insecureRegistries: [\"http://r.local\"]",
+                "insecureRegistries: \"http://r.local\": want host or host:port",
+            ),
+            (
+                "insecureRegistries: r.local",
+                "insecureRegistries: invalid type",
+            ),
             ("- a\n- b\n", "expected a mapping of settings"),
             ("maxPods: 1\nmaxPods: 2", "duplicate mapping key"),
         ];

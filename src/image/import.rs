@@ -82,6 +82,28 @@ pub(super) fn import_path(
     Ok(images)
 }
 
+/// Imports the image whose manifest `desc` names from `source` (the registry, for `pull`),
+/// under the store's exclusive lock: the same verification as an import from a layout.
+pub(super) fn import_manifest(
+    store: &ImageStore,
+    source: &dyn Source,
+    platform: &Platform,
+    desc: &Descriptor,
+    names: Vec<String>,
+) -> Result<Image, Error> {
+    let _lock = store.lock(rustix::fs::FlockOperation::LockExclusive)?;
+    let importer = Importer {
+        store,
+        source,
+        platform,
+        origin: names
+            .first()
+            .cloned()
+            .unwrap_or_else(|| desc.digest.to_string()),
+    };
+    importer.import_manifest(desc, names)
+}
+
 struct Importer<'a> {
     store: &'a ImageStore,
     source: &'a dyn Source,

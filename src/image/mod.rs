@@ -1,6 +1,10 @@
 //! The image store: imports images from OCI layouts and archives, keeps verified blobs,
 //! names them, and unpacks each image's layers once into a shared read-only rootfs.
 //!
+//! Images come from layouts and archives ([`ImageStore::import_path`]) or from a registry
+//! ([`pull::pull`], over [`registry`] and [`auth`]); both go through the same verifying
+//! import path.
+//!
 //! Owns the directory it is opened on (e.g. `/var/lib/nanolet/images`):
 //!
 //! ```text
@@ -21,10 +25,13 @@
 //! image without that name; an image whose last name is removed is deleted (like `docker
 //! rmi`), and blobs and rootfs directories no image refers to are deleted with it.
 
+pub mod auth;
 pub mod digest;
 mod import;
 pub mod oci;
+pub mod pull;
 pub mod reference;
+pub mod registry;
 mod source;
 pub mod unpack;
 
