@@ -567,3 +567,50 @@ fn a_pod_removed_while_the_agent_was_away_is_stopped_and_cleaned_up() {
         0
     );
 }
+
+#[test]
+fn images_are_pulled_as_image_pull_policy_says_and_work_offline_once_stored() {
+    if !root_or_skip() || !common::registry::tools_or_skip() {
+        return;
+    }
+    let registry = common::registry::RealRegistry::start(None);
+    registry.push(
+        common::busybox_layout(),
+        "busybox:latest",
+        "edge/busybox",
+        "1.0",
+        None,
+    );
+    let image = format!("{}/edge/busybox:1.0", registry.host());
+    let mut node = Node::without_images("");
+    let with_policy = |name: &str, policy: &str| {
+        pod_yaml(
+            name,
+            "exec sleep 1000",
+            "  terminationGracePeriodSeconds: 0\n",
+        )
+        .replace("busybox:latest", &image)
+        .replace("IfNotPresent", policy)
+    };
+    node.write_manifest("never.yaml", &with_policy("never", "Never"));
+    node.write_manifest("pulled.yaml", &with_policy("pulled", "IfNotPresent"));
+    node.start();
+    // IfNotPresent pulls it; Never waits for it and starts once the pull stored it.
+    let pulled = node.wait_running("pulled");
+    assert!(pulled.container_statuses[0].image_id.starts_with("sha256:"));
+    node.wait_running("never");
+    let images = std::process::Command::new(env!("CARGO_BIN_EXE_nanolet"))
+        .args(["images", "--config-dir"])
+        .arg(node.dir.path())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&images.stdout).contains(&image));
+    // The registry goes away: Always fails to pull, and the stored copy is used (edge autonomy).
+    drop(registry);
+    node.write_manifest("always.yaml", &with_policy("always", "Always"));
+    node.wait_running("always");
+    assert!(
+        node.agent_log()
+            .contains("using the image already in the store")
+    );
+}

@@ -7,6 +7,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod registry;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -68,6 +70,13 @@ pub struct Node {
 impl Node {
     /// A node whose configuration directory holds the busybox image and `extra` settings.
     pub fn new(extra: &str) -> Node {
+        let node = Node::without_images(extra);
+        copy_dir(busybox_layout(), &node.path("images/busybox"));
+        node
+    }
+
+    /// A node with an empty `images/`: its pods' images must be pulled.
+    pub fn without_images(extra: &str) -> Node {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let dir = tempfile::Builder::new()
             .prefix("nanolet-node-")
@@ -78,7 +87,6 @@ impl Node {
         let root = dir.path();
         fs::create_dir_all(root.join("manifests")).unwrap();
         fs::create_dir_all(root.join("images")).unwrap();
-        copy_dir(busybox_layout(), &root.join("images/busybox"));
         let config = format!(
             "nodeName: {name}\ndataDir: {d}/state/data\nrunDir: {d}/state/run\npodLogsDir: {d}/state/logs\ncgroupParent: {cgroup_parent}\nfileCheckFrequency: 1s\nlogLevel: debug\ncrashLoopBackOff:\n  initialContainerRestartPeriod: 1s\n  maxContainerRestartPeriod: 4s\n{extra}",
             d = root.display()
