@@ -124,7 +124,6 @@ fn descriptor(media_type: &str, data: &[u8], platform: Option<&str>) -> Value {
 
 // ---- the real registry -----------------------------------------------------------------
 
-/// A `docker-registry` on 127.0.0.1, killed on drop.
 // ---- nanolet as a user runs it ---------------------------------------------------------
 
 /// A config dir and data dir for nanolet.
