@@ -414,30 +414,20 @@ impl Agent {
     fn stop_orphans(&self, orphans: BTreeMap<String, Vec<Adopted>>) {
         let ctx = self.ctx.clone();
         let live: std::collections::HashSet<String> = self.workers.keys().cloned().collect();
+        // All orphan pods stop at once, each as its spec said (recorded with each container).
+        let stops: Vec<_> = orphans
+            .into_iter()
+            .map(|(uid, containers)| {
+                self.ctx
+                    .executor
+                    .spawn(stop_orphan(ctx.clone(), uid, containers))
+            })
+            .collect();
         self.ctx
             .executor
             .spawn(async move {
-                for (uid, containers) in orphans {
-                    log::info!("pod uid {uid}: no manifest defines it any more; stopping its {} container(s)", containers.len());
-                    for a in &containers {
-                        let _ = ctx.runc.kill(&a.state.id, &a.record.stop_signal).await;
-                    }
-                    let grace = containers.iter().map(|a| a.record.grace_period_seconds).max().unwrap_or(0);
-                    let deadline = Instant::now() + Duration::from_secs(grace);
-                    for a in &containers {
-                        // Not our children (an earlier nanolet started them): a pidfd tells their end.
-                        let exited = async {
-                            let _ = crate::sys::reaper::wait_foreign(a.state.pid).await;
-                        };
-                        exited
-                            .or(async {
-                                Timer::at(deadline).await;
-                            })
-                            .await;
-                        let _ = ctx.runc.delete(&a.state.id).await;
-                        let layer = ctx.config.data_dir.join("containers").join(&a.state.id);
-                        let _ = Bundle { id: a.state.id.clone(), dir: a.state.bundle.clone(), layer }.remove();
-                    }
+                for stop in stops {
+                    stop.await;
                 }
                 remove_unused_pod_dirs(&ctx, &live);
             })
@@ -473,6 +463,53 @@ impl Agent {
         for handle in self.workers.values() {
             let _ = handle.commands.try_send(Command::ImagesChanged);
         }
+    }
+}
+
+/// Stops the containers of a pod that no manifest defines any more: stop signal, grace period,
+/// then `runc delete --force` (SIGKILL).
+async fn stop_orphan(ctx: Rc<Context>, uid: String, containers: Vec<Adopted>) {
+    log::info!(
+        "pod uid {uid}: no manifest defines it any more; stopping its {} container(s)",
+        containers.len()
+    );
+    for a in &containers {
+        if let Err(e) = ctx.runc.kill(&a.state.id, &a.record.stop_signal).await {
+            log::warn!("pod uid {uid}: {e}");
+        }
+    }
+    let grace = containers
+        .iter()
+        .map(|a| a.record.grace_period_seconds)
+        .max()
+        .unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(grace);
+    for a in &containers {
+        // Not our children (an earlier nanolet started them): a pidfd tells their end.
+        let exited = async {
+            let _ = crate::sys::reaper::wait_foreign(a.state.pid).await;
+        };
+        exited
+            .or(async {
+                Timer::at(deadline).await;
+            })
+            .await;
+        if let Err(e) = ctx.runc.delete(&a.state.id).await {
+            log::warn!("pod uid {uid}: {e}");
+        }
+        let layer = ctx.config.data_dir.join("containers").join(&a.state.id);
+        let bundle = Bundle {
+            id: a.state.id.clone(),
+            dir: a.state.bundle.clone(),
+            layer,
+        };
+        if let Err(e) = bundle.remove() {
+            log::warn!("pod uid {uid}: removing {}: {e}", bundle.dir.display());
+        }
+        log::info!(
+            "pod uid {uid}: container {} stopped and removed",
+            a.state.id
+        );
     }
 }
 

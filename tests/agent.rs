@@ -614,3 +614,48 @@ fn images_are_pulled_as_image_pull_policy_says_and_work_offline_once_stored() {
             .contains("using the image already in the store")
     );
 }
+
+#[test]
+fn after_a_restart_init_containers_do_not_run_again_and_older_attempts_are_removed() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut node = Node::new("");
+    let manifest = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: staged\nspec:\n  terminationGracePeriodSeconds: 0\n  initContainers:\n  - name: init\n    image: busybox:latest\n    imagePullPolicy: Never\n    command: [\"true\"]\n  containers:\n  - name: app\n    image: busybox:latest\n    imagePullPolicy: Never\n    command: [\"sh\", \"-c\", \"sleep 1; exit 1\"]\n";
+    node.write_manifest("staged.yaml", manifest);
+    node.start();
+    // Let the app crash a few times: each attempt is a runc container; old ones are removed.
+    node.wait_for("two restarts", MINUTE, |s| {
+        (node.pod(s, "staged")?.container_statuses[0].restart_count >= 2).then_some(())
+    });
+    node.stop_agent();
+    let inits_before = node
+        .agent_log()
+        .matches("container \"init\" started")
+        .count();
+    assert_eq!(inits_before, 1);
+    std::thread::sleep(Duration::from_secs(2));
+    node.start();
+    let pod = node.wait_for("the new agent's view", MINUTE, |s| {
+        (Some(s.agent_pid as u32) == node.agent_pid())
+            .then(|| node.pod(s, "staged").cloned())
+            .flatten()
+    });
+    let init = &pod.init_container_statuses[0];
+    assert_eq!(
+        terminated(init).map(|t| t.reason.as_str()),
+        Some("Completed"),
+        "{init:?}"
+    );
+    node.wait_for("another restart of the app", MINUTE, |s| {
+        (node.pod(s, "staged")?.container_statuses[0].restart_count >= 4).then_some(())
+    });
+    assert_eq!(
+        node.agent_log()
+            .matches("container \"init\" started")
+            .count(),
+        1,
+        "the init container ran again after the restart"
+    );
+    assert!(node.runc_ids().len() <= 1, "{:?}", node.runc_ids());
+}
