@@ -6,6 +6,7 @@
 //!   loop:  inotify | periodic rescan | a pod finished stopping
 //!          → rescan → StaticPodSet (pure merge) → start new workers, Stop removed ones
 //!   SIGTERM/SIGINT: nanolet exits and its pods keep running; the next nanolet adopts them.
+//!   SIGUSR1 (`nanolet shutdown`): node shutdown: every pod stops gracefully, then nanolet exits.
 //! ```
 //!
 //! Nothing destructive happens before the first full scan: a container whose pod is no longer
@@ -97,7 +98,7 @@ pub fn run(config_dir: &Path) -> Result<(), Error> {
     let (reaper, child_signals) = setup("becoming a child subreaper", Reaper::install())?;
     let stop_signals = setup(
         "installing signal handlers",
-        Signals::new([Signal::Term, Signal::Int]),
+        Signals::new([Signal::Term, Signal::Int, Signal::Usr1]),
     )?;
     let images = ImageStore::open(&config.data_dir.join("images")).map_err(|e| Error::Setup {
         what: "opening the image store".into(),
@@ -270,11 +271,19 @@ impl Agent {
                 Wake::Changed
             };
             let stop = async {
-                stop_signals.next().await;
-                Wake::Stop
+                match stop_signals.next().await {
+                    Some(Ok(Signal::Usr1)) => Wake::Shutdown,
+                    _ => Wake::Stop,
+                }
             };
             match tick.or(changed).or(reconcile).or(stop).await {
                 Wake::Stop => break,
+                Wake::Shutdown => {
+                    self.shutdown_pods().await;
+                    write_snapshot(&self.ctx);
+                    log::info!("node shutdown: every pod is stopped; nanolet exits");
+                    return;
+                }
                 Wake::Tick => self.import_images_if_changed().await,
                 Wake::Changed => {}
             }
@@ -283,6 +292,43 @@ impl Agent {
         }
         log::info!("nanolet stopping; its pods keep running and the next nanolet adopts them");
         write_snapshot(&self.ctx);
+    }
+
+    /// Graceful node shutdown: every pod is stopped as a manifest removal stops it (all at
+    /// once), within `shutdownGracePeriod`; whatever still runs then is killed.
+    async fn shutdown_pods(&mut self) {
+        let budget = self.config().shutdown_grace_period;
+        log::info!(
+            "node shutdown: stopping {} pod(s) within {}s",
+            self.workers.len(),
+            budget.as_secs()
+        );
+        let mut waiting = Vec::new();
+        for (_, handle) in self.workers.drain() {
+            let _ = handle.commands.try_send(Command::Stop);
+            waiting.push(handle.task);
+        }
+        waiting.extend(self.stopping.drain().map(|(_, task)| task));
+        let all_stopped = async {
+            for task in waiting {
+                task.await;
+            }
+            true
+        };
+        let in_time = all_stopped
+            .or(async {
+                Timer::after(budget).await;
+                false
+            })
+            .await;
+        if !in_time {
+            log::warn!("node shutdown: shutdownGracePeriod is over; killing what is left");
+            if let Ok(list) = self.ctx.runc.list().await {
+                for state in list {
+                    let _ = self.ctx.runc.delete(&state.id).await;
+                }
+            }
+        }
     }
 
     fn rescan(&mut self) {
@@ -516,7 +562,10 @@ async fn stop_orphan(ctx: Rc<Context>, uid: String, containers: Vec<Adopted>) {
 enum Wake {
     Tick,
     Changed,
+    /// SIGTERM or SIGINT: nanolet exits, its pods keep running.
     Stop,
+    /// SIGUSR1 (`nanolet shutdown`): the node goes down; stop every pod first.
+    Shutdown,
 }
 
 fn dir_signature(dir: &Path) -> Vec<(String, u64, i64)> {

@@ -24,6 +24,7 @@ commands:
   images                      images in the store
   pull IMAGE                  pull an image from its registry into the store
   rmi IMAGE                   remove an image (a name; the image goes with its last name)
+  shutdown                    node shutdown: the agent stops every pod gracefully, then exits
   version                     print the version
 ";
 
@@ -40,6 +41,7 @@ pub enum Command {
     Logs(ctl::logs::Options),
     Images,
     Version,
+    Shutdown,
     Help,
     Sandbox {
         dir: PathBuf,
@@ -103,6 +105,7 @@ pub fn parse(args: Vec<String>) -> Result<(Command, PathBuf), lexopt::Error> {
         }
         Some("images") => Command::Images,
         Some("version") => Command::Version,
+        Some("shutdown") => Command::Shutdown,
         Some("internal-sandbox") if positional.len() == 2 => Command::Sandbox {
             dir: PathBuf::from(&positional[0]),
             hostname: positional[1].clone(),
@@ -147,6 +150,10 @@ pub fn main() -> ExitCode {
 fn run(command: Command, config_dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     match command {
         Command::Help => print!("{USAGE}"),
+        Command::Shutdown => {
+            let cfg = config::load(config_dir)?;
+            shutdown(&cfg)?
+        }
         Command::Version => println!(
             "nanolet {} ({})",
             env!("CARGO_PKG_VERSION"),
@@ -327,6 +334,29 @@ fn import(config_dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
             Err(e) => eprintln!("{}: {e}", path.display()),
         }
     }
+    Ok(())
+}
+
+/// `nanolet shutdown`: SIGUSR1 to the running agent, then wait until it has stopped every pod
+/// and exited (it gives the pods `shutdownGracePeriod`).
+fn shutdown(cfg: &config::NodeConfig) -> Result<(), Box<dyn std::error::Error>> {
+    let snapshot = ctl::ps::read_snapshot(&cfg.run_dir)?;
+    let pid = rustix::process::Pid::from_raw(snapshot.agent_pid)
+        .filter(|_| crate::sys::reaper::is_alive(snapshot.agent_pid))
+        .ok_or("the agent is not running")?;
+    rustix::process::kill_process(pid, rustix::process::Signal::USR1)?;
+    let deadline =
+        std::time::Instant::now() + cfg.shutdown_grace_period + std::time::Duration::from_secs(30);
+    while crate::sys::reaper::is_alive(snapshot.agent_pid) {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("the agent (pid {}) is still running", snapshot.agent_pid).into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let left = ctl::ps::read_snapshot(&cfg.run_dir)
+        .map(|s| s.pods.len())
+        .unwrap_or(0);
+    println!("nanolet stopped; {left} pod(s) left");
     Ok(())
 }
 

@@ -659,3 +659,41 @@ fn after_a_restart_init_containers_do_not_run_again_and_older_attempts_are_remov
     );
     assert!(node.runc_ids().len() <= 1, "{:?}", node.runc_ids());
 }
+
+#[test]
+fn node_shutdown_stops_every_pod_gracefully_then_the_agent() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut node = Node::new("shutdownGracePeriod: 20s\n");
+    let graceful = "trap 'echo stopping; exit 0' TERM; while true; do sleep 1 & wait; done";
+    node.write_manifest("a.yaml", &pod_yaml("a", graceful, ""));
+    node.write_manifest("b.yaml", &pod_yaml("b", graceful, ""));
+    node.start();
+    let a = node.wait_running("a");
+    node.wait_running("b");
+    let log = node.log_path(&a, "app", 0);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nanolet"))
+        .args(["shutdown", "--config-dir"])
+        .arg(node.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 pod(s) left"));
+    assert!(node.runc_ids().is_empty(), "{:?}", node.runc_ids());
+    assert!(node.mounts().is_empty(), "{:?}", node.mounts());
+    assert!(!log.exists(), "the pod's logs go with it");
+    assert!(
+        node.agent_log()
+            .contains("node shutdown: every pod is stopped")
+    );
+    assert!(
+        node.agent_log()
+            .contains("\"app\" exited with code 0 (Completed)"),
+        "the TERM trap ran"
+    );
+}

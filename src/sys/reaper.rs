@@ -153,7 +153,13 @@ pub async fn wait_foreign(pid: i32) -> io::Result<()> {
     fd.readable().await
 }
 
-/// Whether a process with this pid exists now.
+/// Whether a process with this pid exists now and has not exited (a zombie has).
 pub fn is_alive(pid: i32) -> bool {
-    Pid::from_raw(pid).is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+    let exists = Pid::from_raw(pid).is_some_and(|p| rustix::process::test_kill_process(p).is_ok());
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the command name, which is in parentheses and may hold anything.
+    let is_zombie = stat
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+    exists && !is_zombie
 }
