@@ -213,6 +213,8 @@ struct Agent {
     pulled: async_channel::Receiver<String>,
     /// The image GC removals under way, if any.
     image_gc: Option<async_executor::Task<()>>,
+    /// The disk is above the high threshold with nothing to remove, and that was logged.
+    image_gc_stuck: bool,
 }
 
 impl Agent {
@@ -234,6 +236,7 @@ impl Agent {
             logged_errors: Vec::new(),
             pulled,
             image_gc: None,
+            image_gc_stuck: false,
         }
     }
 
@@ -544,6 +547,7 @@ impl Agent {
             Err(e) => return log::warn!("image gc: {e}"),
         };
         let Some(plan) = gc::plan(usage, &candidates, now, &thresholds) else {
+            self.image_gc_stuck = false;
             return;
         };
         let why = format!(
@@ -555,8 +559,13 @@ impl Agent {
             thresholds.low_percent
         );
         if plan.remove.is_empty() {
-            return log::warn!("image gc: {why}: no unused image is old enough to remove");
+            // Once per episode: the tick comes back every fileCheckFrequency.
+            if !std::mem::replace(&mut self.image_gc_stuck, true) {
+                log::warn!("image gc: {why}: no unused image is old enough to remove");
+            }
+            return;
         }
+        self.image_gc_stuck = false;
         log::info!("image gc: {why}: removing {} image(s)", plan.remove.len());
         if plan.shortfall > 0 {
             log::warn!(
