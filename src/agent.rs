@@ -527,6 +527,9 @@ impl Agent {
             low_percent: cfg.image_gc_low_threshold_percent,
             minimum_age: cfg.image_minimum_gc_age,
         };
+        if thresholds.high_percent >= 100 {
+            return; // imageGCHighThresholdPercent: 100 disables image GC.
+        }
         let store_dir = cfg.data_dir.join("images");
         let images = match self.ctx.images.list() {
             Ok(images) => images,
