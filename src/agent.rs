@@ -5,6 +5,9 @@
 //!          → adopt runc containers → first full manifest scan → one worker per desired pod
 //!   loop:  inotify | periodic rescan | a pod finished stopping
 //!          → rescan → StaticPodSet (pure merge) → start new workers, Stop removed ones
+//!   tick:  images/ changed? → import;  disk above imageGCHighThresholdPercent? → image GC
+//!          (image::gc decides, `nanolet rmi` children remove)
+//!   pull done: ImagesChanged to every worker (containers waiting for an image retry at once)
 //!   SIGTERM/SIGINT: nanolet exits and its pods keep running; the next nanolet adopts them.
 //!   SIGUSR1 (`nanolet shutdown`): node shutdown: every pod stops gracefully, then nanolet exits.
 //! ```
@@ -26,7 +29,8 @@ use futures_lite::{FutureExt, StreamExt};
 
 use crate::config::{self, NodeConfig};
 use crate::ctl::ps::SNAPSHOT_FILE;
-use crate::image::ImageStore;
+use crate::image::gc::{self, Thresholds, UseLog};
+use crate::image::{Image, ImageStore};
 use crate::k8s::Pod;
 use crate::pod::backoff::BackoffPolicy;
 use crate::pod::board::Board;
@@ -106,6 +110,7 @@ pub fn run(config_dir: &Path) -> Result<(), Error> {
     })?;
     let exe = setup("finding nanolet's own executable", std::env::current_exe())?;
     let executor = Rc::new(LocalExecutor::new());
+    let (pulled_tx, pulled_rx) = async_channel::unbounded();
     let ctx = Rc::new(Context {
         runc: Runc::new(
             config.runc_path.clone(),
@@ -126,11 +131,15 @@ pub fn run(config_dir: &Path) -> Result<(), Error> {
             exe.clone(),
             config_dir.to_path_buf(),
             reaper.clone(),
+            pulled_tx,
         ),
+        images_used: std::cell::RefCell::new(UseLog::new(unix_now())),
         config: config.clone(),
     });
     executor.spawn(reaper.run(child_signals)).detach();
-    async_io::block_on(executor.run(Agent::new(ctx, config_dir.to_path_buf()).run(stop_signals)));
+    async_io::block_on(
+        executor.run(Agent::new(ctx, config_dir.to_path_buf(), pulled_rx).run(stop_signals)),
+    );
     Ok(())
 }
 
@@ -201,10 +210,20 @@ struct Agent {
     reconcile_rx: async_channel::Receiver<()>,
     images_signature: Vec<(String, u64, i64)>,
     logged_errors: Vec<SourceError>,
+    /// References the Puller pulled successfully.
+    pulled: async_channel::Receiver<String>,
+    /// The image GC removals under way, if any.
+    image_gc: Option<async_executor::Task<()>>,
+    /// The disk is above the high threshold with nothing to remove, and that was logged.
+    image_gc_stuck: bool,
 }
 
 impl Agent {
-    fn new(ctx: Rc<Context>, config_dir: PathBuf) -> Agent {
+    fn new(
+        ctx: Rc<Context>,
+        config_dir: PathBuf,
+        pulled: async_channel::Receiver<String>,
+    ) -> Agent {
         let (reconcile_tx, reconcile_rx) = async_channel::bounded(1);
         Agent {
             ctx,
@@ -216,6 +235,9 @@ impl Agent {
             reconcile_rx,
             images_signature: Vec::new(),
             logged_errors: Vec::new(),
+            pulled,
+            image_gc: None,
+            image_gc_stuck: false,
         }
     }
 
@@ -270,13 +292,19 @@ impl Agent {
                 let _ = self.reconcile_rx.recv().await;
                 Wake::Changed
             };
+            let pulled = async {
+                match self.pulled.recv().await {
+                    Ok(reference) => Wake::Pulled(reference),
+                    Err(_) => std::future::pending().await,
+                }
+            };
             let stop = async {
                 match stop_signals.next().await {
                     Some(Ok(Signal::Usr1)) => Wake::Shutdown,
                     _ => Wake::Stop,
                 }
             };
-            match tick.or(changed).or(reconcile).or(stop).await {
+            match tick.or(changed).or(reconcile).or(pulled).or(stop).await {
                 Wake::Stop => break,
                 Wake::Shutdown => {
                     self.shutdown_pods().await;
@@ -284,8 +312,16 @@ impl Agent {
                     log::info!("node shutdown: every pod is stopped; nanolet exits");
                     return;
                 }
-                Wake::Tick => self.import_images_if_changed().await,
+                Wake::Tick => {
+                    self.import_images_if_changed().await;
+                    self.collect_images();
+                }
                 Wake::Changed => {}
+                Wake::Pulled(reference) => {
+                    log::debug!("image {reference:?} pulled: telling every pod");
+                    self.tell_images_changed();
+                    continue;
+                }
             }
             self.rescan();
             self.reconcile(&mut BTreeMap::new());
@@ -506,10 +542,150 @@ impl Agent {
             }
             Err(e) => log::error!("importing images from {}: {e}", dir.display()),
         }
+        self.tell_images_changed();
+    }
+
+    fn tell_images_changed(&self) {
         for handle in self.workers.values() {
             let _ = handle.commands.try_send(Command::ImagesChanged);
         }
     }
+
+    /// Image GC, as kubelet does it (see [`gc`]): decides now, removes in `nanolet rmi`
+    /// children on a task of its own. One round at a time.
+    fn collect_images(&mut self) {
+        if self.image_gc.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let cfg = self.config();
+        let thresholds = Thresholds {
+            high_percent: cfg.image_gc_high_threshold_percent,
+            low_percent: cfg.image_gc_low_threshold_percent,
+            minimum_age: cfg.image_minimum_gc_age,
+        };
+        if thresholds.high_percent >= 100 {
+            return; // imageGCHighThresholdPercent: 100 disables image GC.
+        }
+        let store_dir = cfg.data_dir.join("images");
+        let images = match self.ctx.images.list() {
+            Ok(images) => images,
+            Err(e) => return log::warn!("image gc: listing images: {e}"),
+        };
+        let in_use = self.images_in_use(&images);
+        let now = unix_now();
+        // Every tick, so an image's first detection is known before the disk fills up.
+        let candidates = self.ctx.images_used.borrow_mut().candidates(
+            images
+                .iter()
+                .map(|i| (i.manifest_digest.to_string(), i.names.clone(), i.size)),
+            &in_use,
+            now,
+        );
+        let usage = match gc::disk_usage(&store_dir) {
+            Ok(usage) => usage,
+            Err(e) => return log::warn!("image gc: {e}"),
+        };
+        let Some(plan) = gc::plan(usage, &candidates, now, &thresholds) else {
+            self.image_gc_stuck = false;
+            return;
+        };
+        let why = format!(
+            "disk of {} is {}% used (imageGCHighThresholdPercent {}%); freeing {} to reach {}%",
+            store_dir.display(),
+            plan.used_percent,
+            thresholds.high_percent,
+            gc::mib(plan.bytes_to_free),
+            thresholds.low_percent
+        );
+        if plan.remove.is_empty() {
+            // Once per episode: the tick comes back every fileCheckFrequency.
+            if !std::mem::replace(&mut self.image_gc_stuck, true) {
+                log::warn!("image gc: {why}: no unused image is old enough to remove");
+            }
+            return;
+        }
+        self.image_gc_stuck = false;
+        log::info!("image gc: {why}: removing {} image(s)", plan.remove.len());
+        if plan.shortfall > 0 {
+            log::warn!(
+                "image gc: removing every unused image old enough still leaves {} to free",
+                gc::mib(plan.shortfall)
+            );
+        }
+        let ctx = self.ctx.clone();
+        let config_dir = self.config_dir.clone();
+        self.image_gc = Some(self.ctx.executor.spawn(async move {
+            for image in plan.remove {
+                remove_image(&ctx, &config_dir, &image, now).await;
+            }
+        }));
+    }
+
+    /// The images (by manifest digest) a container of a pod nanolet runs, stops or wants to
+    /// run uses: by the references in the desired pods and the pods on the board, and by the
+    /// image IDs of the containers on the board.
+    fn images_in_use(&self, images: &[Image]) -> std::collections::HashSet<String> {
+        let snapshot = self.ctx.board.snapshot(0, "", 0);
+        let statuses = snapshot.pods.iter().flat_map(|p| {
+            p.init_container_statuses
+                .iter()
+                .chain(&p.container_statuses)
+        });
+        let mut references: std::collections::BTreeSet<&str> = self
+            .set
+            .desired()
+            .into_iter()
+            .flat_map(|pod| pod.spec.init_containers.iter().chain(&pod.spec.containers))
+            .map(|c| c.image.as_str())
+            .collect();
+        let mut image_ids = std::collections::HashSet::new();
+        for s in statuses {
+            references.insert(s.image.as_str());
+            if !s.image_id.is_empty() {
+                image_ids.insert(s.image_id.as_str());
+            }
+        }
+        let mut in_use: std::collections::HashSet<String> = images
+            .iter()
+            .filter(|i| image_ids.contains(i.config_digest.to_string().as_str()))
+            .map(|i| i.manifest_digest.to_string())
+            .collect();
+        for reference in references {
+            if let Ok(Some(image)) = self.ctx.images.resolve(reference) {
+                in_use.insert(image.manifest_digest.to_string());
+            }
+        }
+        in_use
+    }
+}
+
+/// Removes one image chosen by image GC, in a `nanolet rmi` child (removal deletes trees).
+async fn remove_image(ctx: &Context, config_dir: &Path, image: &gc::Candidate, now: i64) {
+    let name = image.names.first().unwrap_or(&image.id);
+    if ctx.images_used.borrow().is_used_since(&image.id, now) {
+        return log::info!("image gc: keeping image {name}: a container started with it just now");
+    }
+    log::info!(
+        "image gc: removing image {name} ({}, unused for {}s)",
+        gc::mib(image.size),
+        now - image.last_used
+    );
+    let mut cmd = ProcessCommand::new(&ctx.exe);
+    cmd.arg("rmi")
+        .arg("--config-dir")
+        .arg(config_dir)
+        .arg(&image.id);
+    match process::output(&ctx.reaper, cmd).await {
+        Ok(out) if out.is_success() => {}
+        Ok(out) => log::warn!("image gc: removing image {name}: {}", out.stderr_tail()),
+        Err(e) => log::warn!("image gc: removing image {name}: running rmi: {e}"),
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Stops the containers of a pod that no manifest defines any more: stop signal, grace period,
@@ -562,6 +738,8 @@ async fn stop_orphan(ctx: Rc<Context>, uid: String, containers: Vec<Adopted>) {
 enum Wake {
     Tick,
     Changed,
+    /// An image was pulled: containers waiting for it retry now.
+    Pulled(String),
     /// SIGTERM or SIGINT: nanolet exits, its pods keep running.
     Stop,
     /// SIGUSR1 (`nanolet shutdown`): the node goes down; stop every pod first.

@@ -697,3 +697,52 @@ fn node_shutdown_stops_every_pod_gracefully_then_the_agent() {
         "the TERM trap ran"
     );
 }
+
+#[test]
+fn image_gc_removes_unused_images_and_keeps_those_a_pod_uses() {
+    if !root_or_skip() {
+        return;
+    }
+    // Thresholds every real disk is above: GC runs on every tick (fileCheckFrequency 1s).
+    let mut node = Node::new(
+        "imageGCHighThresholdPercent: 1\nimageGCLowThresholdPercent: 0\nimageMinimumGCAge: 0s\n",
+    );
+    node.write_manifest(
+        "web.yaml",
+        &pod_yaml(
+            "web",
+            "exec sleep 1000",
+            "  terminationGracePeriodSeconds: 0\n",
+        ),
+    );
+    node.start();
+    node.wait_running("web");
+    let images = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_nanolet"))
+            .args(["images", "--config-dir"])
+            .arg(node.dir.path())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // GC ran while the pod runs, and found nothing it may take.
+    node.wait_for("an image gc round", Duration::from_secs(30), |_| {
+        node.agent_log()
+            .contains("no unused image is old enough to remove")
+            .then_some(())
+    });
+    assert!(images().contains("busybox"), "{}", images());
+    // Once no pod uses it, the image goes.
+    node.remove_manifest("web.yaml");
+    node.wait_gone("web");
+    node.wait_for(
+        "busybox removed by image gc",
+        Duration::from_secs(30),
+        |_| (!images().contains("busybox")).then_some(()),
+    );
+    let log = node.agent_log();
+    assert!(
+        log.contains("image gc: removing image docker.io/library/busybox:latest"),
+        "{log}"
+    );
+}

@@ -72,6 +72,16 @@ pub struct NodeConfig {
     /// `nanolet pull` reaches over plain HTTP instead of TLS. Registries on loopback
     /// (`localhost`, `127.0.0.0/8`, `[::1]`) always are, as with docker. Default: none.
     pub insecure_registries: Vec<String>,
+    /// `imageGCHighThresholdPercent`: disk usage (of the filesystem holding the image store) at
+    /// or above which unused images are removed, least recently used first; 0–100, where 100
+    /// disables image GC. Default: 85.
+    pub image_gc_high_threshold_percent: u8,
+    /// `imageGCLowThresholdPercent`: the disk usage image GC frees space down to; less than
+    /// the high threshold. Default: 80.
+    pub image_gc_low_threshold_percent: u8,
+    /// `imageMinimumGCAge`: how long an image stays after it was first seen or last used by a
+    /// container start, whatever the disk usage; a Go duration. Default: `2m`.
+    pub image_minimum_gc_age: Duration,
 }
 
 /// The file as written: everything optional, unknown fields rejected.
@@ -95,6 +105,12 @@ struct RawConfig {
     log_level: Option<String>,
     crash_loop_back_off: Option<RawCrashLoopBackOff>,
     insecure_registries: Option<Vec<String>>,
+    #[serde(rename = "imageGCHighThresholdPercent")]
+    image_gc_high_threshold_percent: Option<u8>,
+    #[serde(rename = "imageGCLowThresholdPercent")]
+    image_gc_low_threshold_percent: Option<u8>,
+    #[serde(rename = "imageMinimumGCAge")]
+    image_minimum_gc_age: Option<String>,
 }
 
 /// `crashLoopBackOff`.
@@ -289,6 +305,19 @@ impl RawConfig {
             let message = format!("{bad:?}: want host or host:port, without scheme or path");
             return Err(("insecureRegistries", message));
         }
+        let image_gc_high_threshold_percent = self.image_gc_high_threshold_percent.unwrap_or(85);
+        if image_gc_high_threshold_percent > 100 {
+            let message = format!("{image_gc_high_threshold_percent}: must be at most 100");
+            return Err(("imageGCHighThresholdPercent", message));
+        }
+        let image_gc_low_threshold_percent = self.image_gc_low_threshold_percent.unwrap_or(80);
+        if image_gc_low_threshold_percent >= image_gc_high_threshold_percent {
+            let message = format!(
+                "{image_gc_low_threshold_percent}: must be less than imageGCHighThresholdPercent ({image_gc_high_threshold_percent})"
+            );
+            return Err(("imageGCLowThresholdPercent", message));
+        }
+        let image_minimum_gc_age = duration("imageMinimumGCAge", self.image_minimum_gc_age, 120)?;
         Ok(NodeConfig {
             node_name,
             static_pod_path: path(self.static_pod_path, "manifests"),
@@ -308,6 +337,9 @@ impl RawConfig {
             crash_loop_backoff_initial,
             crash_loop_backoff_max,
             insecure_registries,
+            image_gc_high_threshold_percent,
+            image_gc_low_threshold_percent,
+            image_minimum_gc_age,
         })
     }
 }
@@ -459,6 +491,18 @@ mod tests {
         assert_eq!(c.shutdown_grace_period, Duration::from_secs(30));
         assert_eq!(c.log_level, log::LevelFilter::Info);
         assert!(c.insecure_registries.is_empty());
+        assert_eq!(c.image_gc_high_threshold_percent, 85);
+        assert_eq!(c.image_gc_low_threshold_percent, 80);
+        assert_eq!(c.image_minimum_gc_age, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn image_gc_settings_are_read_with_kubelets_names() {
+        let text = "imageGCHighThresholdPercent: 100\nimageGCLowThresholdPercent: 0\nimageMinimumGCAge: 1h\n";
+        let c = parse(dir(), text).unwrap();
+        assert_eq!(c.image_gc_high_threshold_percent, 100);
+        assert_eq!(c.image_gc_low_threshold_percent, 0);
+        assert_eq!(c.image_minimum_gc_age, Duration::from_secs(3600));
     }
 
     #[test]
@@ -548,6 +592,26 @@ logLevel: debug
             (
                 "insecureRegistries: r.local",
                 "insecureRegistries: invalid type",
+            ),
+            (
+                "imageGCHighThresholdPercent: 101",
+                "imageGCHighThresholdPercent: 101: must be at most 100",
+            ),
+            (
+                "imageGCLowThresholdPercent: 85",
+                "imageGCLowThresholdPercent: 85: must be less than imageGCHighThresholdPercent (85)",
+            ),
+            (
+                "imageGCHighThresholdPercent: 50",
+                "imageGCLowThresholdPercent: 80: must be less than imageGCHighThresholdPercent (50)",
+            ),
+            (
+                "imageGCHighThresholdPercent: -1",
+                "imageGCHighThresholdPercent: invalid value",
+            ),
+            (
+                "imageMinimumGCAge: 2 minutes",
+                "imageMinimumGCAge: \"2 minutes\"",
             ),
             ("- a\n- b\n", "expected a mapping of settings"),
             ("maxPods: 1\nmaxPods: 2", "duplicate mapping key"),

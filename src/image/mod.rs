@@ -27,6 +27,7 @@
 
 pub mod auth;
 pub mod digest;
+pub mod gc;
 mod import;
 pub mod oci;
 pub mod pull;

@@ -2,20 +2,32 @@
 //! themselves, each in a short-lived `nanolet internal-pull` child so the agent stays small and
 //! responsive. Pulls of the same reference are shared: one child, every waiter gets its result.
 //!
+//! The child's stdout is read line by line as it arrives ([`PullProgress`], pure), so a waiting
+//! container can show `pulling image "x": 12.3/30.1 MiB` ([`Puller::progress`]). After a
+//! successful pull the reference is sent on the channel given to [`Puller::new`]: the agent
+//! tells every worker, so containers waiting for that image retry at once.
+//!
 //! One deliberate difference from kubelet, for edge autonomy: under `Always`, an image that is
 //! already in the store is used when the pull fails (the registry is unreachable, say), with a
 //! warning, instead of keeping the pod from starting offline.
+//!
+//! It must never touch the image store itself: the child does.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::rc::Rc;
 
-use crate::k8s::PullPolicy;
-use crate::sys::process;
-use crate::sys::reaper::Reaper;
+use async_io::Async;
+use futures_lite::io::BufReader;
+use futures_lite::{AsyncBufReadExt, AsyncReadExt, StreamExt, future};
 
+use crate::image::digest::Digest;
+use crate::image::pull::Event;
+use crate::k8s::PullPolicy;
+use crate::sys::reaper::Reaper;
 /// What to do about a container's image.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PullAction {
@@ -39,6 +51,51 @@ pub fn decide(policy: PullPolicy, present: bool) -> PullAction {
 
 type Waiters = Vec<async_channel::Sender<Result<(), String>>>;
 
+/// A pull as its child reports it: bytes done and total per layer, then the result.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PullProgress {
+    layers: BTreeMap<Digest, (u64, u64)>,
+    result: Option<Result<(), String>>,
+}
+
+impl PullProgress {
+    /// Takes one line of the child's stdout; a line that is not an [`Event`] is ignored.
+    pub fn apply_line(&mut self, line: &str) {
+        match Event::parse(line) {
+            Ok(Event::Layer { layer, done, total }) => {
+                self.layers.insert(layer, (done, total));
+            }
+            Ok(Event::Image { .. }) => self.result = Some(Ok(())),
+            Ok(Event::Error { error }) => self.result = Some(Err(error)),
+            Err(_) => {}
+        }
+    }
+
+    /// Bytes done and total over the layers reported so far.
+    pub fn bytes(&self) -> (u64, u64) {
+        self.layers
+            .values()
+            .fold((0, 0), |(d, t), &(done, total)| (d + done, t + total))
+    }
+
+    /// The status message of a container waiting for this pull.
+    pub fn message(&self, reference: &str) -> String {
+        match self.bytes() {
+            (_, 0) => format!("pulling image {reference:?}"),
+            (done, total) => {
+                const MIB: f64 = (1u64 << 20) as f64;
+                let (done, total) = (done as f64 / MIB, total as f64 / MIB);
+                format!("pulling image {reference:?}: {done:.1}/{total:.1} MiB")
+            }
+        }
+    }
+
+    /// The child's last word: `{"image":…}` or `{"error":…}`; `None` before it.
+    pub fn result(&self) -> Option<Result<(), String>> {
+        self.result.clone()
+    }
+}
+
 /// Runs pulls in child processes, one per reference at a time. Cheap to clone.
 #[derive(Clone)]
 pub struct Puller {
@@ -46,15 +103,25 @@ pub struct Puller {
     config_dir: PathBuf,
     reaper: Reaper,
     inflight: Rc<RefCell<HashMap<String, Waiters>>>,
+    progress: Rc<RefCell<HashMap<String, PullProgress>>>,
+    pulled: async_channel::Sender<String>,
 }
 
 impl Puller {
-    pub fn new(exe: PathBuf, config_dir: PathBuf, reaper: Reaper) -> Puller {
+    /// `pulled` receives each reference pulled successfully.
+    pub fn new(
+        exe: PathBuf,
+        config_dir: PathBuf,
+        reaper: Reaper,
+        pulled: async_channel::Sender<String>,
+    ) -> Puller {
         Puller {
             exe,
             config_dir,
             reaper,
             inflight: Rc::default(),
+            progress: Rc::default(),
+            pulled,
         }
     }
 
@@ -80,7 +147,11 @@ impl Puller {
                 .await
                 .unwrap_or_else(|_| Err("pull abandoned".to_string()));
         }
+        self.progress
+            .borrow_mut()
+            .insert(reference.to_string(), PullProgress::default());
         let result = self.run_child(reference).await;
+        self.progress.borrow_mut().remove(reference);
         let waiters = self
             .inflight
             .borrow_mut()
@@ -89,7 +160,19 @@ impl Puller {
         for w in waiters {
             let _ = w.try_send(result.clone());
         }
+        if result.is_ok() {
+            // Unbounded on the agent's side; a closed channel means the agent is stopping.
+            let _ = self.pulled.try_send(reference.to_string());
+        }
         result
+    }
+
+    /// The status message of a pull of `reference` in flight (`pulling image "x": 1.0/2.0 MiB`).
+    pub fn progress(&self, reference: &str) -> Option<String> {
+        self.progress
+            .borrow()
+            .get(reference)
+            .map(|p| p.message(reference))
     }
 
     async fn run_child(&self, reference: &str) -> Result<(), String> {
@@ -97,33 +180,62 @@ impl Puller {
         cmd.arg("internal-pull")
             .arg("--config-dir")
             .arg(&self.config_dir)
-            .arg(reference);
-        let out = process::output(&self.reaper, cmd)
-            .await
-            .map_err(|e| format!("running the pull: {e}"))?;
-        last_result(&out.stdout).unwrap_or_else(|| {
+            .arg(reference)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| format!("running the pull: {e}"))?;
+        let pid = child.id() as i32;
+        let stdout = child
+            .stdout
+            .take()
+            .map(|p| Async::new(File::from(std::os::fd::OwnedFd::from(p))));
+        let stderr = child
+            .stderr
+            .take()
+            .map(|p| Async::new(File::from(std::os::fd::OwnedFd::from(p))));
+        // `child` is dropped without `wait`: the reaper owns the exit status.
+        drop(child);
+        let read_stdout = async {
+            let Some(Ok(pipe)) = stdout else { return };
+            let mut lines = BufReader::new(pipe).lines();
+            while let Some(Ok(line)) = lines.next().await {
+                if let Some(p) = self.progress.borrow_mut().get_mut(reference) {
+                    p.apply_line(&line);
+                }
+            }
+        };
+        let read_stderr = async {
+            let mut buf = Vec::new();
+            if let Some(Ok(pipe)) = stderr {
+                let _ = pipe.take(MAX_STDERR).read_to_end(&mut buf).await;
+            }
+            buf
+        };
+        let ((), stderr) = future::zip(read_stdout, read_stderr).await;
+        let exit = self.reaper.wait(pid).await;
+        let result = self
+            .progress
+            .borrow()
+            .get(reference)
+            .and_then(PullProgress::result);
+        result.unwrap_or_else(|| {
+            let stderr = String::from_utf8_lossy(&stderr);
+            let tail = stderr
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
             Err(format!(
-                "the pull ended without a result (exit {:?}): {}",
-                out.exit,
-                out.stderr_tail()
+                "the pull ended without a result (exit {exit:?}): {}",
+                tail.trim()
             ))
         })
     }
 }
 
-/// The pull child's final line: `{"image":…}` or `{"error":"…"}`.
-fn last_result(stdout: &[u8]) -> Option<Result<(), String>> {
-    let text = String::from_utf8_lossy(stdout);
-    text.lines().rev().find_map(|line| {
-        let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        if v.get("image").is_some() {
-            Some(Ok(()))
-        } else {
-            v.get("error")
-                .map(|e| Err(e.as_str().unwrap_or("unknown error").to_string()))
-        }
-    })
-}
+/// The most stderr kept from a pull child (its last line goes into the error).
+const MAX_STDERR: u64 = 1 << 20;
 
 #[cfg(test)]
 mod tests {
@@ -149,16 +261,71 @@ mod tests {
         }
     }
 
+    /// The lines an `internal-pull` child writes, as the agent reads them one by one.
+    fn lines(events: &[Event]) -> Vec<String> {
+        events.iter().map(Event::to_line).collect()
+    }
+
+    fn layer(name: &str, done: u64, total: u64) -> Event {
+        Event::Layer {
+            layer: Digest::of(name.as_bytes()),
+            done,
+            total,
+        }
+    }
+
     #[test]
-    fn the_childs_last_line_is_its_result() {
+    fn progress_adds_up_the_layers_as_lines_arrive() {
+        const MIB: u64 = 1 << 20;
+        let mut p = PullProgress::default();
+        let mut seen = vec![p.message("app:v1")];
+        let stdout = lines(&[
+            layer("a", 0, 10 * MIB),
+            layer("b", 2 * MIB, 20 * MIB + MIB / 10),
+            layer("a", 10 * MIB, 10 * MIB),
+        ]);
+        for line in stdout.iter().map(String::as_str).chain(["not json"]) {
+            p.apply_line(line);
+            seen.push(p.message("app:v1"));
+        }
         assert_eq!(
-            last_result(b"{\"layer\":\"sha256:a\",\"done\":1,\"total\":2}\n{\"image\":{}}\n"),
-            Some(Ok(()))
+            seen,
+            [
+                "pulling image \"app:v1\"",
+                "pulling image \"app:v1\": 0.0/10.0 MiB",
+                "pulling image \"app:v1\": 2.0/30.1 MiB",
+                "pulling image \"app:v1\": 12.0/30.1 MiB",
+                "pulling image \"app:v1\": 12.0/30.1 MiB",
+            ]
         );
-        assert_eq!(
-            last_result(b"{\"error\":\"image x: 401 unauthorized\"}\n"),
-            Some(Err("image x: 401 unauthorized".to_string()))
-        );
-        assert_eq!(last_result(b"garbage\n"), None);
+        assert_eq!(p.result(), None);
+    }
+
+    #[test]
+    fn the_childs_last_event_is_its_result() {
+        let image = crate::image::Image {
+            names: vec!["r.local/app:v1".into()],
+            manifest_digest: Digest::of(b"m"),
+            config_digest: Digest::of(b"c"),
+            config: Default::default(),
+            size: 42,
+        };
+        let error = Event::Error {
+            error: "image x: 401 unauthorized".into(),
+        };
+        for (events, want) in [
+            (vec![layer("a", 1, 2), Event::Image { image }], Some(Ok(()))),
+            (
+                vec![layer("a", 1, 2), error],
+                Some(Err("image x: 401 unauthorized".to_string())),
+            ),
+            (vec![layer("a", 1, 2)], None),
+        ] {
+            let mut p = PullProgress::default();
+            for line in lines(&events) {
+                p.apply_line(&line);
+            }
+            assert_eq!(p.result(), want, "{events:?}");
+        }
     }
 }

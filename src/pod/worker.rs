@@ -27,6 +27,7 @@ use super::images::{self, PullAction, Puller};
 use super::lifecycle::{self, RestartPolicy, Slot};
 use super::status::{Condition, ContainerState, Phase, PodStatus, Terminated};
 use crate::config::NodeConfig;
+use crate::image::gc::UseLog;
 use crate::image::{Image, ImageStore};
 use crate::k8s::{self, Pod};
 use crate::runtime::bundle::{Bundle, LogPipes, Record};
@@ -38,6 +39,9 @@ use crate::state::remove_tree;
 use crate::sys::reaper::{self, Exit, Reaper};
 use crate::sys::sandbox::Sandbox;
 use crate::sys::{cgroup, inroot};
+
+/// How often a container waiting for a pull shows its progress.
+const PROGRESS_PERIOD: Duration = Duration::from_secs(1);
 
 /// What every worker shares.
 pub struct Context {
@@ -52,6 +56,8 @@ pub struct Context {
     pub board: Board,
     pub executor: Rc<LocalExecutor<'static>>,
     pub puller: Puller,
+    /// When each image was last used, for image GC (see [`crate::image::gc`]).
+    pub images_used: std::cell::RefCell<UseLog>,
 }
 
 /// Orders for a worker.
@@ -309,7 +315,7 @@ impl Worker {
                     message: format!("pulling image {:?}", c.image),
                 };
                 self.publish();
-                match self.ctx.puller.pull(&c.image).await {
+                match self.pull_showing_progress(i, &c.image).await {
                     Ok(()) => lookup(&self.ctx)?,
                     Err(e) if fallback => {
                         log::warn!(
@@ -346,6 +352,37 @@ impl Worker {
         match self.ctx.images.rootfs(&image) {
             Ok(rootfs) => Ok((image, rootfs)),
             Err(e) => Err(("ErrImagePull", format!("image {:?}: {e}", c.image))),
+        }
+    }
+
+    /// Pulls `reference` for container `i`, publishing the pull's progress in the container's
+    /// status message at most once per [`PROGRESS_PERIOD`].
+    async fn pull_showing_progress(&mut self, i: usize, reference: &str) -> Result<(), String> {
+        let puller = self.ctx.puller.clone();
+        let pull = puller.pull(reference);
+        futures_lite::pin!(pull);
+        let mut shown = String::new();
+        loop {
+            let done = async { Some(pull.as_mut().await) };
+            let tick = async {
+                Timer::after(PROGRESS_PERIOD).await;
+                None
+            };
+            if let Some(result) = done.or(tick).await {
+                return result;
+            }
+            // A pull this worker joined shows the progress of the child it shares.
+            let Some(message) = puller.progress(reference) else {
+                continue;
+            };
+            if message != shown {
+                shown = message.clone();
+                self.slots[i].status.state = ContainerState::Waiting {
+                    reason: "ContainerCreating".to_string(),
+                    message,
+                };
+                self.publish();
+            }
         }
     }
 
@@ -402,6 +439,11 @@ impl Worker {
             Ok(found) => found,
             Err((reason, message)) => return self.create_error(i, reason, message),
         };
+        // Recorded before the container exists, so image GC never takes an image being started.
+        self.ctx
+            .images_used
+            .borrow_mut()
+            .record_use(&image.manifest_digest.to_string(), unix_now());
         if let Err(e) = self.ensure_sandbox().await {
             return self.create_error(i, "CreatePodSandboxError", e);
         }
