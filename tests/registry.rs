@@ -275,6 +275,71 @@ fn anonymous_pull_of_a_multi_arch_index_picks_the_node_platform() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
 }
 
+/// zstd with Debian's `zstd` (a real-world encoder: content checksum, level 19), else
+/// ruzstd's encoder.
+fn zstd(data: &[u8]) -> Vec<u8> {
+    let child = Command::new("zstd")
+        .args(["-q", "-19", "-c"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        eprintln!("zstd CLI not found: compressing with ruzstd");
+        return ruzstd::encoding::compress_to_vec(
+            data,
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+    };
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+#[test]
+fn a_zstd_layer_is_pulled_verified_and_unpacked() {
+    if !tools_or_skip() {
+        return;
+    }
+    let registry = RealRegistry::start(None);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut image = tiny_image(host_arch(), "hello from zstd\n");
+    // The same tar as the gzip layer, recompressed with zstd: the diff_id stays.
+    let tar = {
+        let mut d = flate2::read::GzDecoder::new(image.blobs[1].as_slice());
+        let mut tar = Vec::new();
+        std::io::Read::read_to_end(&mut d, &mut tar).unwrap();
+        tar
+    };
+    let layer = zstd(&tar);
+    let mut manifest: Value = serde_json::from_slice(&image.manifest).unwrap();
+    manifest["layers"][0] = descriptor("application/vnd.oci.image.layer.v1.tar+zstd", &layer, None);
+    image.manifest = manifest.to_string().into_bytes();
+    image.blobs[1] = layer.clone();
+    let layout = tmp.path().join("layout");
+    write_layout(
+        &layout,
+        &[&image],
+        descriptor(OCI_MANIFEST, &image.manifest, None),
+        "v1",
+    );
+    registry.push(&layout, "v1", "zstd", "v1", None);
+
+    let node = Node::new("");
+    let reference = format!("{}/zstd:v1", registry.host());
+    let (lines, ok) = node.internal_pull(&reference);
+    assert!(ok, "{lines:?}");
+    assert_eq!(
+        image_of(&lines)["manifest_digest"],
+        json!(sha256(&image.manifest))
+    );
+    let stored = fs::read(node.store().join("blobs/sha256").join(&sha256(&layer)[7..]));
+    assert_eq!(stored.unwrap(), layer, "the zstd blob is stored as pulled");
+    let config_hex = &sha256(&image.blobs[0])[7..];
+    let hello = fs::read_to_string(node.store().join("rootfs").join(config_hex).join("hello"));
+    assert_eq!(hello.unwrap(), "hello from zstd\n");
+}
+
 #[test]
 fn basic_auth_uses_config_json_and_names_refused_credentials() {
     if !tools_or_skip() {

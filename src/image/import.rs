@@ -4,22 +4,27 @@
 //!
 //! Owns: reading the source, verifying every blob while it is copied into the store
 //! (size and sha256 of the blob; sha256 of the uncompressed layer against the config's
-//! `rootfs.diff_ids`), and recording the image. Must never: put an unverified blob under
+//! `rootfs.diff_ids`), and recording the image. Plain and gzip layers are decompressed
+//! and hashed as they stream in; zstd layers are hashed by re-reading the written temp
+//! blob through the unpacker's zstd reader (ruzstd decodes by pulling from a reader, it
+//! has no push decoder), still before the rename. Must never: put an unverified blob under
 //! `blobs/`, hold a layer in memory (JSON documents, bounded by
 //! [`oci::MAX_DOCUMENT_SIZE`], are read whole), or follow a path out of the source.
 //!
 //! ```text
 //! source ──read──► tmp/blob-N ──verify size+digest+diff_id──► fsync ──rename──► blobs/sha256/<hex>
+//!                        └─(zstd) re-read, decode, verify diff_id─┘
 //! ```
 
 use super::digest::{self, Digest, HashingWriter, Verifier};
 use super::oci::{self, Compression, Descriptor, Index, Manifest};
 use super::reference::Reference;
 use super::source::{DirSource, Source, TarSource};
+use super::unpack::{LayerCompression, ZstdReader};
 use super::{Error, Image, ImageConfig, ImageStore, Platform};
 use log::{info, warn};
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -295,11 +300,7 @@ impl Importer<'_> {
                         object,
                         source,
                     })?;
-                let media_type = match compression {
-                    Compression::Gzip => oci::MEDIA_TYPE_OCI_LAYER_GZIP,
-                    Compression::None => oci::MEDIA_TYPE_OCI_LAYER,
-                };
-                layers.push(descriptor(media_type, digest, size));
+                layers.push(descriptor(compression.layer_media_type(), digest, size));
             }
             let size = config_bytes.len() as u64 + layers.iter().map(|l| l.size).sum::<u64>();
             let config_desc = descriptor(
@@ -473,8 +474,11 @@ impl Importer<'_> {
         if let Some((d, size)) = want
             && let Ok(file) = File::open(self.store.blob_path(d))
         {
-            let (_, _, c) = copy_verified(file, io::sink(), None, compression, Some(diff_id))?;
-            return Ok((d.clone(), size, c));
+            let copied = copy_verified(&file, io::sink(), None, compression, Some(diff_id))?;
+            if copied.is_diff_id_pending {
+                verify_zstd_diff_id(&file, diff_id)?;
+            }
+            return Ok((d.clone(), size, copied.compression));
         }
         self.put_blob(reader, want, compression, Some(diff_id))
     }
@@ -495,11 +499,22 @@ impl Importer<'_> {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
         let result = (|| {
-            let file = File::create(&tmp).map_err(digest::Error::Io)?;
-            let (digest, size, c) = copy_verified(reader, &file, want, compression, diff_id)?;
+            let file = File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .map_err(digest::Error::Io)?;
+            let copied = copy_verified(reader, &file, want, compression, diff_id)?;
+            if let Some(diff_id) = diff_id
+                && copied.is_diff_id_pending
+            {
+                verify_zstd_diff_id(&file, diff_id)?;
+            }
             file.sync_all().map_err(digest::Error::Io)?;
-            fs::rename(&tmp, self.store.blob_path(&digest)).map_err(digest::Error::Io)?;
-            Ok((digest, size, c))
+            fs::rename(&tmp, self.store.blob_path(&copied.digest)).map_err(digest::Error::Io)?;
+            Ok((copied.digest, copied.size, copied.compression))
         })();
         if result.is_err() {
             // Best effort: the verification error is the one to report.
@@ -509,19 +524,40 @@ impl Importer<'_> {
     }
 }
 
+/// What [`copy_verified`] copied and verified.
+struct Copied {
+    digest: Digest,
+    size: u64,
+    compression: Compression,
+    /// A zstd layer's diff_id was not checked while copying: the caller must check it
+    /// from the written blob with [`verify_zstd_diff_id`] before keeping the blob.
+    is_diff_id_pending: bool,
+}
+
 /// Copies `reader` to `out` while hashing it and, when `diff_id` is given, hashing its
-/// decompressed content. `compression: None` sniffs gzip from the first bytes.
+/// decompressed content (except zstd's: see [`Copied::is_diff_id_pending`]).
+/// `compression: None` sniffs gzip or zstd from the first bytes.
 fn copy_verified(
     mut reader: impl Read,
     mut out: impl Write,
     want: Option<(&Digest, u64)>,
     compression: Option<Compression>,
     diff_id: Option<&Digest>,
-) -> Result<(Digest, u64, Compression), digest::Error> {
+) -> Result<Copied, digest::Error> {
+    let mut head = [0u8; 4];
+    let mut head_len = 0;
+    if compression.is_none() {
+        head_len = read_head(&mut reader, &mut head).map_err(digest::Error::Io)?;
+    }
+    let c = compression.unwrap_or_else(|| match LayerCompression::sniff(&head[..head_len]) {
+        LayerCompression::None => Compression::None,
+        LayerCompression::Gzip => Compression::Gzip,
+        LayerCompression::Zstd => Compression::Zstd,
+    });
+    let mut reader = (&head[..head_len]).chain(reader);
     let mut buf = vec![0u8; 64 * 1024];
     let mut blob = Verifier::new();
-    let mut diff: Option<DiffHasher> = None;
-    let mut detected = compression;
+    let mut diff = diff_id.map(|_| DiffHasher::new(c));
     let mut diff_err = None;
     loop {
         let n = match reader.read(&mut buf) {
@@ -531,11 +567,6 @@ fn copy_verified(
             Err(e) => return Err(digest::Error::Io(e)),
         };
         let chunk = &buf[..n];
-        let c = *detected.get_or_insert(if blob.is_empty() && chunk.starts_with(&[0x1f, 0x8b]) {
-            Compression::Gzip
-        } else {
-            Compression::None
-        });
         blob.update(chunk);
         if let Some((_, size)) = want
             && blob.len() > size
@@ -548,11 +579,11 @@ fn copy_verified(
         out.write_all(chunk).map_err(digest::Error::Io)?;
         // A decompression error is reported only once the blob's own digest checks out:
         // a corrupted blob is named as such, not as a broken gzip stream.
-        if diff_id.is_some() && diff_err.is_none() {
-            let hasher = diff.get_or_insert_with(|| DiffHasher::new(c));
-            if let Err(e) = hasher.write(chunk) {
-                diff_err = Some(e);
-            }
+        if let Some(hasher) = diff.as_mut()
+            && diff_err.is_none()
+            && let Err(e) = hasher.write(chunk)
+        {
+            diff_err = Some(e);
         }
     }
     let size = blob.len();
@@ -566,24 +597,64 @@ fn copy_verified(
     if let Some(e) = diff_err {
         return Err(e);
     }
-    if let Some(want_diff) = diff_id {
-        let c = detected.unwrap_or(Compression::None);
-        diff.unwrap_or_else(|| DiffHasher::new(c))
-            .finish()?
-            .verify(want_diff, None)?;
+    let mut is_diff_id_pending = false;
+    if let (Some(want_diff), Some(diff)) = (diff_id, diff) {
+        match diff.finish()? {
+            Some(verifier) => verifier.verify(want_diff, None)?,
+            None => is_diff_id_pending = true,
+        }
     }
-    Ok((digest, size, detected.unwrap_or(Compression::None)))
+    Ok(Copied {
+        digest,
+        size,
+        compression: c,
+        is_diff_id_pending,
+    })
+}
+
+/// Reads up to `head.len()` bytes (fewer only at end of stream): enough to sniff the
+/// compression even from a reader that returns short reads.
+fn read_head(reader: &mut impl Read, head: &mut [u8]) -> io::Result<usize> {
+    let mut len = 0;
+    while len < head.len() {
+        match reader.read(&mut head[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(len)
+}
+
+/// Checks the diff_id of a zstd blob already written to `file` by decoding it from the
+/// start. Memory stays bounded by the unpacker's zstd window limit.
+fn verify_zstd_diff_id(file: &File, diff_id: &Digest) -> Result<(), digest::Error> {
+    let zstd_err =
+        |e: io::Error| digest::Error::Io(io::Error::new(e.kind(), format!("unzstd: {e}")));
+    let mut reader = file;
+    io::Seek::rewind(&mut reader).map_err(digest::Error::Io)?;
+    let mut decoded = ZstdReader::new(BufReader::with_capacity(64 * 1024, reader));
+    let mut hashing = HashingWriter {
+        inner: io::sink(),
+        verifier: Verifier::new(),
+    };
+    io::copy(&mut decoded, &mut hashing).map_err(zstd_err)?;
+    hashing.verifier.verify(diff_id, None)
 }
 
 /// Hashes the uncompressed content of a layer as its compressed bytes are fed in.
 enum DiffHasher {
     Plain(Verifier),
     Gzip(Box<flate2::write::MultiGzDecoder<HashingWriter<io::Sink>>>),
+    /// zstd is decoded afterwards from the written blob ([`verify_zstd_diff_id`]).
+    Zstd,
 }
 
 impl DiffHasher {
     fn new(c: Compression) -> DiffHasher {
         match c {
+            Compression::Zstd => DiffHasher::Zstd,
             Compression::None => DiffHasher::Plain(Verifier::new()),
             Compression::Gzip => DiffHasher::Gzip(Box::new(flate2::write::MultiGzDecoder::new(
                 HashingWriter {
@@ -603,16 +674,19 @@ impl DiffHasher {
             DiffHasher::Gzip(d) => d
                 .write_all(chunk)
                 .map_err(|e| digest::Error::Io(io::Error::new(e.kind(), format!("gunzip: {e}")))),
+            DiffHasher::Zstd => Ok(()),
         }
     }
 
-    fn finish(self) -> Result<Verifier, digest::Error> {
+    /// The hash of the uncompressed content; `None` when it is checked later (zstd).
+    fn finish(self) -> Result<Option<Verifier>, digest::Error> {
         match self {
-            DiffHasher::Plain(v) => Ok(v),
+            DiffHasher::Plain(v) => Ok(Some(v)),
             DiffHasher::Gzip(d) => d
                 .finish()
-                .map(|w| w.verifier)
+                .map(|w| Some(w.verifier))
                 .map_err(|e| digest::Error::Io(io::Error::new(e.kind(), format!("gunzip: {e}")))),
+            DiffHasher::Zstd => Ok(None),
         }
     }
 }

@@ -179,20 +179,29 @@ impl Manifest {
 pub enum Compression {
     None,
     Gzip,
+    Zstd,
 }
 
 impl Compression {
-    /// `Err` names an unsupported media type (zstd, foreign layers) as it was given.
+    /// `Err` names an unsupported media type (foreign layers, encrypted layers) as it was
+    /// given.
     pub fn of_layer(media_type: &str) -> Result<Compression, String> {
         match media_type {
             MEDIA_TYPE_OCI_LAYER | "application/vnd.docker.image.rootfs.diff.tar" => {
                 Ok(Compression::None)
             }
             MEDIA_TYPE_OCI_LAYER_GZIP | MEDIA_TYPE_DOCKER_LAYER_GZIP => Ok(Compression::Gzip),
-            MEDIA_TYPE_OCI_LAYER_ZSTD => Err(format!(
-                "layer media type {media_type}: zstd is not supported"
-            )),
+            MEDIA_TYPE_OCI_LAYER_ZSTD => Ok(Compression::Zstd),
             other => Err(format!("layer media type {other:?}: not supported")),
+        }
+    }
+
+    /// The OCI layer media type for a blob compressed this way.
+    pub fn layer_media_type(self) -> &'static str {
+        match self {
+            Compression::None => MEDIA_TYPE_OCI_LAYER,
+            Compression::Gzip => MEDIA_TYPE_OCI_LAYER_GZIP,
+            Compression::Zstd => MEDIA_TYPE_OCI_LAYER_ZSTD,
         }
     }
 }
@@ -333,23 +342,29 @@ mod tests {
 
     #[test]
     fn layer_compression_from_media_type() {
-        assert_eq!(
-            Compression::of_layer(MEDIA_TYPE_OCI_LAYER_GZIP),
-            Ok(Compression::Gzip)
-        );
-        assert_eq!(
-            Compression::of_layer(MEDIA_TYPE_DOCKER_LAYER_GZIP),
-            Ok(Compression::Gzip)
-        );
-        assert_eq!(
-            Compression::of_layer(MEDIA_TYPE_OCI_LAYER),
-            Ok(Compression::None)
-        );
-        assert!(
-            Compression::of_layer(MEDIA_TYPE_OCI_LAYER_ZSTD)
-                .unwrap_err()
-                .contains("zstd")
-        );
+        let cases: &[(&str, Result<Compression, &str>)] = &[
+            (MEDIA_TYPE_OCI_LAYER, Ok(Compression::None)),
+            (
+                "application/vnd.docker.image.rootfs.diff.tar",
+                Ok(Compression::None),
+            ),
+            (MEDIA_TYPE_OCI_LAYER_GZIP, Ok(Compression::Gzip)),
+            (MEDIA_TYPE_DOCKER_LAYER_GZIP, Ok(Compression::Gzip)),
+            (MEDIA_TYPE_OCI_LAYER_ZSTD, Ok(Compression::Zstd)),
+            (
+                "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+                Err(
+                    "layer media type \"application/vnd.docker.image.rootfs.foreign.diff.tar.gzip\": not supported",
+                ),
+            ),
+        ];
+        for (media_type, want) in cases {
+            let got = Compression::of_layer(media_type);
+            assert_eq!(got, want.map_err(String::from), "{media_type}");
+        }
+        for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
+            assert_eq!(Compression::of_layer(c.layer_media_type()), Ok(c));
+        }
     }
 
     #[test]

@@ -32,6 +32,26 @@ fn put(dir: &Path, data: &[u8]) -> Digest {
 
 /// Writes one image's blobs; returns its manifest descriptor (without annotations).
 fn add_image(dir: &Path, arch: &str, layers: &[Vec<u8>]) -> serde_json::Value {
+    add_image_compressed(dir, arch, layers, oci::Compression::Gzip)
+}
+
+fn compress(c: oci::Compression, tar: &[u8]) -> Vec<u8> {
+    match c {
+        oci::Compression::None => tar.to_vec(),
+        oci::Compression::Gzip => gzip(tar),
+        oci::Compression::Zstd => {
+            ruzstd::encoding::compress_to_vec(tar, ruzstd::encoding::CompressionLevel::Fastest)
+        }
+    }
+}
+
+/// [`add_image`] with its layers compressed as `c`.
+fn add_image_compressed(
+    dir: &Path,
+    arch: &str,
+    layers: &[Vec<u8>],
+    c: oci::Compression,
+) -> serde_json::Value {
     let diff_ids: Vec<String> = layers.iter().map(|l| Digest::of(l).to_string()).collect();
     let config = serde_json::to_vec(&json!({
         "architecture": arch, "os": "linux",
@@ -42,8 +62,8 @@ fn add_image(dir: &Path, arch: &str, layers: &[Vec<u8>]) -> serde_json::Value {
     let layer_descs: Vec<_> = layers
         .iter()
         .map(|l| {
-            let gz = gzip(l);
-            json!({"mediaType": oci::MEDIA_TYPE_OCI_LAYER_GZIP, "digest": put(dir, &gz).to_string(), "size": gz.len()})
+            let blob = compress(c, l);
+            json!({"mediaType": c.layer_media_type(), "digest": put(dir, &blob).to_string(), "size": blob.len()})
         })
         .collect();
     let manifest = serde_json::to_vec(&json!({
@@ -477,4 +497,107 @@ fn manifests_without_platform_are_chosen_by_their_config() {
     assert_eq!(images.len(), 1);
     assert_eq!(images[0].names, ["docker.io/library/p:amd"]);
     assert_eq!(e.store.resolve("p:arm").unwrap(), None);
+}
+
+/// Every path under `root` with its kind and content (files) or target (symlinks).
+fn tree(root: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            let what = if meta.is_dir() {
+                dirs.push(path.clone());
+                "dir".to_string()
+            } else if meta.file_type().is_symlink() {
+                format!("-> {}", fs::read_link(&path).unwrap().display())
+            } else {
+                format!("{:?}", fs::read(&path).unwrap())
+            };
+            out.push((path.strip_prefix(root).unwrap().to_path_buf(), what));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn zstd_layers_import_and_unpack_like_their_gzip_twin() {
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let layers = [
+        tar_of(&[
+            ("bin/app", b"v1"),
+            ("etc/conf", b"a"),
+            ("usr/lib/big", &big),
+        ]),
+        tar_of(&[("bin/app", b"v2"), ("etc/.wh.conf", b"")]),
+    ];
+    let mut trees = Vec::new();
+    for c in [oci::Compression::Gzip, oci::Compression::Zstd] {
+        let e = env();
+        let desc = add_image_compressed(&e.layout, "amd64", &layers, c);
+        write_index(&e.layout, vec![named(desc, "app:1")]);
+        let image = e.store.import_path(&e.layout, &amd64()).unwrap().remove(0);
+        let manifest =
+            oci::Manifest::parse(&fs::read(e.store.blob_path(&image.manifest_digest)).unwrap())
+                .unwrap();
+        assert!(
+            manifest
+                .layers
+                .iter()
+                .all(|l| l.media_type == c.layer_media_type()),
+            "{c:?}"
+        );
+        // Importing again re-checks the stored blobs' diff_ids and changes nothing.
+        assert_eq!(
+            e.store.import_path(&e.layout, &amd64()).unwrap(),
+            std::slice::from_ref(&image)
+        );
+        let rootfs = e.store.rootfs(&image).unwrap();
+        assert_eq!(fs::read(rootfs.join("bin/app")).unwrap(), b"v2", "{c:?}");
+        assert!(!rootfs.join("etc/conf").exists(), "{c:?}");
+        trees.push(tree(&rootfs));
+    }
+    assert_eq!(trees[0], trees[1]);
+}
+
+#[test]
+fn zstd_layer_with_a_wrong_diff_id_is_refused_naming_the_layer() {
+    let e = env();
+    let tar = tar_of(&[("a", b"a")]);
+    let layer = compress(oci::Compression::Zstd, &tar);
+    let cases = [
+        // The blob decodes, to another tar than the config says.
+        (layer.clone(), "digest mismatch: want "),
+        // The blob is not zstd at all (its media type says it is).
+        (gzip(&tar), "read: unzstd: zstd: "),
+    ];
+    for (blob, want) in cases {
+        let wrong = Digest::of(b"not the layer");
+        let config = serde_json::to_vec(&json!({"architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [wrong.to_string()]}}))
+        .unwrap();
+        let layer_digest = put(&e.layout, &blob);
+        let manifest = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": oci::MEDIA_TYPE_OCI_MANIFEST,
+            "config": {"mediaType": oci::MEDIA_TYPE_OCI_CONFIG, "digest": put(&e.layout, &config).to_string(), "size": config.len()},
+            "layers": [{"mediaType": oci::MEDIA_TYPE_OCI_LAYER_ZSTD, "digest": layer_digest.to_string(), "size": blob.len()}]}))
+        .unwrap();
+        let desc = json!({"mediaType": oci::MEDIA_TYPE_OCI_MANIFEST, "digest": put(&e.layout, &manifest).to_string(), "size": manifest.len()});
+        write_index(&e.layout, vec![named(desc, "x")]);
+        let err = e
+            .store
+            .import_path(&e.layout, &amd64())
+            .unwrap_err()
+            .to_string();
+        let want = format!("image docker.io/library/x:latest: layer {layer_digest}: {want}");
+        assert!(err.starts_with(&want), "{err}\nwant: {want}");
+        assert!(e.store.list().unwrap().is_empty());
+        assert_eq!(
+            blob_count(&e.store_dir),
+            0,
+            "nothing enters the store before both digests verify"
+        );
+        assert_eq!(fs::read_dir(e.store_dir.join("tmp")).unwrap().count(), 0);
+    }
 }
