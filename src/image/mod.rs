@@ -19,8 +19,8 @@
 //! diff_id → fsync → rename), leave a partial rootfs under its final name, or write
 //! outside its root. Synchronous and blocking: the agent calls it from a child process.
 //!
-//! Decisions: zstd layers are refused (not needed for our images; would cost a
-//! dependency). Compressed archive files (`.tar.gz`) are refused: gunzip them first, since
+//! Decisions: gzip, zstd and uncompressed layers; a zstd layer's diff_id is checked by
+//! decoding the written temporary blob before it is renamed in. Compressed archive files (`.tar.gz`) are refused: gunzip them first, since
 //! blobs are read from the tar by offset. A name moving to another image leaves the old
 //! image without that name; an image whose last name is removed is deleted (like `docker
 //! rmi`), and blobs and rootfs directories no image refers to are deleted with it.
