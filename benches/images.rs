@@ -20,24 +20,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+#[path = "data/mod.rs"]
+mod data;
+
+use data::{Rng, fill};
+
 const LAYER_BYTES: u64 = 100 << 20;
 const RUNS: usize = 3;
 const CHILD_ENV: &str = "NANOLET_BENCH_UNPACK";
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// A file size: mostly small (configs, scripts), some libraries, a few large binaries.
 fn file_size(rng: &mut Rng) -> u64 {
@@ -46,40 +36,6 @@ fn file_size(rng: &mut Rng) -> u64 {
         75..=96 => (8 << 10) + rng.below(120 << 10),
         _ => (128 << 10) + rng.below(4 << 20),
     }
-}
-
-/// Text-like bytes: words from a small vocabulary, some runs of random bytes (about 3:1
-/// under gzip, as binaries and libraries are).
-fn fill(rng: &mut Rng, out: &mut Vec<u8>, len: usize) {
-    const WORDS: [&[u8]; 16] = [
-        b"the ",
-        b"container ",
-        b"node ",
-        b"pod ",
-        b"image ",
-        b"layer ",
-        b"\n",
-        b"0x00 ",
-        b"return ",
-        b"if ",
-        b"else ",
-        b"struct ",
-        b"fn ",
-        b"let ",
-        b"mut ",
-        b"= ",
-    ];
-    out.clear();
-    while out.len() < len {
-        if rng.below(24) == 0 {
-            for _ in 0..rng.below(24) {
-                out.push(rng.next() as u8);
-            }
-        } else {
-            out.extend_from_slice(WORDS[rng.below(16) as usize]);
-        }
-    }
-    out.truncate(len);
 }
 
 /// Writes the layer; returns (file count, compressed size).

@@ -24,6 +24,11 @@
 #[path = "../tests/common/registry.rs"]
 mod registry;
 
+#[path = "data/mod.rs"]
+mod data;
+
+use data::{Rng, fill};
+
 use flate2::write::GzEncoder;
 use nanolet::image::digest::{Digest, HashingWriter, Verifier};
 use serde_json::json;
@@ -39,54 +44,6 @@ const LAYERS: [u64; 3] = [60 << 20, 30 << 20, 15 << 20];
 const RUNS: usize = 5;
 const REPO: &str = "bench/pull";
 const TAG: &str = "v1";
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// Text-like bytes: words from a small vocabulary, some runs of random bytes.
-fn fill(rng: &mut Rng, out: &mut Vec<u8>, len: usize) {
-    const WORDS: [&[u8]; 16] = [
-        b"the ",
-        b"container ",
-        b"node ",
-        b"pod ",
-        b"image ",
-        b"layer ",
-        b"\n",
-        b"0x00 ",
-        b"return ",
-        b"if ",
-        b"else ",
-        b"struct ",
-        b"fn ",
-        b"let ",
-        b"mut ",
-        b"= ",
-    ];
-    out.clear();
-    while out.len() < len {
-        if rng.below(24) == 0 {
-            for _ in 0..rng.below(24) {
-                out.push(rng.next() as u8);
-            }
-        } else {
-            out.extend_from_slice(WORDS[rng.below(16) as usize]);
-        }
-    }
-    out.truncate(len);
-}
 
 fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     let mut h = tar::Header::new_ustar();
