@@ -1,0 +1,389 @@
+//! The pod worker: one task per pod that carries out [`lifecycle`]'s decisions with the runtime.
+//!
+//! ```text
+//!   loop {
+//!     plan = lifecycle::plan(slots, now)          pure
+//!     start what the plan says                    sandbox, bundle, runc run --detach
+//!     publish status                              to the board
+//!     wait for: container exit | back-off timer | Stop | images changed
+//!   }
+//!   Stop: StopSignal → grace period → SIGKILL → runc delete → unmount → namespaces → cgroups
+//! ```
+//!
+//! The worker owns its pod's containers; nothing else starts or stops them. One file per verb:
+//! [`start`](start.rs) (image, sandbox, bundle, runc), [`stop`](stop.rs) (exits, termination,
+//! clean-up), [`adopt`](adopt.rs) (taking over after a nanolet restart); this file holds the
+//! loop, the events and the status it publishes.
+
+mod adopt;
+mod start;
+mod stop;
+
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_executor::LocalExecutor;
+use async_io::Timer;
+use futures_lite::{AsyncReadExt, FutureExt};
+
+use super::backoff::BackoffPolicy;
+use super::board::Board;
+use super::config::{self, PodFiles};
+use super::images::{self, PullAction, Puller};
+use super::lifecycle::{self, RestartPolicy, Slot};
+use super::status::{Condition, ContainerState, Phase, PodStatus, Terminated};
+use crate::config::NodeConfig;
+use crate::image::gc::UseLog;
+use crate::image::{Image, ImageStore};
+use crate::k8s::{self, Pod};
+use crate::runtime::bundle::{Bundle, LogPipes, Record};
+use crate::runtime::logs::{LogWriter, Stream};
+use crate::runtime::runc::{self, Runc};
+use crate::runtime::spec::{self, HostLimits};
+use crate::runtime::user;
+use crate::state::remove_tree;
+use crate::sys::reaper::{self, Exit, Reaper};
+use crate::sys::sandbox::Sandbox;
+use crate::sys::{cgroup, inroot};
+
+/// How often a container waiting for a pull shows its progress.
+const PROGRESS_PERIOD: Duration = Duration::from_secs(1);
+
+/// What every worker shares.
+pub struct Context {
+    pub config: NodeConfig,
+    pub runc: Runc,
+    pub reaper: Reaper,
+    pub images: ImageStore,
+    /// nanolet's own executable, for the `internal-sandbox` child.
+    pub exe: PathBuf,
+    pub host: HostLimits,
+    pub backoff: BackoffPolicy,
+    pub board: Board,
+    pub executor: Rc<LocalExecutor<'static>>,
+    pub puller: Puller,
+    /// When each image was last used, for image GC (see [`crate::image::gc`]).
+    pub images_used: std::cell::RefCell<UseLog>,
+}
+
+/// Orders for a worker.
+#[derive(Debug)]
+pub enum Command {
+    /// Stop the pod gracefully and clean up everything it had.
+    Stop,
+    /// The image store changed: retry containers waiting for an image now.
+    ImagesChanged,
+}
+
+/// A container found running (or stopped) when nanolet started, handed to its pod's worker.
+pub struct Adopted {
+    pub record: Record,
+    pub state: runc::State,
+}
+
+enum Event {
+    Exited {
+        slot: usize,
+        id: String,
+        exit: Option<Exit>,
+    },
+    Command(Command),
+}
+
+/// A container this worker runs now.
+struct Running {
+    id: String,
+    bundle: Bundle,
+    pid: i32,
+    stop_signal: String,
+}
+
+/// The handle the agent keeps for each worker.
+pub struct Handle {
+    pub commands: async_channel::Sender<Command>,
+    pub task: async_executor::Task<()>,
+}
+
+/// Starts a worker for `pod` (validated, with its uid set) on the context's executor.
+pub fn spawn(ctx: Rc<Context>, pod: Pod, source: String, adopted: Vec<Adopted>) -> Handle {
+    let (commands, commands_rx) = async_channel::unbounded();
+    let (events, events_rx) = async_channel::unbounded();
+    let forward = events.clone();
+    ctx.executor
+        .spawn(async move {
+            while let Ok(c) = commands_rx.recv().await {
+                if forward.send(Event::Command(c)).await.is_err() {
+                    return;
+                }
+            }
+        })
+        .detach();
+    let worker = Worker::new(ctx.clone(), pod, source, events, events_rx);
+    let task = ctx.executor.spawn(worker.run(adopted));
+    Handle { commands, task }
+}
+
+struct Worker {
+    ctx: Rc<Context>,
+    pod: Pod,
+    source: String,
+    restart: RestartPolicy,
+    slots: Vec<Slot>,
+    running: Vec<Option<Running>>,
+    sandbox: Sandbox,
+    pod_dir: PathBuf,
+    files: PodFiles,
+    start_time: i64,
+    conditions: Vec<Condition>,
+    events: async_channel::Sender<Event>,
+    events_rx: async_channel::Receiver<Event>,
+    terminating: bool,
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl Worker {
+    fn new(
+        ctx: Rc<Context>,
+        pod: Pod,
+        source: String,
+        events: async_channel::Sender<Event>,
+        events_rx: async_channel::Receiver<Event>,
+    ) -> Worker {
+        let spec = &pod.spec;
+        let slots: Vec<Slot> = spec
+            .init_containers
+            .iter()
+            .map(|c| Slot::new(&c.name, &c.image, true))
+            .chain(
+                spec.containers
+                    .iter()
+                    .map(|c| Slot::new(&c.name, &c.image, false)),
+            )
+            .collect();
+        let pod_dir = ctx.config.run_dir.join("pods").join(&pod.metadata.uid);
+        let files = PodFiles {
+            hosts: pod_dir.join("hosts"),
+            hostname: pod_dir.join("hostname"),
+            resolv_conf: pod_dir.join("resolv.conf"),
+        };
+        let restart = match spec.restart_policy {
+            k8s::RestartPolicy::Always => RestartPolicy::Always,
+            k8s::RestartPolicy::OnFailure => RestartPolicy::OnFailure,
+            k8s::RestartPolicy::Never => RestartPolicy::Never,
+        };
+        Worker {
+            sandbox: Sandbox {
+                dir: pod_dir.join("ns"),
+                host_network: spec.host_network,
+            },
+            running: slots.iter().map(|_| None).collect(),
+            slots,
+            restart,
+            pod_dir,
+            files,
+            start_time: unix_now(),
+            conditions: Vec::new(),
+            ctx,
+            pod,
+            source,
+            events,
+            events_rx,
+            terminating: false,
+        }
+    }
+
+    fn name(&self) -> String {
+        k8s::pod_full_name(&self.pod)
+    }
+
+    fn container(&self, slot: usize) -> &k8s::Container {
+        let spec = &self.pod.spec;
+        let n = spec.init_containers.len();
+        if slot < n {
+            &spec.init_containers[slot]
+        } else {
+            &spec.containers[slot - n]
+        }
+    }
+
+    async fn run(mut self, adopted: Vec<Adopted>) {
+        log::info!(
+            "pod {}: starting (uid {}, from {})",
+            self.name(),
+            self.pod.metadata.uid,
+            self.source
+        );
+        self.adopt_all(adopted).await;
+        loop {
+            // Orders and exits that are already queued come first: a Stop never waits behind starts.
+            while let Ok(event) = self.events_rx.try_recv() {
+                if self.handle(event).await {
+                    return;
+                }
+            }
+            let now = Instant::now();
+            let plan = lifecycle::plan(self.restart, &self.slots, &self.ctx.backoff, now);
+            for &(i, until) in &plan.backing_off {
+                self.show_backoff(i, until.saturating_duration_since(now));
+            }
+            if !plan.start.is_empty() {
+                for i in plan.start {
+                    self.start(i).await;
+                }
+                self.publish();
+                continue;
+            }
+            self.publish();
+            let next = async { self.events_rx.recv().await.ok() };
+            let event = match plan.wake_at {
+                Some(at) => {
+                    next.or(async {
+                        Timer::at(at).await;
+                        None
+                    })
+                    .await
+                }
+                None => next.await,
+            };
+            if let Some(event) = event
+                && self.handle(event).await
+            {
+                return;
+            }
+        }
+    }
+
+    /// Handles one event; true when the worker is done.
+    async fn handle(&mut self, event: Event) -> bool {
+        match event {
+            Event::Exited { slot, id, exit } => {
+                self.on_exit(slot, &id, exit).await;
+                false
+            }
+            Event::Command(Command::ImagesChanged) => {
+                for slot in &mut self.slots {
+                    if matches!(&slot.status.state, ContainerState::Waiting { reason, .. } if reason.starts_with("ErrImage"))
+                    {
+                        slot.retry_at = None;
+                    }
+                }
+                false
+            }
+            Event::Command(Command::Stop) => {
+                self.terminate().await;
+                true
+            }
+        }
+    }
+
+    fn show_backoff(&mut self, i: usize, left: Duration) {
+        let pod = self.pod.metadata.name.clone();
+        let slot = &mut self.slots[i];
+        if let ContainerState::Terminated(t) = &slot.status.state {
+            slot.status.last_state = Some(t.clone());
+        }
+        let delay = slot.backoff.delay().unwrap_or(left);
+        slot.status.state = ContainerState::Waiting {
+            reason: "CrashLoopBackOff".to_string(),
+            message: lifecycle::backoff_message(delay, &slot.status.name, &pod),
+        };
+    }
+
+    fn create_error(&mut self, i: usize, reason: &str, message: String) {
+        log::warn!(
+            "pod {}: container {:?}: {reason}: {message}",
+            self.name(),
+            self.slots[i].status.name
+        );
+        self.slots[i].record_create_error(reason, message, Instant::now());
+    }
+
+    fn publish(&mut self) {
+        let phase = lifecycle::phase(self.restart, &self.slots);
+        let now = unix_now();
+        let n_init = self.pod.spec.init_containers.len();
+        let initialized = self.slots[..n_init]
+            .iter()
+            .all(|s| matches!(&s.status.state, ContainerState::Terminated(t) if t.exit_code == 0));
+        let ready = self.slots[n_init..].iter().all(|s| s.status.ready);
+        let bool_str = |b: bool| if b { "True" } else { "False" }.to_string();
+        let wanted = [
+            ("PodScheduled", "True".to_string()),
+            ("Initialized", bool_str(initialized)),
+            ("ContainersReady", bool_str(ready)),
+            ("Ready", bool_str(ready && !self.terminating)),
+        ];
+        // A condition's transition time changes only when its status does.
+        let conditions = wanted
+            .into_iter()
+            .map(
+                |(kind, status)| match self.conditions.iter().find(|c| c.kind == kind) {
+                    Some(c) if c.status == status => c.clone(),
+                    _ => Condition {
+                        kind: kind.to_string(),
+                        status,
+                        last_transition_time: now,
+                    },
+                },
+            )
+            .collect();
+        self.conditions = conditions;
+        let (init, main): (Vec<_>, Vec<_>) = self.slots.iter().partition(|s| s.is_init);
+        let status = PodStatus {
+            namespace: self.pod.metadata.namespace.clone(),
+            name: self.pod.metadata.name.clone(),
+            uid: self.pod.metadata.uid.clone(),
+            source: self.source.clone(),
+            phase,
+            reason: String::new(),
+            message: String::new(),
+            start_time: Some(self.start_time),
+            conditions: self.conditions.clone(),
+            init_container_statuses: init.into_iter().map(|s| s.status.clone()).collect(),
+            container_statuses: main.into_iter().map(|s| s.status.clone()).collect(),
+            host_network: self.pod.spec.host_network,
+            terminating: self.terminating,
+        };
+        if phase == Phase::Failed || phase == Phase::Succeeded {
+            log::debug!("pod {}: phase {phase:?}", self.name());
+        }
+        self.ctx.board.publish(status);
+    }
+}
+
+/// Copies a container's stdout and stderr into its CRI log file until both reach end-of-file.
+async fn pump_logs(pipes: LogPipes, writer: LogWriter) {
+    let writer = std::cell::RefCell::new(writer);
+    let pump = |mut pipe: async_io::Async<std::fs::File>, stream: Stream| {
+        let writer = &writer;
+        async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match pipe.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if let Err(e) =
+                            writer
+                                .borrow_mut()
+                                .write(stream, &buf[..n], SystemTime::now())
+                        {
+                            log::warn!("container log: {e}");
+                        }
+                    }
+                }
+            }
+            let _ = writer.borrow_mut().flush_partial(stream, SystemTime::now());
+        }
+    };
+    futures_lite::future::zip(
+        pump(pipes.stdout, Stream::Stdout),
+        pump(pipes.stderr, Stream::Stderr),
+    )
+    .await;
+}
