@@ -16,7 +16,7 @@ use flate2::write::GzEncoder;
 use nanolet::image::unpack::{Limits, Unpacker};
 use std::fs;
 use std::io::{self, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -143,15 +143,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return child(&spec);
     }
     // `cargo bench` passes `--bench`; any other argument filters (there is one bench).
-    let base = std::env::var_os("NANOLET_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            if Path::new("/dev/shm").is_dir() {
-                PathBuf::from("/dev/shm")
-            } else {
-                std::env::temp_dir()
-            }
-        });
+    let base = data::work_base();
     let work = tempfile::Builder::new()
         .prefix("nanolet-bench-")
         .tempdir_in(&base)?;

@@ -35,7 +35,7 @@ use serde_json::json;
 use std::ffi::{c_int, c_long};
 use std::fs;
 use std::io::{self, BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -249,15 +249,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         return Ok(());
     }
-    let base = std::env::var_os("NANOLET_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            if Path::new("/dev/shm").is_dir() {
-                PathBuf::from("/dev/shm")
-            } else {
-                std::env::temp_dir()
-            }
-        });
+    let base = data::work_base();
     let work = tempfile::Builder::new()
         .prefix("nanolet-bench-pull-")
         .tempdir_in(&base)?;

@@ -1,5 +1,21 @@
 //! Reproducible bench data shared by the image benchmarks: a fixed PRNG and text-like bytes
-//! that compress about as binaries and libraries do.
+//! that compress about as binaries and libraries do, and where benchmarks work.
+
+use std::path::{Path, PathBuf};
+
+/// `NANOLET_BENCH_DIR`, else `/dev/shm` (tmpfs: measures nanolet, not the disk), else the
+/// temporary folder.
+pub fn work_base() -> PathBuf {
+    std::env::var_os("NANOLET_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            if Path::new("/dev/shm").is_dir() {
+                PathBuf::from("/dev/shm")
+            } else {
+                std::env::temp_dir()
+            }
+        })
+}
 
 /// xorshift64*: the same sequence on every run and machine.
 pub struct Rng(pub u64);

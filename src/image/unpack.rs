@@ -800,14 +800,7 @@ fn opaque_clear(
         OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    let mut names = Vec::new();
-    for child in rustix::fs::Dir::read_from(&sub)? {
-        let child = child?;
-        let n = child.file_name().to_bytes();
-        if n != b"." && n != b".." {
-            names.push(n.to_vec());
-        }
-    }
+    let names = entry_names(&sub)?;
     for n in names {
         let path = if dir_path.is_empty() {
             n.clone()
@@ -928,14 +921,7 @@ fn remove_all_at_fd(dir: BorrowedFd<'_>, name: &[u8]) -> Result<(), Errno> {
         OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    let mut names = Vec::new();
-    for child in rustix::fs::Dir::read_from(&sub)? {
-        let child = child?;
-        let n = child.file_name().to_bytes();
-        if n != b"." && n != b".." {
-            names.push(n.to_vec());
-        }
-    }
+    let names = entry_names(&sub)?;
     for n in names {
         remove_all_at_fd(sub.as_fd(), &n)?;
     }
@@ -945,3 +931,16 @@ fn remove_all_at_fd(dir: BorrowedFd<'_>, name: &[u8]) -> Result<(), Errno> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests;
+
+/// The names in an open directory, without `.` and `..`.
+fn entry_names(dir: &OwnedFd) -> Result<Vec<Vec<u8>>, Errno> {
+    let mut names = Vec::new();
+    for child in rustix::fs::Dir::read_from(dir)? {
+        let child = child?;
+        let n = child.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(n.to_vec());
+        }
+    }
+    Ok(names)
+}

@@ -76,8 +76,4 @@ impl Board {
             source_errors: inner.source_errors.clone(),
         }
     }
-
-    pub fn get(&self, uid: &str) -> Option<PodStatus> {
-        self.inner.borrow().pods.get(uid).cloned()
-    }
 }

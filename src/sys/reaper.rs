@@ -128,13 +128,6 @@ impl Reaper {
         // dropped, which happens only at shutdown: report that as unknown (255).
         rx.recv().await.unwrap_or(Exit::Code(255))
     }
-
-    /// Forgets a waiter, for a pid whose process turned out never to exist.
-    pub fn forget(&self, pid: i32) {
-        let mut table = self.table.borrow_mut();
-        table.waiters.remove(&pid);
-        table.unclaimed.remove(&pid);
-    }
 }
 
 /// Waits until a process that is not our child (a container adopted after nanolet restarted)
