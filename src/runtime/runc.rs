@@ -153,22 +153,6 @@ impl Runc {
         })
     }
 
-    /// `runc state`: `None` when runc does not know the container.
-    pub async fn state(&self, id: &str) -> Result<Option<State>, Error> {
-        let mut cmd = self.command();
-        cmd.args(["state", id]);
-        match self.run("state", id, cmd).await {
-            Ok(out) => serde_json::from_slice(&out)
-                .map(Some)
-                .map_err(|e| Error::Output {
-                    verb: "state",
-                    detail: e.to_string(),
-                }),
-            Err(Error::Failed { message, .. }) if message.contains("does not exist") => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
     /// `runc list`: every container under this root.
     pub async fn list(&self) -> Result<Vec<State>, Error> {
         let mut cmd = self.command();
@@ -208,20 +192,6 @@ impl Runc {
             Err(Error::Failed { message, .. }) if message.contains("does not exist") => Ok(()),
             other => other.map(drop),
         }
-    }
-
-    /// `runc --version`'s first line's version, e.g. `1.1.5+ds1`.
-    pub async fn version(&self) -> Result<String, Error> {
-        let mut cmd = Command::new(&self.binary);
-        cmd.arg("--version");
-        let out = self.run("--version", "", cmd).await?;
-        let text = String::from_utf8_lossy(&out);
-        Ok(text
-            .lines()
-            .next()
-            .and_then(|l| l.split_whitespace().nth(2))
-            .unwrap_or("unknown")
-            .to_string())
     }
 }
 
