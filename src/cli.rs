@@ -1,9 +1,12 @@
 //! The command line: `nanolet agent|ps|logs|images|pull|rmi|version`, and the hidden child
-//! modes the agent runs itself as (`internal-sandbox`, `internal-import`, `internal-pull`).
+//! modes the agent runs itself as (`internal-sandbox`, `internal-import`, `internal-pull`,
+//! `internal-unpack`).
 //!
 //! `internal-pull REF` speaks to its parent in JSON lines on stdout, one object per line:
 //! `{"layer":"sha256:…","done":n,"total":m}` while layers download, then exactly one of
 //! `{"image":{…the store's Image record…}}` (exit 0) or `{"error":"…"}` (exit 1).
+//! `internal-unpack DIGEST` unpacks the rootfs of an image already in the store (named by
+//! its manifest digest) and ends with the same `{"image":…}` or `{"error":…}` line.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -55,6 +58,10 @@ pub enum Command {
     },
     /// `internal-pull REF`: progress as JSON lines, for the agent.
     InternalPull {
+        reference: String,
+    },
+    /// `internal-unpack DIGEST`: unpack a stored image's rootfs, for the agent.
+    InternalUnpack {
         reference: String,
     },
     Rmi {
@@ -112,12 +119,13 @@ pub fn parse(args: Vec<String>) -> Result<(Command, PathBuf), lexopt::Error> {
             host_network,
         },
         Some("internal-import") => Command::Import,
-        Some(verb @ ("pull" | "rmi" | "internal-pull")) => {
+        Some(verb @ ("pull" | "rmi" | "internal-pull" | "internal-unpack")) => {
             let [reference] = <[String; 1]>::try_from(positional)
                 .map_err(|_| format!("{verb}: want one image. usage: nanolet {verb} IMAGE"))?;
             match verb {
                 "pull" => Command::Pull { reference },
                 "rmi" => Command::Rmi { reference },
+                "internal-unpack" => Command::InternalUnpack { reference },
                 _ => Command::InternalPull { reference },
             }
         }
@@ -242,34 +250,33 @@ fn run(command: Command, config_dir: &Path) -> Result<(), Box<dyn std::error::Er
             );
         }
         Command::InternalPull { reference } => {
-            use crate::image::pull::Event;
             // The agent reads the JSON lines on stdout; log lines would repeat them.
             log::set_max_level(log::LevelFilter::Warn);
-            let result = (|| -> Result<_, Box<dyn std::error::Error>> {
+            report_result((|| {
                 let cfg = config::load(config_dir)?;
                 let store = crate::image::ImageStore::open(&cfg.data_dir.join("images"))?;
                 let options = pull_options(config_dir, &cfg, &reference)?;
                 let report = |digest: &crate::image::digest::Digest, done: u64, total: u64| {
                     let layer = digest.clone();
-                    println!("{}", Event::Layer { layer, done, total }.to_line());
+                    let event = crate::image::pull::Event::Layer { layer, done, total };
+                    println!("{}", event.to_line());
                 };
                 Ok(crate::image::pull::pull(
                     &store, &reference, &options, &report,
                 )?)
-            })();
-            match result {
-                Ok(image) => println!("{}", Event::Image { image }.to_line()),
-                Err(e) => {
-                    println!(
-                        "{}",
-                        Event::Error {
-                            error: e.to_string()
-                        }
-                        .to_line()
-                    );
-                    return Err(e);
-                }
-            }
+            })())?
+        }
+        Command::InternalUnpack { reference } => {
+            log::set_max_level(log::LevelFilter::Warn);
+            report_result((|| {
+                let cfg = config::load(config_dir)?;
+                let store = crate::image::ImageStore::open(&cfg.data_dir.join("images"))?;
+                let image = store
+                    .resolve(&reference)?
+                    .ok_or(crate::image::Error::NotFound { reference })?;
+                store.rootfs(&image)?;
+                Ok(image)
+            })())?
         }
         Command::Rmi { reference } => {
             let cfg = config::load(config_dir)?;
@@ -279,6 +286,24 @@ fn run(command: Command, config_dir: &Path) -> Result<(), Box<dyn std::error::Er
         }
     }
     Ok(())
+}
+
+/// The last line of `internal-pull` and `internal-unpack`: `{"image":…}` or `{"error":…}`.
+fn report_result(
+    result: Result<crate::image::Image, Box<dyn std::error::Error>>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use crate::image::pull::Event;
+    match result {
+        Ok(image) => {
+            println!("{}", Event::Image { image }.to_line());
+            Ok(())
+        }
+        Err(e) => {
+            let error = e.to_string();
+            println!("{}", Event::Error { error }.to_line());
+            Err(e)
+        }
+    }
 }
 
 /// Pull options from the node config and `<config-dir>/config.json`.
@@ -419,7 +444,7 @@ mod tests {
                 .contains("yaml")
         );
         assert!(parse(args("logs web --tail x")).is_err());
-        for verb in ["pull", "rmi", "internal-pull"] {
+        for verb in ["pull", "rmi", "internal-pull", "internal-unpack"] {
             for line in [verb.to_string(), format!("{verb} a b")] {
                 let e = parse(args(&line)).unwrap_err().to_string();
                 assert!(e.contains("want one image"), "{line}: {e}");
@@ -434,6 +459,10 @@ mod tests {
             ("pull", Command::Pull { reference: r() }),
             ("rmi", Command::Rmi { reference: r() }),
             ("internal-pull", Command::InternalPull { reference: r() }),
+            (
+                "internal-unpack",
+                Command::InternalUnpack { reference: r() },
+            ),
         ];
         for (verb, want) in cases {
             let (cmd, dir) = parse(args(&format!("{verb} --config-dir /c {}", r()))).unwrap();

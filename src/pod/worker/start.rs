@@ -59,6 +59,19 @@ impl Worker {
                 ),
             ));
         };
+        if !self.ctx.images.is_unpacked(&image) {
+            // Seconds of CPU for a large image: in a child, not on the agent's thread.
+            self.slots[i].status.state = ContainerState::Waiting {
+                reason: "ContainerCreating".to_string(),
+                message: format!("unpacking image {:?}", c.image),
+            };
+            self.publish();
+            let puller = self.ctx.puller.clone();
+            if let Err(e) = puller.unpack(&image).await {
+                return Err(("ErrImagePull", format!("image {:?}: {e}", c.image)));
+            }
+        }
+        // Unpacked now: this only names the directory.
         match self.ctx.images.rootfs(&image) {
             Ok(rootfs) => Ok((image, rootfs)),
             Err(e) => Err(("ErrImagePull", format!("image {:?}: {e}", c.image))),
