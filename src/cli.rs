@@ -228,15 +228,18 @@ fn run(command: Command, config_dir: &Path) -> Result<(), Box<dyn std::error::Er
             let store = crate::image::ImageStore::open(&cfg.data_dir.join("images"))?;
             let options = pull_options(config_dir, &cfg, &reference)?;
             let is_terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            // Layers download together (from several threads): on a terminal one line per
+            // layer, redrawn in place; otherwise one plain line as each layer completes.
+            let board = std::sync::Mutex::new(ProgressBoard::default());
             let show = |digest: &crate::image::digest::Digest, done: u64, total: u64| {
-                let line = progress_line(digest, done, total);
                 let mut out = std::io::stdout().lock();
                 // Progress is a courtesy: a closed stdout must not fail the pull.
                 let _ = if is_terminal {
-                    let end = if done == total { "\n" } else { "" };
-                    write!(out, "\r{line}\x1b[K{end}").and_then(|()| out.flush())
+                    let mut board = board.lock().unwrap_or_else(|e| e.into_inner());
+                    let text = board.update(digest, done, total);
+                    write!(out, "{text}").and_then(|()| out.flush())
                 } else if done == total {
-                    writeln!(out, "{line}")
+                    writeln!(out, "{}", progress_line(digest, done, total))
                 } else {
                     Ok(())
                 };
@@ -319,6 +322,34 @@ fn pull_options(
         credentials: crate::image::pull::credentials_in(config_dir, &r.domain)?,
         retry: Default::default(),
     })
+}
+
+/// The per-layer lines of `nanolet pull` on a terminal.
+#[derive(Default)]
+struct ProgressBoard {
+    /// Each layer reported so far, in order of first report: (digest, done, total).
+    layers: Vec<(crate::image::digest::Digest, u64, u64)>,
+    /// Lines drawn last time (the cursor is below them).
+    drawn: usize,
+}
+
+impl ProgressBoard {
+    /// Records a report; returns the text that redraws every layer's line in place.
+    fn update(&mut self, digest: &crate::image::digest::Digest, done: u64, total: u64) -> String {
+        match self.layers.iter_mut().find(|(d, _, _)| d == digest) {
+            Some(layer) => (layer.1, layer.2) = (done, total),
+            None => self.layers.push((digest.clone(), done, total)),
+        }
+        let mut text = match self.drawn {
+            0 => String::new(),
+            n => format!("\x1b[{n}A"),
+        };
+        for (d, done, total) in &self.layers {
+            text += &format!("\r{}\x1b[K\n", progress_line(d, *done, *total));
+        }
+        self.drawn = self.layers.len();
+        text
+    }
 }
 
 /// `sha256:0123456789ab: 1.5MiB / 2.0MiB`, or `…: done 2.0MiB` once complete.
@@ -468,6 +499,29 @@ mod tests {
             let (cmd, dir) = parse(args(&format!("{verb} --config-dir /c {}", r()))).unwrap();
             assert_eq!((cmd, dir), (want, PathBuf::from("/c")));
         }
+    }
+
+    #[test]
+    fn terminal_progress_redraws_one_line_per_layer_in_place() {
+        let (a, b) = (
+            crate::image::digest::Digest::of(b"a"),
+            crate::image::digest::Digest::of(b"b"),
+        );
+        let mut board = ProgressBoard::default();
+        let line = |d: &crate::image::digest::Digest, done, total| {
+            format!("\r{}\x1b[K\n", progress_line(d, done, total))
+        };
+        assert_eq!(board.update(&a, 1024, 4096), line(&a, 1024, 4096));
+        // A second layer: the cursor goes up one line, both lines are drawn.
+        assert_eq!(
+            board.update(&b, 0, 2048),
+            format!("\x1b[1A{}{}", line(&a, 1024, 4096), line(&b, 0, 2048))
+        );
+        // The first layer again: same two lines, its own updated, order kept.
+        assert_eq!(
+            board.update(&a, 4096, 4096),
+            format!("\x1b[2A{}{}", line(&a, 4096, 4096), line(&b, 0, 2048))
+        );
     }
 
     #[test]

@@ -2,15 +2,16 @@
 //!
 //! Owns the layer step of a registry pull. Up to [`MAX_CONCURRENT_DOWNLOADS`] threads
 //! download the layers, earliest first, each into its own temp blob while hashing it (size
-//! and sha256 against the descriptor). This thread meanwhile reads each layer, in order,
-//! from its temp blob *as it grows*, decompresses it once, hashes the uncompressed stream
-//! for the config's `diff_id` and unpacks it into a temp rootfs, all in the same pass: layer
-//! N is unpacked while layers N+1… still download.
+//! and sha256 against the descriptor). Meanwhile each layer, in order, is read from its
+//! temp blob *as it grows* and decompressed once (on an "inflate" thread, in chunks of 128
+//! KiB), and this thread hashes the uncompressed stream for the config's `diff_id` and
+//! unpacks it into a temp rootfs, all in the same pass: layer N is unpacked while layers
+//! N+1… still download.
 //!
 //! ```text
-//!  download threads (≤ 3)                        this thread, layer by layer in order
+//!  download threads (≤ 3)                      inflate thread     this thread, layers in order
 //!  GET blobs/<d> ─size+sha256─► tmp/blob-P-N ──pread as it grows──► gunzip/unzstd ─┬► sha256 = diff_id?
-//!                     ▲ Range resume, retries           (64 KiB)                    └► unpack into rootfs/.tmp-*
+//!                     ▲ Range resume, retries                                      └► unpack into rootfs/.tmp-*
 //!                     └ verified + fsynced                     every digest and diff_id matched
 //!                                                   ─► rename blobs ─► documents ─► rename rootfs ─► record
 //! ```
@@ -38,7 +39,7 @@ use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, mpsc};
 
 /// Layers downloaded at once (docker's and containerd's default).
 pub const MAX_CONCURRENT_DOWNLOADS: usize = 3;
@@ -252,28 +253,130 @@ fn unpack_layers(
     Ok(())
 }
 
-/// Decompresses one layer from its blob, unpacks it (or only reads it, when the rootfs
-/// exists already) and checks its diff_id: `Err` when unpacking failed, `Ok(Err)` when the
+/// Decompresses one layer from its blob (on a thread of its own, so inflating overlaps with
+/// hashing and writing files), unpacks it (or only reads it, when the rootfs exists
+/// already) and checks its diff_id: `Err` when unpacking failed, `Ok(Err)` when the
 /// uncompressed stream is not the one the config names.
 fn apply(
     blob: &Blob,
     layer: &Layer<'_>,
     unpacker: Option<&mut Unpacker>,
 ) -> Result<Result<(), digest::Error>, unpack::Error> {
+    std::thread::scope(|scope| {
+        let (full_tx, full_rx) = mpsc::sync_channel(CHUNKS);
+        let (free_tx, free_rx) = mpsc::channel();
+        for _ in 0..=CHUNKS {
+            let _ = free_tx.send(vec![0u8; CHUNK]);
+        }
+        std::thread::Builder::new()
+            .name("inflate".into())
+            .spawn_scoped(scope, move || inflate(blob, &full_tx, &free_rx))
+            .map_err(unpack::Error::Read)?;
+        let mut hashed = Hashing {
+            inner: Chunks {
+                full: full_rx,
+                free: free_tx,
+                current: None,
+                pos: 0,
+                ended: false,
+            },
+            verifier: Verifier::new(),
+        };
+        match unpacker {
+            // Reads to the end of the stream: the diff_id covers every byte.
+            Some(u) => u.apply_layer(&mut hashed)?,
+            None => {
+                io::copy(&mut hashed, &mut io::sink()).map_err(unpack::Error::Read)?;
+            }
+        }
+        Ok(hashed.verifier.verify(layer.diff_id, None))
+        // On an early return the channels close, and the inflating thread stops at its
+        // next chunk.
+    })
+}
+
+/// Uncompressed bytes in flight between the inflating thread and the unpacker: at most
+/// `CHUNKS + 1` buffers of `CHUNK` bytes, recycled.
+const CHUNK: usize = 128 * 1024;
+const CHUNKS: usize = 4;
+
+/// A chunk of the uncompressed stream and how much of it is filled; `0` marks the end.
+type Chunk = io::Result<(Vec<u8>, usize)>;
+
+/// The inflating thread: the blob as it grows, decompressed, in chunks.
+fn inflate(blob: &Blob, full: &mpsc::SyncSender<Chunk>, free: &mpsc::Receiver<Vec<u8>>) {
     let growing = BufReader::with_capacity(64 * 1024, Growing { blob, pos: 0 });
-    let (_, decompressed) = decompress(growing).map_err(unpack::Error::Read)?;
-    let mut hashed = Hashing {
-        inner: decompressed,
-        verifier: Verifier::new(),
+    let mut decompressed = match decompress(growing) {
+        Ok((_, r)) => r,
+        Err(e) => {
+            let _ = full.send(Err(e));
+            return;
+        }
     };
-    match unpacker {
-        // Reads to the end of the stream: the diff_id covers every byte.
-        Some(u) => u.apply_layer(&mut hashed)?,
-        None => {
-            io::copy(&mut hashed, &mut io::sink()).map_err(unpack::Error::Read)?;
+    // Ends when the stream does, or when the reader is gone (a send or recv fails).
+    while let Ok(mut buf) = free.recv() {
+        let chunk = read_full(&mut decompressed, &mut buf).map(|n| (buf, n));
+        let last = !matches!(chunk, Ok((_, n)) if n > 0);
+        if full.send(chunk).is_err() || last {
+            return;
         }
     }
-    Ok(hashed.verifier.verify(layer.diff_id, None))
+}
+
+/// Reads until `buf` is full or the stream ends.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut len = 0;
+    while len < buf.len() {
+        match reader.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(len)
+}
+
+/// The unpacker's side of the inflating thread: its chunks as one stream.
+struct Chunks {
+    full: mpsc::Receiver<Chunk>,
+    free: mpsc::Sender<Vec<u8>>,
+    current: Option<(Vec<u8>, usize)>,
+    pos: usize,
+    ended: bool,
+}
+
+impl Read for Chunks {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if let Some((chunk, len)) = &self.current
+                && self.pos < *len
+            {
+                let n = buf.len().min(len - self.pos);
+                buf[..n].copy_from_slice(&chunk[self.pos..self.pos + n]);
+                self.pos += n;
+                return Ok(n);
+            }
+            if let Some((chunk, _)) = self.current.take() {
+                let _ = self.free.send(chunk);
+            }
+            if self.ended || buf.is_empty() {
+                return Ok(0);
+            }
+            match self.full.recv() {
+                Ok(Ok((chunk, 0))) => {
+                    self.ended = true;
+                    let _ = self.free.send(chunk);
+                }
+                Ok(Ok(chunk)) => {
+                    self.current = Some(chunk);
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(io::Error::other("the inflating thread stopped")),
+            }
+        }
+    }
 }
 
 /// A reader that hashes what passes through it.
