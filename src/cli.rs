@@ -187,7 +187,7 @@ fn run(command: Command, config_dir: &Path) -> Result<(), Box<dyn std::error::Er
         }
         Command::Images => {
             let cfg = config::load(config_dir)?;
-            let store = crate::image::ImageStore::open(&cfg.data_dir.join("images"))?;
+            let store = open_store(&cfg)?;
             let mut out = std::io::stdout().lock();
             writeln!(out, "{:<48} {:<20} {:>10}", "IMAGE", "ID", "SIZE")?;
             for image in store.list()? {
@@ -225,7 +225,7 @@ fn run(command: Command, config_dir: &Path) -> Result<(), Box<dyn std::error::Er
         }
         Command::Pull { reference } => {
             let cfg = config::load(config_dir)?;
-            let store = crate::image::ImageStore::open(&cfg.data_dir.join("images"))?;
+            let store = open_store(&cfg)?;
             let options = pull_options(config_dir, &cfg, &reference)?;
             let is_terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
             // Layers download together (from several threads): on a terminal one line per
@@ -257,7 +257,7 @@ fn run(command: Command, config_dir: &Path) -> Result<(), Box<dyn std::error::Er
             log::set_max_level(log::LevelFilter::Warn);
             report_result((|| {
                 let cfg = config::load(config_dir)?;
-                let store = crate::image::ImageStore::open(&cfg.data_dir.join("images"))?;
+                let store = open_store(&cfg)?;
                 let options = pull_options(config_dir, &cfg, &reference)?;
                 let report = |digest: &crate::image::digest::Digest, done: u64, total: u64| {
                     let layer = digest.clone();
@@ -273,7 +273,7 @@ fn run(command: Command, config_dir: &Path) -> Result<(), Box<dyn std::error::Er
             log::set_max_level(log::LevelFilter::Warn);
             report_result((|| {
                 let cfg = config::load(config_dir)?;
-                let store = crate::image::ImageStore::open(&cfg.data_dir.join("images"))?;
+                let store = open_store(&cfg)?;
                 let image = store
                     .resolve(&reference)?
                     .ok_or(crate::image::Error::NotFound { reference })?;
@@ -283,12 +283,23 @@ fn run(command: Command, config_dir: &Path) -> Result<(), Box<dyn std::error::Er
         }
         Command::Rmi { reference } => {
             let cfg = config::load(config_dir)?;
-            let store = crate::image::ImageStore::open(&cfg.data_dir.join("images"))?;
+            let store = open_store(&cfg)?;
             store.remove(&reference)?;
             println!("{reference}: removed");
         }
     }
     Ok(())
+}
+
+/// The node's image store, with the unpack limits of `nanolet.yaml`.
+fn open_store(cfg: &config::NodeConfig) -> Result<crate::image::ImageStore, crate::image::Error> {
+    let l = cfg.image_unpack_limits;
+    let limits = crate::image::Limits {
+        max_bytes: l.max_size,
+        max_entries: l.max_files,
+        max_path_len: l.max_path_length,
+    };
+    Ok(crate::image::ImageStore::open(&cfg.data_dir.join("images"))?.with_limits(limits))
 }
 
 /// The last line of `internal-pull` and `internal-unpack`: `{"image":…}` or `{"error":…}`.
@@ -370,7 +381,7 @@ fn progress_line(digest: &crate::image::digest::Digest, done: u64, total: u64) -
 /// image's rootfs, and prints one line per result (the agent logs them).
 fn import(config_dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let cfg = config::load(config_dir)?;
-    let store = crate::image::ImageStore::open(&cfg.data_dir.join("images"))?;
+    let store = open_store(&cfg)?;
     let platform = crate::image::Platform::host();
     for (path, result) in store.import_dir(&cfg.images_path, &platform) {
         match result {

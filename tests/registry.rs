@@ -994,6 +994,21 @@ fn layers_download_together_unpack_in_order_and_any_bad_one_leaves_nothing_behin
         assert_eq!(leftovers(&node), Vec::<String>::new(), "{what}");
         assert!(!node.dir.path().join("escaped").exists(), "{what}");
     }
+
+    // The limits of nanolet.yaml apply: 3 entries allowed, the second layer brings the 4th.
+    let image = layered_image(&good(), None);
+    let (host, _) = fake_registry(routes_for(&image));
+    let node = Node::new("imageUnpackLimits:\n  maxFiles: 3\n");
+    let e = node.pull_error(&format!("{host}/app"));
+    let layer = sha256(&image.blobs[2]);
+    assert!(
+        e.ends_with(&format!(
+            "layer {layer}: unpack: more than 3 entries: refusing to unpack"
+        )),
+        "{e}"
+    );
+    assert_eq!(node.store_contents(), (vec![], vec![]));
+    assert_eq!(leftovers(&node), Vec::<String>::new());
 }
 
 /// What the store's `tmp/` and `rootfs/` hold (a failed pull must leave both empty).
