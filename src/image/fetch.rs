@@ -32,14 +32,14 @@ use super::oci::{Compression, Descriptor, Manifest};
 use super::pull::Progress;
 use super::registry::Registry;
 use super::source::Source;
-use super::unpack::{self, Unpacker, decompress};
+use super::unpack::{self, Unpacker, decompress_on_thread};
 use super::{Error, Image, ImageStore, Platform, remove_tree, store_err};
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, mpsc};
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 /// Layers downloaded at once (docker's and containerd's default).
 pub const MAX_CONCURRENT_DOWNLOADS: usize = 3;
@@ -262,24 +262,10 @@ fn apply(
     layer: &Layer<'_>,
     unpacker: Option<&mut Unpacker>,
 ) -> Result<Result<(), digest::Error>, unpack::Error> {
-    std::thread::scope(|scope| {
-        let (full_tx, full_rx) = mpsc::sync_channel(CHUNKS);
-        let (free_tx, free_rx) = mpsc::channel();
-        for _ in 0..=CHUNKS {
-            let _ = free_tx.send(vec![0u8; CHUNK]);
-        }
-        std::thread::Builder::new()
-            .name("inflate".into())
-            .spawn_scoped(scope, move || inflate(blob, &full_tx, &free_rx))
-            .map_err(unpack::Error::Read)?;
+    let growing = BufReader::with_capacity(64 * 1024, Growing { blob, pos: 0 });
+    let consume = |layer_tar: &mut dyn Read| {
         let mut hashed = Hashing {
-            inner: Chunks {
-                full: full_rx,
-                free: free_tx,
-                current: None,
-                pos: 0,
-                ended: false,
-            },
+            inner: layer_tar,
             verifier: Verifier::new(),
         };
         match unpacker {
@@ -290,93 +276,8 @@ fn apply(
             }
         }
         Ok(hashed.verifier.verify(layer.diff_id, None))
-        // On an early return the channels close, and the inflating thread stops at its
-        // next chunk.
-    })
-}
-
-/// Uncompressed bytes in flight between the inflating thread and the unpacker: at most
-/// `CHUNKS + 1` buffers of `CHUNK` bytes, recycled.
-const CHUNK: usize = 128 * 1024;
-const CHUNKS: usize = 4;
-
-/// A chunk of the uncompressed stream and how much of it is filled; `0` marks the end.
-type Chunk = io::Result<(Vec<u8>, usize)>;
-
-/// The inflating thread: the blob as it grows, decompressed, in chunks.
-fn inflate(blob: &Blob, full: &mpsc::SyncSender<Chunk>, free: &mpsc::Receiver<Vec<u8>>) {
-    let growing = BufReader::with_capacity(64 * 1024, Growing { blob, pos: 0 });
-    let mut decompressed = match decompress(growing) {
-        Ok((_, r)) => r,
-        Err(e) => {
-            let _ = full.send(Err(e));
-            return;
-        }
     };
-    // Ends when the stream does, or when the reader is gone (a send or recv fails).
-    while let Ok(mut buf) = free.recv() {
-        let chunk = read_full(&mut decompressed, &mut buf).map(|n| (buf, n));
-        let last = !matches!(chunk, Ok((_, n)) if n > 0);
-        if full.send(chunk).is_err() || last {
-            return;
-        }
-    }
-}
-
-/// Reads until `buf` is full or the stream ends.
-fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut len = 0;
-    while len < buf.len() {
-        match reader.read(&mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(len)
-}
-
-/// The unpacker's side of the inflating thread: its chunks as one stream.
-struct Chunks {
-    full: mpsc::Receiver<Chunk>,
-    free: mpsc::Sender<Vec<u8>>,
-    current: Option<(Vec<u8>, usize)>,
-    pos: usize,
-    ended: bool,
-}
-
-impl Read for Chunks {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            if let Some((chunk, len)) = &self.current
-                && self.pos < *len
-            {
-                let n = buf.len().min(len - self.pos);
-                buf[..n].copy_from_slice(&chunk[self.pos..self.pos + n]);
-                self.pos += n;
-                return Ok(n);
-            }
-            if let Some((chunk, _)) = self.current.take() {
-                let _ = self.free.send(chunk);
-            }
-            if self.ended || buf.is_empty() {
-                return Ok(0);
-            }
-            match self.full.recv() {
-                Ok(Ok((chunk, 0))) => {
-                    self.ended = true;
-                    let _ = self.free.send(chunk);
-                }
-                Ok(Ok(chunk)) => {
-                    self.current = Some(chunk);
-                    self.pos = 0;
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(io::Error::other("the inflating thread stopped")),
-            }
-        }
-    }
+    decompress_on_thread(growing, consume).map_err(unpack::Error::Read)?
 }
 
 /// A reader that hashes what passes through it.

@@ -363,10 +363,11 @@ impl ImageStore {
         Ok(dir)
     }
 
-    /// Whether the image's rootfs is already unpacked (then [`ImageStore::rootfs`] only
-    /// names it; otherwise it unpacks, which the agent leaves to a child process).
-    pub fn is_unpacked(&self, image: &Image) -> bool {
-        self.rootfs_dir(&image.config_digest).is_dir()
+    /// The image's rootfs if it is unpacked; never unpacks (the agent's way in: unpacking
+    /// blocks and uses a thread, so the agent has a child process run
+    /// [`ImageStore::rootfs`]).
+    pub fn unpacked_rootfs(&self, image: &Image) -> Option<PathBuf> {
+        Some(self.rootfs_dir(&image.config_digest)).filter(|dir| dir.is_dir())
     }
 
     /// Removes a name; an image left without names (or removed by digest) is deleted, with
