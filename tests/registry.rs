@@ -1024,3 +1024,26 @@ fn leftovers(node: &Node) -> Vec<String> {
     }
     found
 }
+
+#[test]
+fn a_pulled_image_whose_config_names_another_platform_is_refused_and_not_kept() {
+    let other = if host_arch() == "arm64" {
+        "amd64"
+    } else {
+        "arm64"
+    };
+    let image = tiny_image(other, "not for this node\n");
+    let (host, _) = fake_registry(routes_for(&image));
+    let node = Node::new("");
+    let reference = format!("{host}/app:latest");
+    let e = node.pull_error(&reference);
+    assert_eq!(
+        e,
+        format!(
+            "image {reference}: no manifest for platform linux/{}",
+            host_arch()
+        )
+    );
+    assert_eq!(node.store_contents(), (vec![], vec![]));
+    assert_eq!(leftovers(&node), Vec::<String>::new());
+}

@@ -19,9 +19,13 @@
 //! diff_id → fsync → rename), leave a partial rootfs under its final name, or write
 //! outside its root. Synchronous and blocking: the agent calls it from a child process.
 //!
-//! Decisions: gzip, zstd and uncompressed layers; a zstd layer's diff_id is checked by
-//! decoding the written temporary blob before it is renamed in. Compressed archive files (`.tar.gz`) are refused: gunzip them first, since
-//! blobs are read from the tar by offset. A name moving to another image leaves the old
+//! Decisions: gzip, zstd and uncompressed layers. A pull (`fetch.rs`) checks each layer's
+//! diff_id while unpacking it, in one pass; an import from a layout or archive checks it
+//! while copying the blob in (a zstd layer's by decoding the written temporary blob before
+//! it is renamed in) and unpacks later. Unpacking decompresses on a thread of its own
+//! ([`unpack::decompress_on_thread`]), so it belongs in a child process, never the agent.
+//! Compressed archive files (`.tar.gz`) are refused: gunzip them first, since blobs are
+//! read from the tar by offset. A name moving to another image leaves the old
 //! image without that name; an image whose last name is removed is deleted (like `docker
 //! rmi`), and blobs and rootfs directories no image refers to are deleted with it.
 
