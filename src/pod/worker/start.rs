@@ -59,9 +59,28 @@ impl Worker {
                 ),
             ));
         };
-        match self.ctx.images.rootfs(&image) {
-            Ok(rootfs) => Ok((image, rootfs)),
-            Err(e) => Err(("ErrImagePull", format!("image {:?}: {e}", c.image))),
+        if let Some(rootfs) = self.ctx.images.unpacked_rootfs(&image) {
+            return Ok((image, rootfs));
+        }
+        // Seconds of CPU for a large image: in a child, not on the agent's thread.
+        self.slots[i].status.state = ContainerState::Waiting {
+            reason: "ContainerCreating".to_string(),
+            message: format!("unpacking image {:?}", c.image),
+        };
+        self.publish();
+        let puller = self.ctx.puller.clone();
+        if let Err(e) = puller.unpack(&image).await {
+            return Err(("ErrImagePull", format!("image {:?}: {e}", c.image)));
+        }
+        match self.ctx.images.unpacked_rootfs(&image) {
+            Some(rootfs) => Ok((image, rootfs)),
+            None => Err((
+                "ErrImagePull",
+                format!(
+                    "image {:?}: its rootfs is gone right after unpacking",
+                    c.image
+                ),
+            )),
         }
     }
 
