@@ -23,6 +23,7 @@ use super::config::ConfigError;
 use crate::k8s::quantity::{Parsed, Quantity};
 use crate::k8s::resources::{CPU, MEMORY};
 use crate::k8s::{Container, Pod};
+pub use crate::sys::cgroup::CgroupValues;
 
 /// The pod's quality of service class, as `status.qosClass` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,16 +79,6 @@ pub struct ContainerResources {
     /// Every quantity by `requests.<name>` / `limits.<name>`, in units (rounded up), for
     /// `resourceFieldRef` on `ephemeral-storage` and friends.
     pub other: BTreeMap<String, i64>,
-}
-
-/// The cgroup values of one cgroup (a container's or the pod's), as the OCI spec names them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CgroupValues {
-    pub cpu_shares: Option<u64>,
-    pub cpu_quota: Option<i64>,
-    pub cpu_period: Option<u64>,
-    pub memory_limit: Option<i64>,
-    pub pids_limit: Option<i64>,
 }
 
 /// Everything this module decides for a pod.
@@ -273,15 +264,6 @@ pub fn milli_cpu_to_quota(milli: i64) -> Option<i64> {
     }
     let quota = milli.saturating_mul(CFS_PERIOD_US as i64) / 1000;
     Some(quota.max(MIN_QUOTA_PERIOD_US))
-}
-
-/// runc's conversion of v1 `cpu.shares` to v2 `cpu.weight` (runc 1.1
-/// `ConvertCPUSharesToCgroupV2Value`): 2..262144 maps linearly onto 1..10000.
-pub fn cpu_shares_to_weight(shares: u64) -> u64 {
-    if shares == 0 {
-        return 0;
-    }
-    1 + (shares.saturating_sub(2) * 9999) / 262_142
 }
 
 fn parse_field(c: &Container, field: &str, q: &Quantity) -> Result<Parsed, ConfigError> {
@@ -606,7 +588,11 @@ mod tests {
             assert_eq!(milli_cpu_to_quota(milli), quota, "{milli}m");
         }
         for (shares, weight) in [(2, 1), (1024, 39), (262_144, 10_000), (0, 0)] {
-            assert_eq!(cpu_shares_to_weight(shares), weight, "{shares}");
+            assert_eq!(
+                crate::sys::cgroup::shares_to_weight(shares),
+                weight,
+                "{shares}"
+            );
         }
     }
 

@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::sys::cgroup::CgroupValues;
+
 /// The OCI runtime spec version written to `ociVersion` (what runc 1.1 reports).
 pub const OCI_VERSION: &str = "1.0.2";
 
@@ -142,6 +144,19 @@ pub struct ContainerConfig {
     pub no_new_privileges: bool,
     /// Absolute, or relative to the bundle directory.
     pub rootfs: PathBuf,
+    /// The container cgroup's limits (`linux.resources`: runc writes v1 or v2 files).
+    pub resources: CgroupValues,
+    /// The `CAP_*` names of the bounding, effective and permitted sets; `None`: containerd's
+    /// [`DEFAULT_CAPABILITIES`].
+    pub capabilities: Option<Vec<String>>,
+    /// Every device allowed, `/sys` and `/sys/fs/cgroup` read-write, `/proc` unmasked.
+    pub privileged: bool,
+    /// No masked or read-only `/proc` paths.
+    pub unmasked_proc: bool,
+    /// `linux.seccomp` as OCI JSON; `None`: unconfined.
+    pub seccomp: Option<serde_json::Value>,
+    /// `linux.sysctl`: namespaced sysctls runc sets in the container's namespaces.
+    pub sysctls: BTreeMap<String, String>,
 }
 
 /// Facts about the host that bound what runc can apply; the caller reads them from the host.
@@ -196,9 +211,9 @@ struct SpecUser {
 
 #[derive(Serialize)]
 struct Capabilities {
-    bounding: Vec<&'static str>,
-    effective: Vec<&'static str>,
-    permitted: Vec<&'static str>,
+    bounding: Vec<String>,
+    effective: Vec<String>,
+    permitted: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -231,13 +246,69 @@ struct Linux {
     #[serde(skip_serializing_if = "String::is_empty")]
     cgroups_path: String,
     namespaces: Vec<SpecNamespace>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     masked_paths: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     readonly_paths: Vec<&'static str>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    sysctl: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seccomp: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
 struct Resources {
     devices: Vec<DeviceRule>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu: Option<Cpu>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory: Option<Memory>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pids: Option<Pids>,
+}
+
+#[derive(Serialize)]
+struct Cpu {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shares: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quota: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    period: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Memory {
+    limit: i64,
+}
+
+#[derive(Serialize)]
+struct Pids {
+    limit: i64,
+}
+
+fn resources(v: &CgroupValues, privileged: bool) -> Resources {
+    let cpu = (v.cpu_shares.is_some() || v.cpu_quota.is_some()).then_some(Cpu {
+        shares: v.cpu_shares,
+        quota: v.cpu_quota,
+        period: v.cpu_period,
+    });
+    Resources {
+        devices: if privileged {
+            vec![DeviceRule {
+                allow: true,
+                kind: None,
+                major: None,
+                minor: None,
+                access: "rwm",
+            }]
+        } else {
+            device_rules()
+        },
+        cpu,
+        memory: v.memory_limit.map(|limit| Memory { limit }),
+        pids: v.pids_limit.map(|limit| Pids { limit }),
+    }
 }
 
 #[derive(Serialize)]
@@ -260,7 +331,8 @@ struct SpecNamespace {
     path: Option<String>,
 }
 
-fn default_mounts() -> Vec<SpecMount> {
+fn default_mounts(privileged: bool) -> Vec<SpecMount> {
+    let sys = if privileged { "rw" } else { "ro" };
     let m = |destination: &str, kind: &str, source: &str, options: &[&str]| SpecMount {
         destination: destination.to_string(),
         kind: kind.to_string(),
@@ -304,13 +376,13 @@ fn default_mounts() -> Vec<SpecMount> {
             "/sys",
             "sysfs",
             "sysfs",
-            &["nosuid", "noexec", "nodev", "ro"],
+            &["nosuid", "noexec", "nodev", sys],
         ),
         m(
             "/sys/fs/cgroup",
             "cgroup",
             "cgroup",
-            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+            &["nosuid", "noexec", "nodev", "relatime", sys],
         ),
     ]
 }
@@ -397,7 +469,7 @@ pub fn runtime_spec(c: &ContainerConfig, host: &HostLimits) -> (serde_json::Valu
         other => other.clone(),
     };
 
-    let mut mounts = default_mounts();
+    let mut mounts = default_mounts(c.privileged);
     for m in &c.mounts {
         let source = path_text(
             &format!("mount {}: source", m.destination),
@@ -427,7 +499,11 @@ pub fn runtime_spec(c: &ContainerConfig, host: &HostLimits) -> (serde_json::Valu
         });
     }
 
-    let caps = DEFAULT_CAPABILITIES.to_vec();
+    let caps = c
+        .capabilities
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CAPABILITIES.map(String::from).to_vec());
+    let unmasked = c.privileged || c.unmasked_proc;
     let spec = Spec {
         oci_version: OCI_VERSION,
         process: Process {
@@ -465,13 +541,21 @@ pub fn runtime_spec(c: &ContainerConfig, host: &HostLimits) -> (serde_json::Valu
         mounts,
         annotations: c.annotations.clone(),
         linux: Linux {
-            resources: Resources {
-                devices: device_rules(),
-            },
+            resources: resources(&c.resources, c.privileged),
             cgroups_path: c.cgroups_path.clone(),
             namespaces,
-            masked_paths: MASKED_PATHS.to_vec(),
-            readonly_paths: READONLY_PATHS.to_vec(),
+            masked_paths: if unmasked {
+                vec![]
+            } else {
+                MASKED_PATHS.to_vec()
+            },
+            readonly_paths: if unmasked {
+                vec![]
+            } else {
+                READONLY_PATHS.to_vec()
+            },
+            sysctl: c.sysctls.clone(),
+            seccomp: c.seccomp.clone(),
         },
     };
     (to_value(&spec), warnings)
@@ -519,6 +603,39 @@ mod tests {
             readonly_rootfs: false,
             no_new_privileges: false,
             rootfs: "rootfs".into(),
+            ..ContainerConfig::default()
+        }
+    }
+
+    /// A burstable container with limits, dropped and added capabilities, the default seccomp
+    /// profile and a namespaced sysctl.
+    fn limited_and_confined() -> ContainerConfig {
+        let caps = vec![
+            "CAP_NET_BIND_SERVICE".to_string(),
+            "CAP_NET_ADMIN".to_string(),
+        ];
+        ContainerConfig {
+            resources: CgroupValues {
+                cpu_shares: Some(256),
+                cpu_quota: Some(50_000),
+                cpu_period: Some(100_000),
+                memory_limit: Some(128 << 20),
+                pids_limit: None,
+            },
+            seccomp: Some(crate::runtime::seccomp::runtime_default(&caps)),
+            capabilities: Some(caps),
+            sysctls: BTreeMap::from([("net.ipv4.tcp_syncookies".into(), "0".into())]),
+            oom_score_adj: Some(750),
+            no_new_privileges: true,
+            ..minimal()
+        }
+    }
+
+    fn privileged() -> ContainerConfig {
+        ContainerConfig {
+            capabilities: Some(vec!["CAP_SYS_ADMIN".into()]),
+            privileged: true,
+            ..minimal()
         }
     }
 
@@ -596,6 +713,8 @@ mod tests {
                 readonly_with_volumes(),
                 constrained,
             ),
+            ("limited-and-confined", limited_and_confined(), HOST),
+            ("privileged", privileged(), HOST),
         ]
     }
 

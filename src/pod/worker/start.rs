@@ -1,9 +1,93 @@
 //! Starting a container: its image (pulled as the policy says), the pod sandbox, the bundle,
 //! `runc run --detach`, and the watch for its exit.
 
+use std::path::Path;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use super::*;
+use crate::pod::resources::{self, NodeCapacity, PodResources};
+use crate::pod::security::{self, Seccomp, Security};
+use crate::runtime::seccomp;
+
+/// Whether the clamped `oom_score_adj` warning was logged (it would repeat for every start).
+static OOM_CLAMP_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// The node's CPUs and memory, read once: `/proc/meminfo` `MemTotal` and the CPUs this process
+/// may run on.
+fn node_capacity() -> &'static NodeCapacity {
+    static CAPACITY: OnceLock<NodeCapacity> = OnceLock::new();
+    CAPACITY.get_or_init(|| {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let kib: i64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        NodeCapacity {
+            cpu_milli: cpus as i64 * 1000,
+            memory_bytes: kib.saturating_mul(1024),
+        }
+    })
+}
+
+/// A container's resources and security, decided before its bundle is made.
+struct Limits {
+    pod: PodResources,
+    security: Security,
+    seccomp: Option<serde_json::Value>,
+}
 
 impl Worker {
+    /// Decides container `i`'s resources and security (pure, in [`resources`] and [`security`]),
+    /// checks `runAsNonRoot` and reads a `Localhost` seccomp profile.
+    fn limits_and_security(&self, c: &k8s::Container, image_user: &str) -> Result<Limits, String> {
+        let config = &self.ctx.config;
+        let pod = PodResources::of(&self.pod, config.pod_pids_limit).map_err(|e| e.0)?;
+        let sec =
+            security::security(&self.pod, c, &config.allowed_unsafe_sysctls).map_err(|e| e.0)?;
+        security::verify_run_as_non_root(&self.pod, c, &sec, image_user).map_err(|e| e.0)?;
+        let seccomp = match &sec.seccomp {
+            Seccomp::Unconfined => None,
+            Seccomp::RuntimeDefault => Some(seccomp::runtime_default(&sec.capabilities)),
+            Seccomp::Localhost(rel) => {
+                let path = config.data_dir.join("seccomp").join(rel);
+                let text = std::fs::read(&path).map_err(|e| {
+                    format!(
+                        "container {:?}: seccomp profile {}: {e}",
+                        c.name,
+                        path.display()
+                    )
+                })?;
+                let profile: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
+                    format!(
+                        "container {:?}: seccomp profile {}: {e}",
+                        c.name,
+                        path.display()
+                    )
+                })?;
+                if profile
+                    .get("defaultAction")
+                    .and_then(|a| a.as_str())
+                    .is_none()
+                {
+                    return Err(format!(
+                        "container {:?}: seccomp profile {}: no defaultAction: not an OCI seccomp profile",
+                        c.name,
+                        path.display()
+                    ));
+                }
+                Some(profile)
+            }
+        };
+        Ok(Limits {
+            pod,
+            security: sec,
+            seccomp,
+        })
+    }
+
     /// Finds (pulling as `imagePullPolicy` says) a container's image and its shared rootfs.
     pub(super) async fn image_for(
         &mut self,
@@ -168,11 +252,15 @@ impl Worker {
         let group = inroot::read_to_string(&image_rootfs, "/etc/group", 1 << 20)
             .ok()
             .flatten();
+        let limits = match self.limits_and_security(&c, &image.config.user) {
+            Ok(l) => l,
+            Err(e) => return self.create_error(i, "CreateContainerConfigError", e),
+        };
         let user = match user::resolve_user(
-            &image.config.user,
+            &security::user_spec(&image.config.user, &limits.security),
             passwd.as_deref(),
             group.as_deref(),
-            &[],
+            &limits.security.extra_gids,
         ) {
             Ok(u) => u,
             Err(e) => {
@@ -183,6 +271,18 @@ impl Worker {
                 );
             }
         };
+        let pod_cgroup = resources::pod_cgroup_path(
+            &self.ctx.config.cgroup_parent,
+            self.qos,
+            &self.pod.metadata.uid,
+        );
+        if let Err(e) = cgroup::create(
+            Path::new(cgroup::CGROUP_ROOT),
+            &pod_cgroup,
+            &limits.pod.pod_cgroup,
+        ) {
+            return self.create_error(i, "CreateContainerError", format!("pod cgroup: {e}"));
+        }
         // The attempt number names the container and its log file.
         let attempt = self.slots[i].status.restart_count
             + u32::from(self.slots[i].status.last_termination().is_some());
@@ -195,7 +295,12 @@ impl Worker {
             user,
             sandbox: &self.sandbox,
             files: &self.files,
-            cgroup_parent: &self.ctx.config.cgroup_parent,
+            pod_cgroup: &pod_cgroup,
+            resources: limits.pod.container_cgroup(i),
+            oom_score_adj: limits.pod.oom_score_adj(&self.pod, i, node_capacity()),
+            security: &limits.security,
+            seccomp: limits.seccomp,
+            node: node_capacity(),
             container_id: &id,
             attempt,
             rootfs: bundle.rootfs(),
@@ -206,6 +311,10 @@ impl Worker {
         };
         let (runtime_spec, warnings) = spec::runtime_spec(&cfg, &self.ctx.host);
         for w in warnings {
+            // Every Guaranteed container would repeat this one: once is enough.
+            if w.starts_with("oomScoreAdj") && OOM_CLAMP_WARNED.swap(true, Ordering::Relaxed) {
+                continue;
+            }
             log::warn!("pod {}: container {:?}: {w}", self.name(), c.name);
         }
         if bundle.dir.exists() {
