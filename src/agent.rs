@@ -195,6 +195,7 @@ fn host_limits() -> HostLimits {
     }
     HostLimits {
         can_lower_oom_score_adj: can_lower,
+        capabilities: cap_eff,
         nofile_hard,
     }
 }

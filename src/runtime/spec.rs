@@ -44,6 +44,51 @@ pub const DEFAULT_CAPABILITIES: [&str; 14] = [
     "CAP_AUDIT_WRITE",
 ];
 
+/// Every Linux capability, in bit order (`linux/capability.h`, up to `CAP_LAST_CAP` 40).
+pub const ALL_CAPABILITIES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
 /// The `RLIMIT_NOFILE` soft and hard limit containerd gives a container.
 pub const DEFAULT_NOFILE: u64 = 1024;
 
@@ -164,6 +209,10 @@ pub struct ContainerConfig {
 pub struct HostLimits {
     /// Whether nanolet may set a negative `oom_score_adj` (needs `CAP_SYS_RESOURCE`).
     pub can_lower_oom_score_adj: bool,
+    /// nanolet's effective capabilities (bit n: `ALL_CAPABILITIES[n]`): runc cannot give a
+    /// container one nanolet lacks (here root has no `CAP_SYS_RESOURCE`). Like containerd's
+    /// privileged containers, which get the capabilities containerd has, the rest are dropped.
+    pub capabilities: u64,
     /// nanolet's own `RLIMIT_NOFILE` hard limit: without `CAP_SYS_RESOURCE` runc cannot raise a
     /// container's above it.
     pub nofile_hard: u64,
@@ -499,10 +548,27 @@ pub fn runtime_spec(c: &ContainerConfig, host: &HostLimits) -> (serde_json::Valu
         });
     }
 
-    let caps = c
+    let mut caps = c
         .capabilities
         .clone()
         .unwrap_or_else(|| DEFAULT_CAPABILITIES.map(String::from).to_vec());
+    let host_has = |cap: &String| {
+        ALL_CAPABILITIES
+            .iter()
+            .position(|c| c == cap)
+            .is_some_and(|bit| host.capabilities & (1 << bit) != 0)
+    };
+    let missing: Vec<String> = caps.iter().filter(|c| !host_has(c)).cloned().collect();
+    if !missing.is_empty() {
+        caps.retain(host_has);
+        // A privileged container asks for everything; only a named capability is news.
+        if !c.privileged {
+            warnings.push(format!(
+                "capabilities {}: nanolet itself lacks them: dropped",
+                missing.join(", ")
+            ));
+        }
+    }
     let unmasked = c.privileged || c.unmasked_proc;
     let spec = Spec {
         oci_version: OCI_VERSION,
@@ -576,6 +642,7 @@ mod tests {
 
     const HOST: HostLimits = HostLimits {
         can_lower_oom_score_adj: true,
+        capabilities: u64::MAX,
         nofile_hard: 1 << 20,
     };
 
@@ -703,6 +770,7 @@ mod tests {
     fn golden_cases() -> Vec<(&'static str, ContainerConfig, HostLimits)> {
         let constrained = HostLimits {
             can_lower_oom_score_adj: false,
+            capabilities: u64::MAX,
             nofile_hard: 512,
         };
         vec![
@@ -780,6 +848,7 @@ mod tests {
             };
             let host = HostLimits {
                 can_lower_oom_score_adj: *may_lower,
+                capabilities: u64::MAX,
                 nofile_hard: *hard,
             };
             let (spec, warnings) = runtime_spec(&config, &host);
@@ -794,6 +863,41 @@ mod tests {
                 "adj {adj:?} host {host:?}: {warnings:?}"
             );
         }
+    }
+
+    #[test]
+    fn capabilities_nanolet_lacks_are_dropped() {
+        // Everything but CAP_SYS_RESOURCE (24), as root on this development machine.
+        let host = HostLimits {
+            capabilities: !(1 << 24),
+            ..HOST
+        };
+        let wanted = vec!["CAP_CHOWN".to_string(), "CAP_SYS_RESOURCE".to_string()];
+        let config = ContainerConfig {
+            capabilities: Some(wanted.clone()),
+            ..minimal()
+        };
+        let (spec, warnings) = runtime_spec(&config, &host);
+        assert_eq!(
+            spec["process"]["capabilities"]["effective"],
+            Value::from(vec!["CAP_CHOWN"])
+        );
+        assert_eq!(
+            spec["process"]["capabilities"]["bounding"],
+            Value::from(vec!["CAP_CHOWN"])
+        );
+        assert_eq!(
+            warnings,
+            ["capabilities CAP_SYS_RESOURCE: nanolet itself lacks them: dropped"]
+        );
+        // A privileged container gets what there is, without a warning.
+        let config = ContainerConfig {
+            capabilities: Some(wanted),
+            privileged: true,
+            ..minimal()
+        };
+        let (_, warnings) = runtime_spec(&config, &host);
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 
     #[test]
@@ -925,6 +1029,7 @@ mod tests {
             .unwrap();
         HostLimits {
             can_lower_oom_score_adj: cap_eff & (1 << 24) != 0,
+            capabilities: cap_eff,
             nofile_hard,
         }
     }
