@@ -167,3 +167,49 @@ fn refused_security_contexts_are_create_container_config_errors() {
         "only the good pod's container exists"
     );
 }
+
+#[test]
+fn a_localhost_seccomp_profile_comes_from_the_data_dir() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut node = Node::new("");
+    let dir = node.path("state/data/seccomp/profiles");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("no-mkdir.json"),
+        r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}"#,
+    )
+    .unwrap();
+    let manifest = |name: &str, profile: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  securityContext:\n    seccompProfile: {{type: Localhost, localhostProfile: {profile}}}\n  containers:\n  - name: app\n    image: busybox:latest\n    imagePullPolicy: IfNotPresent\n    command: [\"sh\", \"-c\", \"(mkdir /tmp/d 2>/dev/null && echo made) || echo refused; echo end; exec sleep 1000\"]\n"
+        )
+    };
+    node.write_manifest(
+        "nomkdir.yaml",
+        &manifest("nomkdir", "profiles/no-mkdir.json"),
+    );
+    node.write_manifest("missing.yaml", &manifest("missing", "profiles/none.json"));
+    node.start();
+    let pod = node.wait_running("nomkdir");
+    let out = node.wait_for("output", MINUTE, |_| {
+        let out = node.output(&pod, "app");
+        out.contains("end\n").then_some(out)
+    });
+    assert_eq!(out, "refused\nend\n");
+    let message = node.wait_for("missing profile error", MINUTE, |s| {
+        match &node.pod(s, "missing")?.container_statuses[0].state {
+            ContainerState::Waiting { reason, message }
+                if reason == "CreateContainerConfigError" =>
+            {
+                Some(message.clone())
+            }
+            _ => None,
+        }
+    });
+    assert!(
+        message.contains("seccomp profile") && message.contains("profiles/none.json"),
+        "{message}"
+    );
+}

@@ -176,3 +176,89 @@ fn remove_tree(dir: &Path) -> io::Result<()> {
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The files `create` writes, read back from a plain folder standing in for a cgroup root
+    /// (the kernel side is covered by the root tests in `tests/resources.rs`).
+    fn read(dir: &Path, file: &str) -> String {
+        fs::read_to_string(dir.join(file)).unwrap()
+    }
+
+    const VALUES: CgroupValues = CgroupValues {
+        cpu_shares: Some(1024),
+        cpu_quota: Some(50_000),
+        cpu_period: Some(100_000),
+        memory_limit: Some(64 << 20),
+        pids_limit: Some(100),
+    };
+
+    #[test]
+    fn v2_enables_controllers_down_the_path_and_writes_unified_files() {
+        let root = tempfile::tempdir().unwrap();
+        fs::write(root.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        create(root.path(), "/nanolet/burstable/podu1", &VALUES).unwrap();
+        let pod = root.path().join("nanolet/burstable/podu1");
+        assert_eq!(read(&pod, "cpu.weight"), "39");
+        assert_eq!(read(&pod, "cpu.max"), "50000 100000");
+        assert_eq!(read(&pod, "memory.max"), (64 << 20).to_string());
+        assert_eq!(read(&pod, "pids.max"), "100");
+        // Each ancestor delegates the controllers (the last write of each file is "+pids").
+        for dir in ["", "nanolet", "nanolet/burstable"] {
+            assert_eq!(
+                read(&root.path().join(dir), "cgroup.subtree_control"),
+                "+pids"
+            );
+        }
+        let best_effort = CgroupValues {
+            cpu_shares: Some(2),
+            ..CgroupValues::default()
+        };
+        create(root.path(), "nanolet/besteffort/podu2", &best_effort).unwrap();
+        let pod = root.path().join("nanolet/besteffort/podu2");
+        assert_eq!(read(&pod, "cpu.weight"), "1");
+        assert!(!pod.join("cpu.max").exists() && !pod.join("memory.max").exists());
+    }
+
+    #[test]
+    fn v1_writes_each_controllers_files() {
+        let root = tempfile::tempdir().unwrap();
+        create(root.path(), "nanolet/podu1", &VALUES).unwrap();
+        let at = |c: &str| root.path().join(c).join("nanolet/podu1");
+        assert_eq!(read(&at("cpu"), "cpu.shares"), "1024");
+        assert_eq!(read(&at("cpu"), "cpu.cfs_quota_us"), "50000");
+        assert_eq!(read(&at("cpu"), "cpu.cfs_period_us"), "100000");
+        assert_eq!(
+            read(&at("memory"), "memory.limit_in_bytes"),
+            (64 << 20).to_string()
+        );
+        assert_eq!(read(&at("pids"), "pids.max"), "100");
+        assert_eq!(find(root.path(), "nanolet/podu1").len(), 3);
+    }
+
+    #[test]
+    fn oom_kills_read_both_versions() {
+        let v1 = tempfile::tempdir().unwrap();
+        let dir = v1.path().join("memory/p/c");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
+        assert_eq!(oom_kills(v1.path(), "/p/c"), Some(2));
+        assert_eq!(oom_kills(v1.path(), "/p/missing"), None);
+        let v2 = tempfile::tempdir().unwrap();
+        fs::write(v2.path().join("cgroup.controllers"), "memory\n").unwrap();
+        fs::create_dir_all(v2.path().join("p/c")).unwrap();
+        fs::write(
+            v2.path().join("p/c/memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\noom_group_kill 0\n",
+        )
+        .unwrap();
+        assert_eq!(oom_kills(v2.path(), "p/c"), Some(1));
+    }
+}
