@@ -40,7 +40,45 @@ struct Limits {
 }
 
 impl Worker {
-    /// Decides container `i`'s resources and security (pure, in [`resources`] and [`security`]),
+    /// Container `c`'s resources and security, the user it runs as, and its pod's cgroup
+    /// (created, with the pod's limits, before runc puts the container under it).
+    fn identity_and_limits(
+        &self,
+        c: &k8s::Container,
+        image: &Image,
+        image_rootfs: &Path,
+    ) -> Result<(Limits, spec::User, String), (&'static str, String)> {
+        let config_error = |m: String| ("CreateContainerConfigError", m);
+        let limits = self
+            .limits_and_security(c, &image.config.user)
+            .map_err(config_error)?;
+        let read = |file| {
+            inroot::read_to_string(image_rootfs, file, 1 << 20)
+                .ok()
+                .flatten()
+        };
+        let user = user::resolve_user(
+            &security::user_spec(&image.config.user, &limits.security),
+            read("/etc/passwd").as_deref(),
+            read("/etc/group").as_deref(),
+            &limits.security.extra_gids,
+        )
+        .map_err(|e| config_error(format!("image user: {e}")))?;
+        let pod_cgroup = resources::pod_cgroup_path(
+            &self.ctx.config.cgroup_parent,
+            self.qos,
+            &self.pod.metadata.uid,
+        );
+        cgroup::create(
+            Path::new(cgroup::CGROUP_ROOT),
+            &pod_cgroup,
+            &limits.pod.pod_cgroup,
+        )
+        .map_err(|e| ("CreateContainerError", format!("pod cgroup: {e}")))?;
+        Ok((limits, user, pod_cgroup))
+    }
+
+    /// Decides container `c`'s resources and security (pure, in [`resources`] and [`security`]),
     /// checks `runAsNonRoot` and reads a `Localhost` seccomp profile.
     fn limits_and_security(&self, c: &k8s::Container, image_user: &str) -> Result<Limits, String> {
         let config = &self.ctx.config;
@@ -246,43 +284,10 @@ impl Worker {
             return self.create_error(i, "CreatePodSandboxError", e);
         }
         let c = self.container(i).clone();
-        let passwd = inroot::read_to_string(&image_rootfs, "/etc/passwd", 1 << 20)
-            .ok()
-            .flatten();
-        let group = inroot::read_to_string(&image_rootfs, "/etc/group", 1 << 20)
-            .ok()
-            .flatten();
-        let limits = match self.limits_and_security(&c, &image.config.user) {
-            Ok(l) => l,
-            Err(e) => return self.create_error(i, "CreateContainerConfigError", e),
+        let (limits, user, pod_cgroup) = match self.identity_and_limits(&c, &image, &image_rootfs) {
+            Ok(found) => found,
+            Err((reason, message)) => return self.create_error(i, reason, message),
         };
-        let user = match user::resolve_user(
-            &security::user_spec(&image.config.user, &limits.security),
-            passwd.as_deref(),
-            group.as_deref(),
-            &limits.security.extra_gids,
-        ) {
-            Ok(u) => u,
-            Err(e) => {
-                return self.create_error(
-                    i,
-                    "CreateContainerConfigError",
-                    format!("image user: {e}"),
-                );
-            }
-        };
-        let pod_cgroup = resources::pod_cgroup_path(
-            &self.ctx.config.cgroup_parent,
-            self.qos,
-            &self.pod.metadata.uid,
-        );
-        if let Err(e) = cgroup::create(
-            Path::new(cgroup::CGROUP_ROOT),
-            &pod_cgroup,
-            &limits.pod.pod_cgroup,
-        ) {
-            return self.create_error(i, "CreateContainerError", format!("pod cgroup: {e}"));
-        }
         // The attempt number names the container and its log file.
         let attempt = self.slots[i].status.restart_count
             + u32::from(self.slots[i].status.last_termination().is_some());
