@@ -492,6 +492,16 @@ mod tests {
         let (p, c) = pod_with(
             None,
             Some(SecurityContext {
+                proc_mount: Some("Unmasked".into()),
+                ..SecurityContext::default()
+            }),
+        );
+        let s = security(&p, &c, &[]).unwrap();
+        assert!(s.unmasked_proc && !s.privileged);
+        assert_eq!(s.capabilities, DEFAULT_CAPABILITIES.map(String::from));
+        let (p, c) = pod_with(
+            None,
+            Some(SecurityContext {
                 proc_mount: Some("Weird".into()),
                 ..SecurityContext::default()
             }),

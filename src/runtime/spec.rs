@@ -901,6 +901,20 @@ mod tests {
     }
 
     #[test]
+    fn unmasked_proc_drops_masked_and_readonly_paths_only() {
+        let config = ContainerConfig {
+            unmasked_proc: true,
+            ..minimal()
+        };
+        let (spec, _) = runtime_spec(&config, &HOST);
+        assert_eq!(spec["linux"].get("maskedPaths"), None);
+        assert_eq!(spec["linux"].get("readonlyPaths"), None);
+        // Still not privileged: /sys read-only, the default device rules.
+        assert_eq!(spec["mounts"][5]["options"][3], "ro");
+        assert_eq!(spec["linux"]["resources"]["devices"][0]["allow"], false);
+    }
+
+    #[test]
     fn warns_about_empty_args() {
         let config = ContainerConfig {
             args: vec![],
