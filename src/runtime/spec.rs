@@ -994,8 +994,8 @@ mod tests {
 
     /// Compares our key set with `runc spec`'s (needs /usr/sbin/runc): every key runc's template
     /// has at the top level and in `process` is one we also write, except the ones we leave out
-    /// on purpose (`process.consoleSize` only applies with a terminal; `linux.seccomp` is not
-    /// generated yet).
+    /// on purpose (`process.consoleSize` only applies with a terminal; `linux.seccomp` is only
+    /// written when a profile is asked for).
     #[test]
     #[ignore = "needs /usr/sbin/runc"]
     fn key_sets_match_runc_spec() {
