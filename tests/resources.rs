@@ -80,8 +80,12 @@ fn limits_reach_the_kernel_by_qos_class_and_leave_nothing_behind() {
     node.write_manifest("guar.yaml", &pod("guar", SHOW, guaranteed, ""));
     node.write_manifest("best.yaml", &pod("best", SHOW, "", ""));
     // A limit bigger than this machine: kubelet runs it (only a scheduler would refuse).
-    let huge = "    resources:\n      limits: {memory: 100Gi}\n";
-    node.write_manifest("huge.yaml", &pod("huge", "exec sleep 1000", huge, ""));
+    // Its env sees the limit through resourceFieldRef, and the node's CPUs for the unset one.
+    let huge = "    resources:\n      limits: {memory: 100Gi}\n    env:\n    - name: MEM\n      valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Gi}}\n    - name: CPU\n      valueFrom: {resourceFieldRef: {resource: limits.cpu, divisor: 1m}}\n";
+    node.write_manifest(
+        "huge.yaml",
+        &pod("huge", "echo mem=$MEM cpu=$CPU; exec sleep 1000", huge, ""),
+    );
     node.start();
     let pods: Vec<PodStatus> = ["burst", "guar", "best", "huge"]
         .iter()
@@ -178,6 +182,13 @@ fn limits_reach_the_kernel_by_qos_class_and_leave_nothing_behind() {
             assert!(got.starts_with(&want), "{}: {got:?}", p.name);
         }
     }
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let want = format!("mem=100 cpu={}\n", cpus * 1000);
+    let got = node.wait_for("huge output", MINUTE, |_| {
+        let out = node.output(&pods[3], "app");
+        (!out.is_empty()).then_some(out)
+    });
+    assert_eq!(got, want);
     if !can_lower_oom_score_adj() {
         let log = node.agent_log();
         assert_eq!(
