@@ -195,6 +195,7 @@ fn host_limits() -> HostLimits {
     }
     HostLimits {
         can_lower_oom_score_adj: can_lower,
+        capabilities: cap_eff,
         nofile_hard,
     }
 }
@@ -782,8 +783,9 @@ fn remove_unused_pod_dirs(ctx: &Context, live: &std::collections::HashSet<String
             host_network: false,
         }
         .destroy();
-        let relative = format!("{}/pod{uid}", ctx.config.cgroup_parent.trim_matches('/'));
-        let _ = cgroup::remove(Path::new(cgroup::CGROUP_ROOT), &relative);
+        for relative in crate::pod::resources::pod_cgroup_paths(&ctx.config.cgroup_parent, &uid) {
+            let _ = cgroup::remove(Path::new(cgroup::CGROUP_ROOT), &relative);
+        }
         let _ = state::remove_tree(&entry.path());
     }
 }

@@ -82,6 +82,12 @@ pub struct NodeConfig {
     /// `imageMinimumGCAge`: how long an image stays after it was first seen or last used by a
     /// container start, whatever the disk usage; a Go duration. Default: `2m`.
     pub image_minimum_gc_age: Duration,
+    /// `podPidsLimit`: the most processes in one pod (its cgroup's `pids.max`); -1 or 0 means
+    /// no limit. Default: -1.
+    pub pod_pids_limit: i64,
+    /// `allowedUnsafeSysctls`: sysctls beyond kubelet's safe set that pods may set (names, or
+    /// prefixes ending in `*` such as `net.core.*`); only namespaced ones ever are. Default: none.
+    pub allowed_unsafe_sysctls: Vec<String>,
     /// `imageUnpackLimits` (nanolet's): what one image may unpack to, so a hostile image
     /// stops with a clear error instead of filling the disk.
     pub image_unpack_limits: ImageUnpackLimits,
@@ -126,6 +132,8 @@ struct RawConfig {
     image_gc_low_threshold_percent: Option<u8>,
     #[serde(rename = "imageMinimumGCAge")]
     image_minimum_gc_age: Option<String>,
+    pod_pids_limit: Option<i64>,
+    allowed_unsafe_sysctls: Option<Vec<String>>,
     image_unpack_limits: Option<RawImageUnpackLimits>,
 }
 
@@ -368,6 +376,8 @@ impl RawConfig {
             image_gc_low_threshold_percent,
             image_minimum_gc_age,
             image_unpack_limits,
+            pod_pids_limit: self.pod_pids_limit.unwrap_or(-1),
+            allowed_unsafe_sysctls: self.allowed_unsafe_sysctls.unwrap_or_default(),
         })
     }
 }

@@ -167,6 +167,7 @@ mod tests {
                 container_statuses: vec![c],
                 host_network: false,
                 terminating: false,
+                qos_class: String::new(),
             }],
             source_errors: vec![SourceError {
                 source: "/etc/nanolet/manifests/bad.yaml".into(),

@@ -14,6 +14,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::resources::ResourceRequirements;
+use super::security::{PodSecurityContext, SecurityContext};
+
 /// A `v1` Pod. `status` is accepted and ignored.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -188,7 +191,7 @@ pub struct PodSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scheduling_gates: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub security_context: Option<Value>,
+    pub security_context: Option<PodSecurityContext>,
     /// Deprecated alias of `serviceAccountName`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service_account: Option<Value>,
@@ -252,11 +255,11 @@ pub struct Container {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resize_policy: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub resources: Option<Value>,
+    pub resources: Option<ResourceRequirements>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart_policy_rules: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub security_context: Option<Value>,
+    pub security_context: Option<SecurityContext>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub startup_probe: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]

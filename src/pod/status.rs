@@ -137,6 +137,9 @@ pub struct PodStatus {
     /// Set while the pod is being stopped.
     #[serde(default)]
     pub terminating: bool,
+    /// `Guaranteed`, `Burstable` or `BestEffort`, as kubelet computes it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub qos_class: String,
 }
 
 impl PodStatus {

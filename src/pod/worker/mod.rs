@@ -32,6 +32,7 @@ use super::board::Board;
 use super::config::{self, PodFiles};
 use super::images::{self, PullAction, Puller};
 use super::lifecycle::{self, RestartPolicy, Slot};
+use super::resources::{PodResources, QosClass};
 use super::status::{Condition, ContainerState, Phase, PodStatus, Terminated};
 use crate::config::NodeConfig;
 use crate::image::gc::UseLog;
@@ -139,6 +140,9 @@ struct Worker {
     events: async_channel::Sender<Event>,
     events_rx: async_channel::Receiver<Event>,
     terminating: bool,
+    /// Decides where the pod's cgroup is; a pod with bad quantities starts no container and
+    /// shows as BestEffort.
+    qos: QosClass,
 }
 
 fn unix_now() -> i64 {
@@ -177,7 +181,9 @@ impl Worker {
             k8s::RestartPolicy::OnFailure => RestartPolicy::OnFailure,
             k8s::RestartPolicy::Never => RestartPolicy::Never,
         };
+        let qos = PodResources::of(&pod, -1).map_or(QosClass::BestEffort, |r| r.qos);
         Worker {
+            qos,
             sandbox: Sandbox {
                 dir: pod_dir.join("ns"),
                 host_network: spec.host_network,
@@ -349,6 +355,7 @@ impl Worker {
             container_statuses: main.into_iter().map(|s| s.status.clone()).collect(),
             host_network: self.pod.spec.host_network,
             terminating: self.terminating,
+            qos_class: self.qos.as_str().to_string(),
         };
         if phase == Phase::Failed || phase == Phase::Succeeded {
             log::debug!("pod {}: phase {phase:?}", self.name());

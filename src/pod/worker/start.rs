@@ -1,9 +1,131 @@
 //! Starting a container: its image (pulled as the policy says), the pod sandbox, the bundle,
 //! `runc run --detach`, and the watch for its exit.
 
+use std::path::Path;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use super::*;
+use crate::pod::resources::{self, NodeCapacity, PodResources};
+use crate::pod::security::{self, Seccomp, Security};
+use crate::runtime::seccomp;
+
+/// Whether the clamped `oom_score_adj` warning was logged (it would repeat for every start).
+static OOM_CLAMP_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// The node's CPUs and memory, read once: `/proc/meminfo` `MemTotal` and the CPUs this process
+/// may run on.
+fn node_capacity() -> &'static NodeCapacity {
+    static CAPACITY: OnceLock<NodeCapacity> = OnceLock::new();
+    CAPACITY.get_or_init(|| {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let kib: i64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        NodeCapacity {
+            cpu_milli: cpus as i64 * 1000,
+            memory_bytes: kib.saturating_mul(1024),
+        }
+    })
+}
+
+/// A container's resources and security, decided before its bundle is made.
+struct Limits {
+    pod: PodResources,
+    security: Security,
+    seccomp: Option<serde_json::Value>,
+}
 
 impl Worker {
+    /// Container `c`'s resources and security, the user it runs as, and its pod's cgroup
+    /// (created, with the pod's limits, before runc puts the container under it).
+    fn identity_and_limits(
+        &self,
+        c: &k8s::Container,
+        image: &Image,
+        image_rootfs: &Path,
+    ) -> Result<(Limits, spec::User, String), (&'static str, String)> {
+        let config_error = |m: String| ("CreateContainerConfigError", m);
+        let limits = self
+            .limits_and_security(c, &image.config.user)
+            .map_err(config_error)?;
+        let read = |file| {
+            inroot::read_to_string(image_rootfs, file, 1 << 20)
+                .ok()
+                .flatten()
+        };
+        let user = user::resolve_user(
+            &security::user_spec(&image.config.user, &limits.security),
+            read("/etc/passwd").as_deref(),
+            read("/etc/group").as_deref(),
+            &limits.security.extra_gids,
+        )
+        .map_err(|e| config_error(format!("image user: {e}")))?;
+        let pod_cgroup = resources::pod_cgroup_path(
+            &self.ctx.config.cgroup_parent,
+            self.qos,
+            &self.pod.metadata.uid,
+        );
+        cgroup::create(
+            Path::new(cgroup::CGROUP_ROOT),
+            &pod_cgroup,
+            &limits.pod.pod_cgroup,
+        )
+        .map_err(|e| ("CreateContainerError", format!("pod cgroup: {e}")))?;
+        Ok((limits, user, pod_cgroup))
+    }
+
+    /// Decides container `c`'s resources and security (pure, in [`resources`] and [`security`]),
+    /// checks `runAsNonRoot` and reads a `Localhost` seccomp profile.
+    fn limits_and_security(&self, c: &k8s::Container, image_user: &str) -> Result<Limits, String> {
+        let config = &self.ctx.config;
+        let pod = PodResources::of(&self.pod, config.pod_pids_limit).map_err(|e| e.0)?;
+        let sec =
+            security::security(&self.pod, c, &config.allowed_unsafe_sysctls).map_err(|e| e.0)?;
+        security::verify_run_as_non_root(&self.pod, c, &sec, image_user).map_err(|e| e.0)?;
+        let seccomp = match &sec.seccomp {
+            Seccomp::Unconfined => None,
+            Seccomp::RuntimeDefault => Some(seccomp::runtime_default(&sec.capabilities)),
+            Seccomp::Localhost(rel) => {
+                let path = config.data_dir.join("seccomp").join(rel);
+                let text = std::fs::read(&path).map_err(|e| {
+                    format!(
+                        "container {:?}: seccomp profile {}: {e}",
+                        c.name,
+                        path.display()
+                    )
+                })?;
+                let profile: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
+                    format!(
+                        "container {:?}: seccomp profile {}: {e}",
+                        c.name,
+                        path.display()
+                    )
+                })?;
+                if profile
+                    .get("defaultAction")
+                    .and_then(|a| a.as_str())
+                    .is_none()
+                {
+                    return Err(format!(
+                        "container {:?}: seccomp profile {}: no defaultAction: not an OCI seccomp profile",
+                        c.name,
+                        path.display()
+                    ));
+                }
+                Some(profile)
+            }
+        };
+        Ok(Limits {
+            pod,
+            security: sec,
+            seccomp,
+        })
+    }
+
     /// Finds (pulling as `imagePullPolicy` says) a container's image and its shared rootfs.
     pub(super) async fn image_for(
         &mut self,
@@ -181,26 +303,9 @@ impl Worker {
             return self.create_error(i, "CreatePodSandboxError", e);
         }
         let c = self.container(i).clone();
-        let passwd = inroot::read_to_string(&image_rootfs, "/etc/passwd", 1 << 20)
-            .ok()
-            .flatten();
-        let group = inroot::read_to_string(&image_rootfs, "/etc/group", 1 << 20)
-            .ok()
-            .flatten();
-        let user = match user::resolve_user(
-            &image.config.user,
-            passwd.as_deref(),
-            group.as_deref(),
-            &[],
-        ) {
-            Ok(u) => u,
-            Err(e) => {
-                return self.create_error(
-                    i,
-                    "CreateContainerConfigError",
-                    format!("image user: {e}"),
-                );
-            }
+        let (limits, user, pod_cgroup) = match self.identity_and_limits(&c, &image, &image_rootfs) {
+            Ok(found) => found,
+            Err((reason, message)) => return self.create_error(i, reason, message),
         };
         // The attempt number names the container and its log file.
         let attempt = self.slots[i].status.restart_count
@@ -214,7 +319,12 @@ impl Worker {
             user,
             sandbox: &self.sandbox,
             files: &self.files,
-            cgroup_parent: &self.ctx.config.cgroup_parent,
+            pod_cgroup: &pod_cgroup,
+            resources: limits.pod.container_cgroup(i),
+            oom_score_adj: limits.pod.oom_score_adj(&self.pod, i, node_capacity()),
+            security: &limits.security,
+            seccomp: limits.seccomp,
+            node: node_capacity(),
             container_id: &id,
             attempt,
             rootfs: bundle.rootfs(),
@@ -225,6 +335,10 @@ impl Worker {
         };
         let (runtime_spec, warnings) = spec::runtime_spec(&cfg, &self.ctx.host);
         for w in warnings {
+            // Every Guaranteed container would repeat this one: once is enough.
+            if w.starts_with("oomScoreAdj") && OOM_CLAMP_WARNED.swap(true, Ordering::Relaxed) {
+                continue;
+            }
             log::warn!("pod {}: container {:?}: {w}", self.name(), c.name);
         }
         if bundle.dir.exists() {
