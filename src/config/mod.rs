@@ -8,7 +8,10 @@
 //!
 //! It must never start anything or create directories: it only describes them.
 
+pub mod network;
 pub mod yaml;
+
+pub use network::{NetworkConfig, NetworkMode};
 
 use std::fmt;
 use std::io;
@@ -82,6 +85,9 @@ pub struct NodeConfig {
     /// `imageMinimumGCAge`: how long an image stays after it was first seen or last used by a
     /// container start, whatever the disk usage; a Go duration. Default: `2m`.
     pub image_minimum_gc_age: Duration,
+    /// Pod networking: `podCIDR`, `podBridgeName`, `clusterDNS`, `clusterDomain`, `resolvConf`,
+    /// `cniConfDir`, `cniBinDir`, `nodeIP` (see [`network`]).
+    pub network: NetworkConfig,
 }
 
 /// The file as written: everything optional, unknown fields rejected.
@@ -111,6 +117,8 @@ struct RawConfig {
     image_gc_low_threshold_percent: Option<u8>,
     #[serde(rename = "imageMinimumGCAge")]
     image_minimum_gc_age: Option<String>,
+    #[serde(flatten)]
+    network: network::RawNetwork,
 }
 
 /// `crashLoopBackOff`.
@@ -318,6 +326,7 @@ impl RawConfig {
             return Err(("imageGCLowThresholdPercent", message));
         }
         let image_minimum_gc_age = duration("imageMinimumGCAge", self.image_minimum_gc_age, 120)?;
+        let network = self.network.resolve(config_dir)?;
         Ok(NodeConfig {
             node_name,
             static_pod_path: path(self.static_pod_path, "manifests"),
@@ -340,6 +349,7 @@ impl RawConfig {
             image_gc_high_threshold_percent,
             image_gc_low_threshold_percent,
             image_minimum_gc_age,
+            network,
         })
     }
 }
