@@ -53,6 +53,7 @@ impl TestNet {
 
 impl Drop for TestNet {
     fn drop(&mut self) {
+        let _ = nanolet::net::nat::remove(&self.bridge);
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .output();
@@ -299,6 +300,9 @@ fn a_second_pod_asking_for_a_taken_host_port_gets_a_clear_error_and_nothing_is_s
     node.write_manifest("first.yaml", &web_pod("first", "", &ports));
     node.start();
     node.wait_running("first");
+    // The hostPort answers on the host's loopback (nftables DNAT to the pod).
+    let local = Ipv4Addr::LOCALHOST;
+    assert!(http_get(local, port).contains(&format!("hello from first-{}", node.name)));
     node.write_manifest("second.yaml", &web_pod("second", "", &ports));
     let second = node.wait_for("second refused", MINUTE, |s| {
         node.pod(s, "second").filter(|p| {
@@ -329,6 +333,7 @@ fn a_second_pod_asking_for_a_taken_host_port_gets_a_clear_error_and_nothing_is_s
     node.remove_manifest("first.yaml");
     node.wait_gone("first");
     node.wait_running("second");
+    assert!(http_get(local, port).contains(&format!("hello from second-{}", node.name)));
 }
 
 #[test]

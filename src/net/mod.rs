@@ -18,10 +18,11 @@ pub mod bridge;
 pub mod cni;
 pub mod dns;
 pub mod ipam;
+pub mod nat;
 pub mod ports;
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -33,7 +34,12 @@ use ports::HostPortBook;
 
 enum Mode {
     Isolated,
-    Bridge { bridge: String, ipam: ipam::Store },
+    Bridge {
+        bridge: String,
+        ipam: ipam::Store,
+        /// hostPort DNATs by pod uid, written to the NAT table whole on every change.
+        dnats: RefCell<BTreeMap<String, Vec<nat::Dnat>>>,
+    },
     Cni(cni::Cni),
 }
 
@@ -58,6 +64,7 @@ impl Network {
                 Mode::Bridge {
                     bridge: bridge.clone(),
                     ipam: ipam::Store::new(config.data_dir.join("networks").join(bridge), subnet),
+                    dnats: RefCell::new(BTreeMap::new()),
                 }
             }
             NetworkMode::Cni { conf_dir, bin_dirs } => Mode::Cni(cni::Cni::new(
@@ -78,12 +85,59 @@ impl Network {
         })
     }
 
-    /// Host-side setup at agent start (the bridge and its gateway address).
+    /// Host-side setup at agent start: the bridge, its gateway address, the NAT table (its
+    /// hostPorts come back as the workers resume their pods).
     pub fn setup_host(&self) -> std::io::Result<()> {
         match &self.mode {
-            Mode::Bridge { bridge, ipam } => bridge::setup_host(bridge, &ipam.subnet),
+            Mode::Bridge { bridge, ipam, .. } => {
+                bridge::setup_host(bridge, &ipam.subnet)?;
+                self.write_nat()
+            }
             Mode::Isolated | Mode::Cni(_) => Ok(()),
         }
+    }
+
+    /// Bridge mode: records pod `uid`'s hostPort DNATs (none when `ip` is `None`) and rewrites
+    /// the NAT table when they changed.
+    fn set_dnats(&self, uid: &str, pod: Option<(&Pod, Ipv4Addr)>) -> std::io::Result<()> {
+        let Mode::Bridge { dnats, .. } = &self.mode else {
+            return Ok(());
+        };
+        let wanted: Vec<nat::Dnat> = match pod {
+            Some((pod, ip)) => ports::host_ports(pod)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|mapping| nat::Dnat {
+                    mapping,
+                    pod_ip: ip,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let changed = {
+            let mut all = dnats.borrow_mut();
+            let before = all.get(uid).cloned().unwrap_or_default();
+            if wanted.is_empty() {
+                all.remove(uid);
+            } else {
+                all.insert(uid.to_string(), wanted.clone());
+            }
+            before != wanted
+        };
+        if changed { self.write_nat() } else { Ok(()) }
+    }
+
+    fn write_nat(&self) -> std::io::Result<()> {
+        let Mode::Bridge {
+            bridge,
+            ipam,
+            dnats,
+        } = &self.mode
+        else {
+            return Ok(());
+        };
+        let all: Vec<nat::Dnat> = dnats.borrow().values().flatten().cloned().collect();
+        nat::apply(bridge, &ipam.subnet, &all)
     }
 
     /// Before the sandbox exists: claims the pod's host ports and (bridge mode) its address.
@@ -98,7 +152,7 @@ impl Network {
             return Ok(None);
         }
         match &self.mode {
-            Mode::Bridge { bridge, ipam } => match ipam.allocate(uid) {
+            Mode::Bridge { bridge, ipam, .. } => match ipam.allocate(uid) {
                 Ok(ip) => Ok(Some(bridge::pod_link(bridge, &ipam.subnet, uid, ip))),
                 Err(e) => {
                     self.ports.borrow_mut().release(uid);
@@ -123,7 +177,14 @@ impl Network {
         }
         match &self.mode {
             Mode::Isolated => Ok(Vec::new()),
-            Mode::Bridge { .. } => Ok(link.map(|l| l.address).into_iter().collect()),
+            Mode::Bridge { .. } => {
+                let Some(link) = link else {
+                    return Ok(Vec::new());
+                };
+                self.set_dnats(&pod.metadata.uid, Some((pod, link.address)))
+                    .map_err(|e| format!("hostPorts: {e}"))?;
+                Ok(vec![link.address])
+            }
             Mode::Cni(cni) => {
                 let mappings = ports::host_ports(pod)?;
                 cni.add(reaper, pod, netns, &mappings).await
@@ -148,7 +209,15 @@ impl Network {
         let uid = &pod.metadata.uid;
         match &self.mode {
             Mode::Isolated => Vec::new(),
-            Mode::Bridge { ipam, .. } => ipam.get(uid).ok().flatten().into_iter().collect(),
+            Mode::Bridge { ipam, .. } => {
+                let ip = ipam.get(uid).ok().flatten();
+                if let Some(ip) = ip
+                    && let Err(e) = self.set_dnats(uid, Some((pod, ip)))
+                {
+                    log::warn!("pod {}: hostPorts: {e}", k8s::pod_full_name(pod));
+                }
+                ip.into_iter().collect()
+            }
             Mode::Cni(cni) => cni.cached_ips(uid),
         }
     }
@@ -160,6 +229,9 @@ impl Network {
         match &self.mode {
             Mode::Isolated => {}
             Mode::Bridge { ipam, .. } => {
+                if let Err(e) = self.set_dnats(uid, None) {
+                    log::warn!("pod {name}: removing its hostPorts: {e}");
+                }
                 if let Err(e) = bridge::delete_veth(uid) {
                     log::warn!("pod {name}: deleting veth {}: {e}", bridge::veth_name(uid));
                 }
