@@ -363,10 +363,14 @@ fn cni_mode_runs_the_debian_plugins_and_del_leaves_nothing() {
         ]
     });
     fs::write(node.path("cni/10-podnet.conflist"), conflist.to_string()).unwrap();
-    node.write_manifest("web.yaml", &web_pod("web", "", ""));
+    let port = free_port();
+    let ports = format!("    ports:\n    - containerPort: 8080\n      hostPort: {port}\n");
+    node.write_manifest("web.yaml", &web_pod("web", "", &ports));
     node.start();
     let web = node.wait_running("web");
     let ip = pod_ip(&web);
+    // portmap got the hostPort from the portMappings capability.
+    assert!(http_get(Ipv4Addr::LOCALHOST, port).contains("hello from web"));
     assert!(
         ip.to_string().starts_with(&format!("{}.", net.prefix)),
         "{ip}"
@@ -386,6 +390,31 @@ fn cni_mode_runs_the_debian_plugins_and_del_leaves_nothing() {
     );
     assert!(ipam_dir.join("podnet").join(ip.to_string()).exists());
 
+    // A restarted agent adopts the pod and CHECKs its network with the plugins, in order.
+    // Debian's portmap (1.1.1) fails its own CHECK on IPv4-only pods, looking for ip6tables
+    // rules it never made (containernetworking/plugins#819); reaching it means the bridge
+    // plugin's CHECK passed.
+    node.stop_agent();
+    node.start();
+    let checked = format!("pod default/web-{}: network checked", node.name);
+    let portmap_bug = "plugin \"portmap\" CHECK: could not check ipv6 dnat";
+    node.wait_for("the network checked after the restart", MINUTE, |_| {
+        let log = node.agent_log();
+        (log.contains(&checked) || log.contains(portmap_bug)).then_some(())
+    });
+    // A pod whose veth was deleted behind nanolet's back fails the bridge plugin's CHECK.
+    node.stop_agent();
+    let brif = format!("/sys/class/net/{}/brif", net.bridge);
+    for veth in fs::read_dir(&brif).unwrap().flatten() {
+        ip_cmd(&["link", "del", &veth.file_name().to_string_lossy()]);
+    }
+    node.start();
+    node.wait_for("CHECK failing on the missing veth", MINUTE, |_| {
+        node.agent_log()
+            .contains("CNI CHECK: plugin \"bridge\" CHECK")
+            .then_some(())
+    });
+
     node.remove_manifest("web.yaml");
     node.wait_gone("web");
     assert!(!cached.exists(), "the stored result goes with DEL");
@@ -403,5 +432,147 @@ fn cni_mode_runs_the_debian_plugins_and_del_leaves_nothing() {
     assert!(
         veths.is_empty(),
         "no veth left on the CNI bridge: {veths:?}"
+    );
+}
+
+/// A network namespace standing for "outside": a veth pair from the host into it, with the
+/// host at `.1` and the namespace at `.2` of a /30 of its own. Removed when dropped.
+struct Outside {
+    netns: String,
+    host_link: String,
+    host_ip: Ipv4Addr,
+    ip: Ipv4Addr,
+}
+
+fn ip_cmd(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Outside {
+    fn new() -> Outside {
+        let pid = std::process::id();
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}x{n}", pid % 100_000);
+        let base = [10, 250, (pid % 250) as u8, ((n % 60) * 4) as u8];
+        let o = Outside {
+            netns: format!("nlo{tag}"),
+            host_link: format!("nloh{tag}"),
+            host_ip: Ipv4Addr::new(base[0], base[1], base[2], base[3] + 1),
+            ip: Ipv4Addr::new(base[0], base[1], base[2], base[3] + 2),
+        };
+        let peer = format!("nlon{tag}");
+        ip_cmd(&["netns", "add", &o.netns]);
+        ip_cmd(&[
+            "link",
+            "add",
+            &o.host_link,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "netns",
+            &o.netns,
+        ]);
+        ip_cmd(&[
+            "addr",
+            "add",
+            &format!("{}/30", o.host_ip),
+            "dev",
+            &o.host_link,
+        ]);
+        ip_cmd(&["link", "set", &o.host_link, "up"]);
+        ip_cmd(&[
+            "-n",
+            &o.netns,
+            "addr",
+            "add",
+            &format!("{}/30", o.ip),
+            "dev",
+            &peer,
+        ]);
+        ip_cmd(&["-n", &o.netns, "link", "set", &peer, "up"]);
+        o
+    }
+
+    /// Listens on `port` inside the namespace (on a thread that enters it) and returns the
+    /// source address of the first connection, or `None` after `timeout`.
+    fn first_peer(
+        &self,
+        port: u16,
+        timeout: Duration,
+    ) -> std::thread::JoinHandle<Option<Ipv4Addr>> {
+        let ns = fs::File::open(format!("/run/netns/{}", self.netns)).unwrap();
+        let ip = self.ip;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            // setns affects only this thread.
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&ns),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .unwrap();
+            let listener = std::net::TcpListener::bind((ip, port)).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            tx.send(()).unwrap();
+            let deadline = Instant::now() + timeout;
+            while Instant::now() < deadline {
+                if let Ok((_, peer)) = listener.accept() {
+                    return match peer.ip() {
+                        std::net::IpAddr::V4(v4) => Some(v4),
+                        std::net::IpAddr::V6(_) => None,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            None
+        });
+        rx.recv().unwrap();
+        handle
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_link])
+            .output();
+    }
+}
+
+#[test]
+fn pod_egress_is_masqueraded_to_the_node() {
+    if !root_or_skip() {
+        return;
+    }
+    let net = TestNet::new();
+    let outside = Outside::new();
+    let listening = outside.first_peer(9000, MINUTE);
+    let mut node = Node::new(&net.config());
+    let script = format!(
+        "for i in $(seq 100); do echo hi | nc -w 2 {} 9000 && break; sleep 0.1; done; echo sent; exec sleep 1000",
+        outside.ip
+    );
+    node.write_manifest(
+        "out.yaml",
+        &pod_yaml("out", &script, "  terminationGracePeriodSeconds: 0\n"),
+    );
+    node.start();
+    let pod = node.wait_running("out");
+    let peer = listening.join().unwrap();
+    assert_eq!(
+        peer,
+        Some(outside.host_ip),
+        "the outside sees the node's address, not the pod's {}\nagent log:\n{}",
+        pod.pod_ip,
+        node.agent_log()
     );
 }

@@ -222,6 +222,16 @@ impl Network {
         }
     }
 
+    /// CNI CHECK of a pod found running after a nanolet restart (other modes: nothing to ask).
+    pub async fn check(&self, reaper: &Reaper, pod: &Pod, netns: &Path) -> Result<(), String> {
+        match &self.mode {
+            Mode::Cni(cni) if !pod.spec.host_network => {
+                cni.check(reaper, &pod.metadata.uid, netns).await
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Undoes everything of pod `uid`: CNI DEL, the veth pair, the address, the host ports.
     /// Idempotent; problems are logged, the rest still runs.
     pub async fn detach(&self, reaper: &Reaper, name: &str, uid: &str, netns: &Path) {

@@ -64,8 +64,19 @@ impl Worker {
     /// After a nanolet restart: the addresses of a pod whose sandbox survived, its host ports
     /// claimed again.
     pub(super) async fn resume_network(&mut self) {
-        if self.sandbox.is_complete() {
-            self.pod_ips = self.ctx.network.resume(&self.pod);
+        if !self.sandbox.is_complete() {
+            return;
+        }
+        self.pod_ips = self.ctx.network.resume(&self.pod);
+        let netns = self.sandbox.dir.join("net");
+        match self
+            .ctx
+            .network
+            .check(&self.ctx.reaper, &self.pod, &netns)
+            .await
+        {
+            Ok(()) => log::debug!("pod {}: network checked", self.name()),
+            Err(e) => log::warn!("pod {}: CNI CHECK: {e}", self.name()),
         }
     }
 
