@@ -21,7 +21,9 @@ impl Worker {
         } else {
             dns::hostname(&self.pod)
         };
+        let began = std::time::Instant::now();
         let link = self.ctx.network.prepare(&self.pod)?;
+        let prepared = began.elapsed();
         let made = self.make_sandbox(&hostname, link.as_ref()).await;
         if let Err(e) = made {
             self.detach_network().await;
@@ -29,8 +31,9 @@ impl Worker {
             return Err(e);
         }
         log::debug!(
-            "pod {}: sandbox ready, addresses {:?}",
+            "pod {}: sandbox ready in {:?} (addresses {:?} in {prepared:?})",
             self.name(),
+            began.elapsed(),
             self.pod_ips
         );
         Ok(())
