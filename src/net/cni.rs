@@ -257,7 +257,6 @@ impl Cni {
             })
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn exec(
         &self,
         reaper: &Reaper,

@@ -163,6 +163,8 @@ impl Worker {
             container_id: &id,
             attempt,
             rootfs: bundle.rootfs(),
+            pod_ips: &self.pod_ips,
+            host_ip: self.ctx.network.host_ip,
         };
         let cfg = match config::container_config(&inputs) {
             Ok(cfg) => cfg,
