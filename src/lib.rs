@@ -5,7 +5,8 @@
 //! ```text
 //!  cli ──► agent ──► pod ──────► runtime ──► sys
 //!   │        │        │            │
-//!   │        │        └► k8s       └► image
+//!   │        │        ├► k8s       └► image
+//!   │        │        └► net (pod networking) ─► netlink
 //!   │        ├► source (manifests/) ─► k8s, config
 //!   │        └► state (atomic files, status snapshot)
 //!   └► ctl (ps, logs, images: read what the agent wrote; never run a second state machine)

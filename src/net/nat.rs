@@ -195,3 +195,36 @@ pub fn remove(bridge: &str) -> io::Result<()> {
     b.delete_table(Family::Ipv4, &table_name(bridge));
     nftables::apply(&mut sock, b).map_err(|e| io::Error::new(e.error.kind(), e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::messages;
+
+    #[test]
+    fn the_table_is_replaced_whole_in_one_batch() {
+        let subnet = Subnet::parse("10.88.0.0/24").unwrap();
+        let dnat = Dnat {
+            mapping: PortMapping {
+                container: "app".into(),
+                host_port: 8080,
+                container_port: 80,
+                protocol: Protocol::Tcp,
+                host_ip: None,
+            },
+            pod_ip: "10.88.0.5".parse().unwrap(),
+        };
+        let (bytes, first, last) = batch("nanolet0", &subnet, &[dnat.clone(), dnat], 100).finish();
+        let kinds: Vec<u16> = messages(&bytes).map(|m| m.unwrap().kind).collect();
+        let t = nftables::msg_type;
+        let mut want = vec![nftables::NFNL_MSG_BATCH_BEGIN];
+        want.extend([t(0), t(2), t(0)]); // add, delete, add table
+        want.extend([t(3); 4]); // hostports, prerouting, output, postrouting
+        want.extend([t(6); 2 + 2 + 2]); // two jumps, two DNATs, two masquerades
+        want.push(nftables::NFNL_MSG_BATCH_END);
+        assert_eq!(kinds, want);
+        assert_eq!((first, last), (100, 100 + want.len() as u32 - 2));
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains("nanolet-nanolet0") && text.contains("hostPort 8080/TCP"));
+    }
+}
