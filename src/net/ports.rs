@@ -77,13 +77,10 @@ fn port(v: Option<&Value>, what: &str, container: &str) -> Result<Option<u16>, S
     }
 }
 
-/// The host ports a pod asks for. hostNetwork pods bind host ports themselves: they have none
-/// to map.
+/// The host ports a pod asks for. A hostNetwork pod's ports are host ports (Kubernetes
+/// defaults `hostPort` to `containerPort` there): they are held the same way, and never mapped.
 pub fn host_ports(pod: &Pod) -> Result<Vec<PortMapping>, String> {
     let mut out: Vec<PortMapping> = Vec::new();
-    if pod.spec.host_network {
-        return Ok(out);
-    }
     let containers = pod.spec.init_containers.iter().chain(&pod.spec.containers);
     for c in containers {
         let items = match &c.ports {
@@ -97,13 +94,18 @@ pub fn host_ports(pod: &Pod) -> Result<Vec<PortMapping>, String> {
             }
         };
         for item in items {
-            let Some(host_port) = port(item.get("hostPort"), "hostPort", &c.name)? else {
-                continue;
+            let container_port = port(item.get("containerPort"), "containerPort", &c.name)?;
+            let host_port = match port(item.get("hostPort"), "hostPort", &c.name)? {
+                Some(p) => p,
+                None if pod.spec.host_network => match container_port {
+                    Some(p) => p,
+                    None => continue,
+                },
+                None => continue,
             };
-            let container_port = port(item.get("containerPort"), "containerPort", &c.name)?
-                .ok_or_else(|| {
-                    format!("container {:?}: ports: containerPort is required", c.name)
-                })?;
+            let container_port = container_port.ok_or_else(|| {
+                format!("container {:?}: ports: containerPort is required", c.name)
+            })?;
             let protocol = match item.get("protocol").and_then(Value::as_str) {
                 None | Some("TCP") => Protocol::Tcp,
                 Some("UDP") => Protocol::Udp,
@@ -213,6 +215,21 @@ mod tests {
         assert_eq!(got[0].to_string(), "hostPort 8080/TCP");
         assert_eq!(got[1].to_string(), "hostPort 127.0.0.1:5353/UDP");
         assert_eq!(got[1].container_port, 53);
+    }
+
+    #[test]
+    fn host_network_ports_are_host_ports() {
+        let mut p = pod(
+            serde_json::json!([{"containerPort": 80}, {"containerPort": 53, "protocol": "UDP"}]),
+        );
+        assert!(host_ports(&p).unwrap().is_empty());
+        p.spec.host_network = true;
+        let got: Vec<String> = host_ports(&p)
+            .unwrap()
+            .iter()
+            .map(|m| m.to_string())
+            .collect();
+        assert_eq!(got, ["hostPort 80/TCP", "hostPort 53/UDP"]);
     }
 
     #[test]
