@@ -199,7 +199,16 @@ fn bridge_pods_get_an_address_and_routes_and_reach_each_other_and_the_host() {
         "{log_b}"
     );
 
-    // Removing the pods leaves no veth, namespace mount or address behind.
+    // Removing the pods leaves no veth, namespace or address behind.
+    let netns: Vec<u64> = [&a, &b]
+        .iter()
+        .map(|p| {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(node.run_dir().join(format!("pods/{}/ns/net", p.uid)))
+                .unwrap()
+                .ino()
+        })
+        .collect();
     node.remove_manifest("a.yaml");
     node.remove_manifest("b.yaml");
     node.wait_gone("a");
@@ -208,6 +217,21 @@ fn bridge_pods_get_an_address_and_routes_and_reach_each_other_and_the_host() {
         assert!(!link_exists(&veth_name(uid)), "veth of {uid} is gone");
     }
     assert_eq!(allocation_files(&node, &net.bridge), Vec::<String>::new());
+    // From the kernel's side: no process is left in either namespace (it is freed with its
+    // last reference, the bind mount being gone).
+    let holders: Vec<String> = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(e.path().join("ns/net")).is_ok_and(|m| netns.contains(&m.ino()))
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        holders.is_empty(),
+        "processes still in a removed pod's netns: {holders:?}"
+    );
     let ns_mounts: Vec<String> = node
         .mounts()
         .into_iter()
