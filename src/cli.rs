@@ -50,6 +50,8 @@ pub enum Command {
         dir: PathBuf,
         hostname: String,
         host_network: bool,
+        /// Bridge mode: the veth pair to make (`net::bridge::PodLink`).
+        link: Option<String>,
     },
     Import,
     /// `pull REF`: progress for a person.
@@ -78,6 +80,7 @@ pub fn parse(args: Vec<String>) -> Result<(Command, PathBuf), lexopt::Error> {
     let mut json = false;
     let mut logs = ctl::logs::Options::default();
     let mut host_network = false;
+    let mut sandbox_link: Option<String> = None;
     while let Some(arg) = parser.next()? {
         match arg {
             Long("config-dir") => config_dir = parser.value()?.into(),
@@ -96,6 +99,7 @@ pub fn parse(args: Vec<String>) -> Result<(Command, PathBuf), lexopt::Error> {
             Short('p') | Long("previous") => logs.previous = true,
             Long("tail") => logs.tail = Some(parser.value()?.parse()?),
             Long("host-network") => host_network = true,
+            Long("link") => sandbox_link = Some(parser.value()?.string()?),
             Value(v) if verb.is_none() => verb = Some(v.string()?),
             Value(v) => positional.push(v.string()?),
             _ => return Err(arg.unexpected()),
@@ -117,6 +121,7 @@ pub fn parse(args: Vec<String>) -> Result<(Command, PathBuf), lexopt::Error> {
             dir: PathBuf::from(&positional[0]),
             hostname: positional[1].clone(),
             host_network,
+            link: sandbox_link,
         },
         Some("internal-import") => Command::Import,
         Some(verb @ ("pull" | "rmi" | "internal-pull" | "internal-unpack")) => {
@@ -217,7 +222,17 @@ fn run(command: Command, config_dir: &Path) -> Result<(), Box<dyn std::error::Er
             dir,
             hostname,
             host_network,
+            link: None,
         } => crate::sys::sandbox::init_in_child(&dir, &hostname, host_network)?,
+        Command::Sandbox {
+            dir,
+            hostname,
+            link: Some(link),
+            ..
+        } => {
+            let link: crate::net::bridge::PodLink = link.parse()?;
+            crate::net::bridge::sandbox_child(&dir, &hostname, &link)?
+        }
         Command::Import => {
             // The agent logs this child's results; its own progress lines would repeat them.
             log::set_max_level(log::LevelFilter::Warn);

@@ -5,7 +5,8 @@
 //! ```text
 //!  cli ──► agent ──► pod ──────► runtime ──► sys
 //!   │        │        │            │
-//!   │        │        └► k8s       └► image
+//!   │        │        ├► k8s       └► image
+//!   │        │        └► net (pod networking) ─► netlink
 //!   │        ├► source (manifests/) ─► k8s, config
 //!   │        └► state (atomic files, status snapshot)
 //!   └► ctl (ps, logs, images: read what the agent wrote; never run a second state machine)
@@ -19,6 +20,8 @@
 //!   the `runc` driver, CRI-format logs.
 //! - [`pod`]: pod lifecycle with kubelet's semantics: the per-container state machine, restart
 //!   back-off (pure), and the pod worker that drives the runtime.
+//! - [`net`]: pod networking: the built-in bridge (rtnetlink) with host-local style IPAM, CNI
+//!   plugins, hostPorts, and each pod's resolv.conf and hosts file (pure parts apart).
 //! - [`proxy`]: Services in nftables (kube-proxy's job): model, desired ruleset, nft text, tracer.
 //! - [`netlink`]: netlink framing and sockets, one file per family (rtnetlink today); bytes, not
 //!   Kubernetes.
@@ -36,6 +39,7 @@ pub mod ctl;
 pub mod image;
 pub mod k8s;
 pub mod logger;
+pub mod net;
 pub mod netlink;
 pub mod pod;
 pub mod proxy;

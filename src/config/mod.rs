@@ -8,7 +8,10 @@
 //!
 //! It must never start anything or create directories: it only describes them.
 
+pub mod network;
 pub mod yaml;
+
+pub use network::{NetworkConfig, NetworkMode};
 
 use std::fmt;
 use std::io;
@@ -82,6 +85,9 @@ pub struct NodeConfig {
     /// `imageMinimumGCAge`: how long an image stays after it was first seen or last used by a
     /// container start, whatever the disk usage; a Go duration. Default: `2m`.
     pub image_minimum_gc_age: Duration,
+    /// Pod networking: `podCIDR`, `podBridgeName`, `clusterDNS`, `clusterDomain`, `resolvConf`,
+    /// `cniConfDir`, `cniBinDir`, `nodeIP` (see [`network`]).
+    pub network: NetworkConfig,
     /// `podPidsLimit`: the most processes in one pod (its cgroup's `pids.max`); -1 or 0 means
     /// no limit. Default: -1.
     pub pod_pids_limit: i64,
@@ -132,6 +138,8 @@ struct RawConfig {
     image_gc_low_threshold_percent: Option<u8>,
     #[serde(rename = "imageMinimumGCAge")]
     image_minimum_gc_age: Option<String>,
+    #[serde(flatten)]
+    network: network::RawNetwork,
     pod_pids_limit: Option<i64>,
     allowed_unsafe_sysctls: Option<Vec<String>>,
     image_unpack_limits: Option<RawImageUnpackLimits>,
@@ -353,6 +361,7 @@ impl RawConfig {
         let image_minimum_gc_age = duration("imageMinimumGCAge", self.image_minimum_gc_age, 120)?;
         let image_unpack_limits = unpack_limits(self.image_unpack_limits.unwrap_or_default())
             .map_err(|m| ("imageUnpackLimits", m))?;
+        let network = self.network.resolve(config_dir)?;
         Ok(NodeConfig {
             node_name,
             static_pod_path: path(self.static_pod_path, "manifests"),
@@ -378,6 +387,7 @@ impl RawConfig {
             image_unpack_limits,
             pod_pids_limit: self.pod_pids_limit.unwrap_or(-1),
             allowed_unsafe_sysctls: self.allowed_unsafe_sysctls.unwrap_or_default(),
+            network,
         })
     }
 }

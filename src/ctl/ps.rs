@@ -168,6 +168,9 @@ mod tests {
                 host_network: false,
                 terminating: false,
                 qos_class: String::new(),
+                pod_ip: String::new(),
+                pod_ips: Vec::new(),
+                host_ip: String::new(),
             }],
             source_errors: vec![SourceError {
                 source: "/etc/nanolet/manifests/bad.yaml".into(),

@@ -58,6 +58,11 @@ pub struct Inputs<'a> {
     pub container_id: &'a str,
     pub attempt: u32,
     pub rootfs: PathBuf,
+    /// The pod's addresses (`status.podIP`, `status.podIPs`), known once its sandbox is up;
+    /// for env `fieldRef`.
+    pub pod_ips: &'a [std::net::Ipv4Addr],
+    /// The node's address (`status.hostIP`), for env `fieldRef`.
+    pub host_ip: Option<std::net::Ipv4Addr>,
 }
 
 /// Builds the runtime configuration of one container.

@@ -16,6 +16,7 @@
 //! loop, the events and the status it publishes.
 
 mod adopt;
+mod network;
 mod start;
 mod stop;
 
@@ -33,7 +34,7 @@ use super::config::{self, PodFiles};
 use super::images::{self, PullAction, Puller};
 use super::lifecycle::{self, RestartPolicy, Slot};
 use super::resources::{PodResources, QosClass};
-use super::status::{Condition, ContainerState, Phase, PodStatus, Terminated};
+use super::status::{Condition, ContainerState, Phase, PodIp, PodStatus, Terminated};
 use crate::config::NodeConfig;
 use crate::image::gc::UseLog;
 use crate::image::{Image, ImageStore};
@@ -66,6 +67,8 @@ pub struct Context {
     pub puller: Puller,
     /// When each image was last used, for image GC (see [`crate::image::gc`]).
     pub images_used: std::cell::RefCell<UseLog>,
+    /// The pod network: addresses, veth pairs or CNI, host ports.
+    pub network: crate::net::Network,
 }
 
 /// Orders for a worker.
@@ -143,6 +146,8 @@ struct Worker {
     /// Decides where the pod's cgroup is; a pod with bad quantities starts no container and
     /// shows as BestEffort.
     qos: QosClass,
+    /// The pod's addresses once its network is up.
+    pod_ips: Vec<std::net::Ipv4Addr>,
 }
 
 fn unix_now() -> i64 {
@@ -201,6 +206,7 @@ impl Worker {
             events,
             events_rx,
             terminating: false,
+            pod_ips: Vec::new(),
         }
     }
 
@@ -226,6 +232,7 @@ impl Worker {
             self.source
         );
         self.adopt_all(adopted).await;
+        self.resume_network().await;
         loop {
             // Orders and exits that are already queued come first: a Stop never waits behind starts.
             while let Ok(event) = self.events_rx.try_recv() {
@@ -356,6 +363,22 @@ impl Worker {
             host_network: self.pod.spec.host_network,
             terminating: self.terminating,
             qos_class: self.qos.as_str().to_string(),
+            pod_ip: self
+                .pod_ips
+                .first()
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
+            pod_ips: self
+                .pod_ips
+                .iter()
+                .map(|ip| PodIp { ip: ip.to_string() })
+                .collect(),
+            host_ip: self
+                .ctx
+                .network
+                .host_ip
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
         };
         if phase == Phase::Failed || phase == Phase::Succeeded {
             log::debug!("pod {}: phase {phase:?}", self.name());

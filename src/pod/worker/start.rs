@@ -241,42 +241,6 @@ impl Worker {
         }
     }
 
-    pub(super) async fn ensure_sandbox(&mut self) -> Result<(), String> {
-        if self.sandbox.is_complete() {
-            return Ok(());
-        }
-        let _ = self.sandbox.destroy();
-        std::fs::create_dir_all(&self.pod_dir)
-            .map_err(|e| format!("{}: {e}", self.pod_dir.display()))?;
-        let hostname = if self.pod.spec.host_network {
-            crate::config::hostname()
-        } else {
-            self.pod.metadata.name.clone()
-        };
-        self.write_pod_files(&hostname)
-            .map_err(|e| format!("writing {}: {e}", self.pod_dir.display()))?;
-        self.sandbox
-            .create(&self.ctx.reaper, &self.ctx.exe, &hostname)
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    /// `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` as kubelet writes them.
-    pub(super) fn write_pod_files(&self, hostname: &str) -> std::io::Result<()> {
-        let hosts = if self.pod.spec.host_network {
-            let host = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
-            format!("# Kubernetes-managed hosts file (host network).\n{host}")
-        } else {
-            format!(
-                "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
-            )
-        };
-        crate::state::write_atomic(&self.files.hosts, hosts.as_bytes())?;
-        crate::state::write_atomic(&self.files.hostname, format!("{hostname}\n").as_bytes())?;
-        let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
-        crate::state::write_atomic(&self.files.resolv_conf, &resolv)
-    }
-
     pub(super) fn log_path(&self, name: &str, attempt: u32) -> PathBuf {
         let m = &self.pod.metadata;
         self.ctx
@@ -328,6 +292,8 @@ impl Worker {
             container_id: &id,
             attempt,
             rootfs: bundle.rootfs(),
+            pod_ips: &self.pod_ips,
+            host_ip: self.ctx.network.host_ip,
         };
         let cfg = match config::container_config(&inputs) {
             Ok(cfg) => cfg,

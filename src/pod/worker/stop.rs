@@ -144,7 +144,7 @@ impl Worker {
                 self.remove_container(&r).await;
             }
         }
-        self.cleanup();
+        self.cleanup().await;
         self.ctx.board.remove(&self.pod.metadata.uid);
         log::info!("pod {}: stopped and removed", self.name());
     }
@@ -165,9 +165,10 @@ impl Worker {
         }
     }
 
-    /// Removes the pod's namespaces, cgroups, files and logs.
-    pub(super) fn cleanup(&self) {
+    /// Removes the pod's network, namespaces, cgroups, files and logs.
+    pub(super) async fn cleanup(&mut self) {
         let name = self.name();
+        self.detach_network().await;
         if let Err(e) = self.sandbox.destroy() {
             log::warn!("pod {name}: removing namespaces: {e}");
         }
