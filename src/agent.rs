@@ -134,6 +134,11 @@ pub fn run(config_dir: &Path) -> Result<(), Error> {
             pulled_tx,
         ),
         images_used: std::cell::RefCell::new(UseLog::new(unix_now())),
+        objects: Box::new(crate::source::objects::FileObjects {
+            config_maps: config.config_maps_path.clone(),
+            secrets: config.secrets_path.clone(),
+        }),
+        host_ips: crate::pod::worker::host_ips(),
         config: config.clone(),
     });
     executor.spawn(reaper.run(child_signals)).detach();

@@ -1,13 +1,19 @@
 //! Kubernetes object types nanolet reads (the `v1` Pod), decoded and validated at the edge.
 //!
 //! - [`pod`]: the serde types; unknown fields are errors, valid-but-unused fields are kept opaque.
+//! - [`volume`], [`env`]: volumes and mounts; `valueFrom` and `envFrom` sources.
+//! - [`object`]: ConfigMap and Secret data, and the [`object::ObjectSource`] pods read them from.
 //! - [`validate`]: the API server's rules for the fields nanolet acts on, all problems at once.
 //! - [`decode_pod`]: JSON value → [`Pod`], with the field path of the first bad field.
 //!
 //! This module must never do I/O: callers hand it values and get types or errors back.
 
+pub mod env;
+pub mod object;
 pub mod pod;
 pub mod validate;
+pub mod validate_volumes;
+pub mod volume;
 
 use std::fmt;
 

@@ -5,6 +5,8 @@
 //! - [`status`]: Kubernetes-shaped pod and container status, and the snapshot `ps` reads.
 //! - [`config`] (pure): a container of a Pod plus its image → the runtime configuration.
 //! - [`images`]: imagePullPolicy (pure) and pulls in child processes, shared per reference.
+//! - [`volumes`]: a pod's volumes (emptyDir, hostPath, configMap, secret, downwardAPI,
+//!   projected) prepared before its containers start, and their mounts.
 //! - [`board`]: where workers publish status for the snapshot.
 //! - [`worker`]: one task per pod that carries out the decisions with the runtime.
 
@@ -14,4 +16,5 @@ pub mod config;
 pub mod images;
 pub mod lifecycle;
 pub mod status;
+pub mod volumes;
 pub mod worker;

@@ -11,6 +11,7 @@
 //! - [`mount`]: overlay and bind mounts, and unmounting.
 //! - [`rtnetlink`]: the few rtnetlink requests nanolet needs (bring a link up).
 //! - [`inroot`]: reading files inside a container rootfs without following links out.
+//! - [`volume_mount`]: tmpfs for memory-backed volumes, subPath binds that cannot escape.
 //! - [`cgroup`]: finding and removing a pod's cgroup directories in every hierarchy.
 
 pub mod cgroup;
@@ -20,3 +21,4 @@ pub mod process;
 pub mod reaper;
 pub mod rtnetlink;
 pub mod sandbox;
+pub mod volume_mount;

@@ -146,7 +146,7 @@ impl Worker {
         }
     }
 
-    /// Removes the pod's namespaces, cgroups, files and logs.
+    /// Removes the pod's namespaces, cgroups, volumes, files and logs.
     pub(super) fn cleanup(&self) {
         let name = self.name();
         if let Err(e) = self.sandbox.destroy() {
@@ -159,6 +159,12 @@ impl Worker {
         );
         if let Err(e) = cgroup::remove(std::path::Path::new(cgroup::CGROUP_ROOT), &relative) {
             log::warn!("pod {name}: {e}");
+        }
+        if let Err(e) = self.volumes.tear_down() {
+            log::warn!(
+                "pod {name}: removing volumes {}: {e}",
+                self.volumes.root.display()
+            );
         }
         if let Err(e) = remove_tree(&self.pod_dir) {
             log::warn!("pod {name}: removing {}: {e}", self.pod_dir.display());
