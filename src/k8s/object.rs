@@ -149,7 +149,7 @@ pub fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
         _ => None,
     };
     let clean: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if clean.len() % 4 != 0 {
+    if !clean.len().is_multiple_of(4) {
         return Err("illegal base64 data: length is not a multiple of 4".into());
     }
     let mut out = Vec::with_capacity(clean.len() / 4 * 3);
@@ -161,7 +161,8 @@ pub fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
         }
         let mut acc: u32 = 0;
         for (i, &b) in chunk[..4 - pad].iter().enumerate() {
-            let v = value(b).ok_or_else(|| format!("illegal base64 data at input byte {}", n * 4 + i))?;
+            let v = value(b)
+                .ok_or_else(|| format!("illegal base64 data at input byte {}", n * 4 + i))?;
             acc |= u32::from(v) << (18 - 6 * i);
         }
         let bytes = acc.to_be_bytes();
@@ -212,11 +213,31 @@ mod tests {
     #[test]
     fn bad_objects_say_what_is_wrong() {
         let cases = [
-            (json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}}), "ConfigMap", "kind \"Secret\""),
-            (json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {}}), "ConfigMap", "metadata.name: required"),
-            (json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a b": "x"}}), "ConfigMap", "data[\"a b\"]: \"a b\": a valid config key"),
-            (json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"k": "!!"}}), "Secret", "data[\"k\"]: illegal base64"),
-            (json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "dta": {}}), "ConfigMap", "unknown field `dta`"),
+            (
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}}),
+                "ConfigMap",
+                "kind \"Secret\"",
+            ),
+            (
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {}}),
+                "ConfigMap",
+                "metadata.name: required",
+            ),
+            (
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a b": "x"}}),
+                "ConfigMap",
+                "data[\"a b\"]: \"a b\": a valid config key",
+            ),
+            (
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"k": "!!"}}),
+                "Secret",
+                "data[\"k\"]: illegal base64",
+            ),
+            (
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "dta": {}}),
+                "ConfigMap",
+                "unknown field `dta`",
+            ),
         ];
         for (v, kind, want) in cases {
             let err = decode(v.clone(), kind).unwrap_err();

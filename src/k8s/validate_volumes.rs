@@ -184,7 +184,10 @@ fn downward_files(path: &str, items: &[DownwardApiVolumeFile], problem: Problem)
                 }
             }
             (None, Some(_)) => {}
-            (None, None) => problem(p, "must specify one of: `fieldRef` or `resourceFieldRef`".into()),
+            (None, None) => problem(
+                p,
+                "must specify one of: `fieldRef` or `resourceFieldRef`".into(),
+            ),
             (Some(_), Some(_)) => problem(
                 p,
                 "fieldRef and resourceFieldRef can not be specified simultaneously".into(),
@@ -358,8 +361,7 @@ fn value_from(path: &str, from: &EnvVarSource, problem: Problem) {
                 format!("{:?}: unsupported API version", r.api_version),
             );
         }
-        if !ENV_FIELD_PATHS.contains(&r.field_path.as_str()) && subscript(&r.field_path).is_none()
-        {
+        if !ENV_FIELD_PATHS.contains(&r.field_path.as_str()) && subscript(&r.field_path).is_none() {
             problem(
                 format!("{path}.fieldRef.fieldPath"),
                 unsupported(&r.field_path, ENV_FIELD_PATHS),
@@ -397,7 +399,10 @@ mod tests {
 
     fn problems(v: Value) -> String {
         let p = decode_pod(v).unwrap();
-        validate(&p).err().map(|e| e.to_string()).unwrap_or_default()
+        validate(&p)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
     }
 
     #[test]
@@ -423,7 +428,11 @@ mod tests {
     #[test]
     fn each_rule_reports_its_field() {
         let cases: &[(Value, Value, &str)] = &[
-            (json!([{"name": "a"}]), json!({}), "spec.volumes[0]: must specify a volume type"),
+            (
+                json!([{"name": "a"}]),
+                json!({}),
+                "spec.volumes[0]: must specify a volume type",
+            ),
             (
                 json!([{"name": "a", "emptyDir": {}, "hostPath": {"path": "/x"}}]),
                 json!({}),
@@ -434,7 +443,11 @@ mod tests {
                 json!({}),
                 "spec.volumes[1].name: \"a\": duplicate volume name",
             ),
-            (json!([{"name": "A_", "emptyDir": {}}]), json!({}), "spec.volumes[0].name: \"A_\""),
+            (
+                json!([{"name": "A_", "emptyDir": {}}]),
+                json!({}),
+                "spec.volumes[0].name: \"A_\"",
+            ),
             (
                 json!([{"name": "a", "hostPath": {"path": "/x/../etc"}}]),
                 json!({}),
@@ -538,7 +551,10 @@ mod tests {
         ];
         for (volumes, container, want) in cases {
             let got = problems(pod(volumes.clone(), container.clone()));
-            assert!(got.contains(want), "{volumes} {container}:\n got {got}\nwant {want}");
+            assert!(
+                got.contains(want),
+                "{volumes} {container}:\n got {got}\nwant {want}"
+            );
         }
     }
 }

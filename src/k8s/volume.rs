@@ -353,7 +353,13 @@ mod tests {
         ] {
             assert_eq!(parse_size(Some(&v)), Ok(Some(want)), "{v}");
         }
-        for v in [json!("1e1000"), json!("-1"), json!("Mi"), json!("1.2.3"), json!(true)] {
+        for v in [
+            json!("1e1000"),
+            json!("-1"),
+            json!("Mi"),
+            json!("1.2.3"),
+            json!(true),
+        ] {
             assert!(parse_size(Some(&v)).is_err(), "{v}");
         }
         assert_eq!(parse_size(None), Ok(None));

@@ -337,9 +337,16 @@ fn value_from(
                 ))
             });
     }
-    let (selector, object, kind, object_kind) = match (&from.config_map_key_ref, &from.secret_key_ref)
-    {
-        (Some(k), _) => (k, sources.objects.config_map(ns, &k.name), "configmap", "ConfigMap"),
+    let (selector, object, kind, object_kind) = match (
+        &from.config_map_key_ref,
+        &from.secret_key_ref,
+    ) {
+        (Some(k), _) => (
+            k,
+            sources.objects.config_map(ns, &k.name),
+            "configmap",
+            "ConfigMap",
+        ),
         (None, Some(k)) => (k, sources.objects.secret(ns, &k.name), "secret", "Secret"),
         (None, None) => {
             return Err(ConfigError(format!(
@@ -353,10 +360,7 @@ fn value_from(
         Some(o) => o,
         None if optional => return Ok(None),
         None => {
-            return Err(ConfigError(format!(
-                "{kind} {:?} not found",
-                selector.name
-            )));
+            return Err(ConfigError(format!("{kind} {:?} not found", selector.name)));
         }
     };
     match object.data.get(&selector.key) {
@@ -411,7 +415,9 @@ fn go_quote(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
             '\r' => out.push_str("\\r"),
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -619,7 +625,11 @@ mod tests {
             let c = container(serde_json::json!({"env": [
                 {"name": "X", "valueFrom": {"fieldRef": {"fieldPath": path}}}]}));
             let env = env_of(&c).unwrap();
-            assert_eq!(env.last().unwrap(), &("X".to_string(), want.to_string()), "{path}");
+            assert_eq!(
+                env.last().unwrap(),
+                &("X".to_string(), want.to_string()),
+                "{path}"
+            );
         }
     }
 
@@ -657,8 +667,14 @@ mod tests {
     #[test]
     fn missing_objects_and_keys_give_kubelets_messages() {
         let cases = [
-            (serde_json::json!({"envFrom": [{"configMapRef": {"name": "nope"}}]}), "configmap \"nope\" not found"),
-            (serde_json::json!({"envFrom": [{"secretRef": {"name": "nope"}}]}), "secret \"nope\" not found"),
+            (
+                serde_json::json!({"envFrom": [{"configMapRef": {"name": "nope"}}]}),
+                "configmap \"nope\" not found",
+            ),
+            (
+                serde_json::json!({"envFrom": [{"secretRef": {"name": "nope"}}]}),
+                "secret \"nope\" not found",
+            ),
             (
                 serde_json::json!({"env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "nokey"}}}]}),
                 "couldn't find key nokey in ConfigMap default/cfg",

@@ -65,7 +65,9 @@ fn read_one(path: &Path, kind: &'static str) -> Result<DataObject, String> {
     file.take(MAX_FILE)
         .read_to_string(&mut text)
         .map_err(|e| e.to_string())?;
-    let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let is_json = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
     let value = if is_json {
         serde_json::from_str(&text).map_err(|e| e.to_string())?
     } else {
@@ -116,7 +118,11 @@ mod tests {
         assert_eq!(objects.config_map("default", "cfg"), Ok(None));
         std::fs::create_dir_all(&objects.config_maps).unwrap();
         let cm = objects.config_maps.join("cfg.yaml");
-        std::fs::write(&cm, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\ndata: {a: one}\n").unwrap();
+        std::fs::write(
+            &cm,
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\ndata: {a: one}\n",
+        )
+        .unwrap();
         std::fs::write(
             objects.config_maps.join("other.json"),
             r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg", "namespace": "ops"}, "data": {"a": "ops"}}"#,
@@ -125,9 +131,19 @@ mod tests {
         std::fs::write(objects.config_maps.join("README.txt"), "not an object").unwrap();
         let found = objects.config_map("default", "cfg").unwrap().unwrap();
         assert_eq!(found.data["a"], b"one");
-        assert_eq!(objects.config_map("ops", "cfg").unwrap().unwrap().data["a"], b"ops");
-        std::fs::write(&cm, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\ndata: {a: two}\n").unwrap();
-        assert_eq!(objects.config_map("default", "cfg").unwrap().unwrap().data["a"], b"two");
+        assert_eq!(
+            objects.config_map("ops", "cfg").unwrap().unwrap().data["a"],
+            b"ops"
+        );
+        std::fs::write(
+            &cm,
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\ndata: {a: two}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            objects.config_map("default", "cfg").unwrap().unwrap().data["a"],
+            b"two"
+        );
         // A Secret is not looked for among ConfigMaps.
         assert_eq!(objects.secret("default", "cfg"), Ok(None));
     }
@@ -139,8 +155,15 @@ mod tests {
             config_maps: dir.path().to_path_buf(),
             secrets: dir.path().join("none"),
         };
-        std::fs::write(dir.path().join("bad.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\ndata: [\n").unwrap();
+        std::fs::write(
+            dir.path().join("bad.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\ndata: [\n",
+        )
+        .unwrap();
         let err = objects.config_map("default", "cfg").unwrap_err();
-        assert!(err.contains("configmap default/cfg not found") && err.contains("bad.yaml"), "{err}");
+        assert!(
+            err.contains("configmap default/cfg not found") && err.contains("bad.yaml"),
+            "{err}"
+        );
     }
 }

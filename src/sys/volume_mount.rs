@@ -190,13 +190,23 @@ mod tests {
         fs::write(dir.path().join("outside"), "secret").unwrap();
         std::os::unix::fs::symlink("/", volume.join("root-link")).unwrap();
         std::os::unix::fs::symlink("../outside", volume.join("up-link")).unwrap();
-        let path_of = |fd: &OwnedFd| fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
-        assert_eq!(path_of(&open_sub_path(&volume, "real/file").unwrap()), volume.join("real/file"));
+        let path_of =
+            |fd: &OwnedFd| fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+        assert_eq!(
+            path_of(&open_sub_path(&volume, "real/file").unwrap()),
+            volume.join("real/file")
+        );
         // "/" inside the volume is the volume itself.
-        assert_eq!(path_of(&open_sub_path(&volume, "root-link").unwrap()), volume);
+        assert_eq!(
+            path_of(&open_sub_path(&volume, "root-link").unwrap()),
+            volume
+        );
         // "../outside" from the volume's root is <volume>/outside, which does not exist.
         assert!(open_sub_path(&volume, "up-link").is_err());
-        assert_eq!(fs::read_to_string(dir.path().join("outside")).unwrap(), "secret");
+        assert_eq!(
+            fs::read_to_string(dir.path().join("outside")).unwrap(),
+            "secret"
+        );
         // Missing folders are created.
         let fd = open_sub_path(&volume, "new/deeper").unwrap();
         assert_eq!(path_of(&fd), volume.join("new/deeper"));

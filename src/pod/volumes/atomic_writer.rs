@@ -64,10 +64,8 @@ pub fn write(dir: &Path, payload: &Payload) -> io::Result<bool> {
         return Err(e);
     }
     // The user-visible links: one per top-level name; stale ones go.
-    let top: std::collections::BTreeSet<&str> = payload
-        .keys()
-        .filter_map(|p| p.split('/').next())
-        .collect();
+    let top: std::collections::BTreeSet<&str> =
+        payload.keys().filter_map(|p| p.split('/').next()).collect();
     for name in &top {
         let link = dir.join(name);
         if fs::symlink_metadata(&link).is_err() {
@@ -238,7 +236,10 @@ mod tests {
     fn paths_that_leave_the_volume_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         for bad in ["../x", "/etc/x", "a/../../x", "..x", ""] {
-            assert!(write(dir.path(), &payload(&[(bad, "x", 0o644)])).is_err(), "{bad}");
+            assert!(
+                write(dir.path(), &payload(&[(bad, "x", 0o644)])).is_err(),
+                "{bad}"
+            );
         }
     }
 

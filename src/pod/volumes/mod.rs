@@ -160,7 +160,9 @@ impl PodVolumes {
             let Some(v) = pod.spec.volumes.iter().find(|v| v.name == m.name) else {
                 return Err(format!("volumeMount {:?}: no such volume", m.name));
             };
-            let source = v.source().ok_or_else(|| format!("volume {:?}: no source", v.name))?;
+            let source = v
+                .source()
+                .ok_or_else(|| format!("volume {:?}: no source", v.name))?;
             let host = self
                 .host_path(v)
                 .ok_or_else(|| format!("volume {:?} cannot be mounted", v.name))?;
@@ -177,8 +179,9 @@ impl PodVolumes {
                         .join(&v.name)
                         .join(&c.name)
                         .join(i.to_string());
-                    volume_mount::bind_fd(&fd, &target)
-                        .map_err(|e| format!("binding subPath {sub:?} of volume {:?}: {e}", v.name))?;
+                    volume_mount::bind_fd(&fd, &target).map_err(|e| {
+                        format!("binding subPath {sub:?} of volume {:?}: {e}", v.name)
+                    })?;
                     target
                 }
             };

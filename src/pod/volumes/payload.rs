@@ -57,7 +57,12 @@ pub fn payload(source: Source, i: &Inputs) -> Result<Option<Payload>, String> {
             }
         }
         Source::DownwardApi(d) => {
-            downward(&mut out, &d.items, d.default_mode.unwrap_or(DEFAULT_MODE), i)?;
+            downward(
+                &mut out,
+                &d.items,
+                d.default_mode.unwrap_or(DEFAULT_MODE),
+                i,
+            )?;
         }
         Source::Projected(p) => {
             let mode = p.default_mode.unwrap_or(DEFAULT_MODE);
@@ -136,10 +141,7 @@ fn keys(
             }
             None if optional => {}
             None if object.kind == "Secret" => {
-                return Err(format!(
-                    "references non-existent secret key: {}",
-                    item.key
-                ));
+                return Err(format!("references non-existent secret key: {}", item.key));
             }
             None => {
                 return Err(format!(
@@ -237,18 +239,30 @@ mod tests {
         let p = run(json!({"name": "v", "configMap": {"name": "cfg"}})).unwrap();
         assert_eq!(
             files(&p),
-            [("a".into(), "one".into(), 0o644), ("b".into(), "two".into(), 0o644)]
+            [
+                ("a".into(), "one".into(), 0o644),
+                ("b".into(), "two".into(), 0o644)
+            ]
         );
         let p = run(json!({"name": "v", "configMap": {"name": "cfg", "defaultMode": 0o600,
             "items": [{"key": "b", "path": "sub/b.txt", "mode": 0o400}, {"key": "a", "path": "a"}]}}))
         .unwrap();
         assert_eq!(
             files(&p),
-            [("a".into(), "one".into(), 0o600), ("sub/b.txt".into(), "two".into(), 0o400)]
+            [
+                ("a".into(), "one".into(), 0o600),
+                ("sub/b.txt".into(), "two".into(), 0o400)
+            ]
         );
         let cases = [
-            (json!({"name": "v", "configMap": {"name": "nope"}}), "configmap \"nope\" not found"),
-            (json!({"name": "v", "secret": {"secretName": "nope"}}), "secret \"nope\" not found"),
+            (
+                json!({"name": "v", "configMap": {"name": "nope"}}),
+                "configmap \"nope\" not found",
+            ),
+            (
+                json!({"name": "v", "secret": {"secretName": "nope"}}),
+                "secret \"nope\" not found",
+            ),
             (
                 json!({"name": "v", "configMap": {"name": "cfg", "items": [{"key": "z", "path": "z"}]}}),
                 "configmap references non-existent config key: z",
@@ -266,9 +280,15 @@ mod tests {
             assert_eq!(run(v.clone()).unwrap_err(), want, "{v}");
         }
         // Optional: a missing object is an empty volume, a missing key is skipped.
-        assert!(run(json!({"name": "v", "secret": {"secretName": "nope", "optional": true}})).unwrap().is_empty());
-        let p = run(json!({"name": "v", "configMap": {"name": "cfg", "optional": true,
-            "items": [{"key": "z", "path": "z"}, {"key": "a", "path": "a"}]}}))
+        assert!(
+            run(json!({"name": "v", "secret": {"secretName": "nope", "optional": true}}))
+                .unwrap()
+                .is_empty()
+        );
+        let p = run(
+            json!({"name": "v", "configMap": {"name": "cfg", "optional": true,
+            "items": [{"key": "z", "path": "z"}, {"key": "a", "path": "a"}]}}),
+        )
         .unwrap();
         assert_eq!(p.keys().collect::<Vec<_>>(), ["a"]);
     }
@@ -285,7 +305,11 @@ mod tests {
             files(&p),
             [
                 ("app".into(), "web".into(), 0o644),
-                ("labels".into(), "app=\"web\"\ntier=\"a \\\"b\\\"\"".into(), 0o644),
+                (
+                    "labels".into(),
+                    "app=\"web\"\ntier=\"a \\\"b\\\"\"".into(),
+                    0o644
+                ),
                 ("name".into(), "web-edge".into(), 0o400),
             ]
         );
