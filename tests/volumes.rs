@@ -235,6 +235,7 @@ fn host_path_types_are_checked_like_kubelet() {
         ("file", h("file"), "File", None),
         ("file-create", h("made-file"), "FileOrCreate", None),
         ("untyped", h("dir"), "", None),
+        ("untyped-missing", h("untyped-new"), "", None),
         ("chardev", "/dev/null".into(), "CharDevice", None),
         (
             "no-dir",
@@ -348,6 +349,10 @@ fn host_path_types_are_checked_like_kubelet() {
     }
     assert!(host.join("made/deep").is_dir());
     assert!(host.join("made-file").is_file());
+    assert!(
+        host.join("untyped-new").is_dir(),
+        "created as containerd creates it"
+    );
     // The folder that appears is picked up on the next retry.
     fs::create_dir(host.join("missing")).unwrap();
     wait_output(&node, "no-dir", "app", "mounted");

@@ -149,6 +149,28 @@ mod tests {
     }
 
     #[test]
+    fn the_bundled_example_reads() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/example");
+        let objects = FileObjects {
+            config_maps: example.join("configmaps"),
+            secrets: example.join("secrets"),
+        };
+        let content = objects
+            .config_map("default", "web-content")
+            .unwrap()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&content.data["index.html"]).contains("Hello"));
+        let manifest = example.join("manifests/web.yaml");
+        let pod =
+            super::super::parse_manifest(&manifest, &std::fs::read(&manifest).unwrap(), "edge")
+                .unwrap();
+        assert_eq!(
+            pod.spec.volumes[0].config_map.as_ref().unwrap().name,
+            "web-content"
+        );
+    }
+
+    #[test]
     fn a_broken_file_is_named_when_an_object_is_missing() {
         let dir = tempfile::tempdir().unwrap();
         let objects = FileObjects {

@@ -2,7 +2,8 @@
 //!
 //! `DirectoryOrCreate` and `FileOrCreate` create what is missing (0755 folders with their
 //! parents; an empty 0644 file, whose folder must exist, as kubelet's `MakeFile`); the other
-//! types only check. The path is followed if it is a symlink, as kubelet's `os.Stat` does.
+//! types only check. An untyped hostPath that is missing becomes a folder, as containerd makes
+//! it below kubelet. The path is followed if it is a symlink, as kubelet's `os.Stat` does.
 
 use std::fs;
 use std::io;
@@ -24,7 +25,15 @@ pub fn check(path: &Path, kind: HostPathType) -> Result<(), String> {
         }
     };
     match kind {
-        HostPathType::Unset => Ok(()),
+        // kubelet checks nothing; containerd then creates a missing path as a folder.
+        HostPathType::Unset => match stat() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(path)
+                .map_err(|e| format!("hostPath: creating directory {p}: {e}")),
+            _ => Ok(()),
+        },
         HostPathType::DirectoryOrCreate | HostPathType::Directory => match stat() {
             Ok(m) => want(m.is_dir(), "a directory"),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -86,7 +95,7 @@ mod tests {
         let _sock = std::os::unix::net::UnixListener::bind(d.join("sock")).unwrap();
         use HostPathType::*;
         let ok: &[(&str, HostPathType)] = &[
-            ("missing", Unset),
+            ("untyped/new", Unset),
             ("dir", Directory),
             ("dir", DirectoryOrCreate),
             ("new/deep", DirectoryOrCreate),
@@ -100,6 +109,7 @@ mod tests {
         }
         assert!(d.join("new/deep").is_dir());
         assert!(d.join("newfile").is_file());
+        assert!(d.join("untyped/new").is_dir());
         assert_eq!(check(Path::new("/dev/null"), CharDevice), Ok(()));
         let bad: &[(&str, HostPathType, &str)] = &[
             ("missing", Directory, "does not exist"),
