@@ -8,7 +8,9 @@ use std::collections::BTreeSet;
 use super::env::{EnvFromSource, EnvVarSource, KeySelector};
 use super::pod::{Container, PodSpec};
 use super::validate::{dns1123_label_problem, dns1123_subdomain_problem, env_var_name_problem};
-use super::volume::{DownwardApiVolumeFile, KeyToPath, Source, Volume, parse_size};
+use super::volume::{
+    DownwardApiVolumeFile, KeyToPath, ProjectedVolumeSource, Source, Volume, parse_size,
+};
 
 /// Field paths a downwardAPI volume file may name (besides subscripted labels/annotations).
 const VOLUME_FIELD_PATHS: &[&str] = &[
@@ -106,45 +108,46 @@ fn validate_source(path: &str, v: &Volume, problem: Problem) {
             downward_files(&p, &d.items, problem);
             mode(&format!("{p}.defaultMode"), d.default_mode, problem);
         }
-        Source::Projected(pr) => {
-            let p = format!("{path}.projected");
-            mode(&format!("{p}.defaultMode"), pr.default_mode, problem);
-            let mut paths = BTreeSet::new();
-            for (j, s) in pr.sources.iter().enumerate() {
-                let sp = format!("{p}.sources[{j}]");
-                let set = usize::from(s.config_map.is_some())
-                    + usize::from(s.secret.is_some())
-                    + usize::from(s.downward_api.is_some())
-                    + usize::from(s.service_account_token.is_some())
-                    + usize::from(s.cluster_trust_bundle.is_some())
-                    + usize::from(s.pod_certificate.is_some());
-                if set != 1 {
-                    problem(sp.clone(), "must specify exactly 1 projection type".into());
-                }
-                let mut files: Vec<&str> = Vec::new();
-                if let Some(c) = &s.config_map {
-                    object_name(&format!("{sp}.configMap.name"), &c.name, problem);
-                    key_to_paths(&format!("{sp}.configMap"), &c.items, problem);
-                    files.extend(c.items.iter().map(|k| k.path.as_str()));
-                }
-                if let Some(c) = &s.secret {
-                    object_name(&format!("{sp}.secret.name"), &c.name, problem);
-                    key_to_paths(&format!("{sp}.secret"), &c.items, problem);
-                    files.extend(c.items.iter().map(|k| k.path.as_str()));
-                }
-                if let Some(d) = &s.downward_api {
-                    downward_files(&format!("{sp}.downwardAPI"), &d.items, problem);
-                    files.extend(d.items.iter().map(|f| f.path.as_str()));
-                }
-                for f in files {
-                    if !paths.insert(f) {
-                        problem(sp.clone(), format!("{f:?}: conflicting duplicate paths"));
-                    }
-                }
-            }
-        }
+        Source::Projected(pr) => projected(&format!("{path}.projected"), pr, problem),
         // Valid Kubernetes; refused when a container mounts it (see pod::volumes).
         Source::Unsupported(_) => {}
+    }
+}
+
+fn projected(p: &str, pr: &ProjectedVolumeSource, problem: Problem) {
+    mode(&format!("{p}.defaultMode"), pr.default_mode, problem);
+    let mut paths = BTreeSet::new();
+    for (j, s) in pr.sources.iter().enumerate() {
+        let sp = format!("{p}.sources[{j}]");
+        let set = usize::from(s.config_map.is_some())
+            + usize::from(s.secret.is_some())
+            + usize::from(s.downward_api.is_some())
+            + usize::from(s.service_account_token.is_some())
+            + usize::from(s.cluster_trust_bundle.is_some())
+            + usize::from(s.pod_certificate.is_some());
+        if set != 1 {
+            problem(sp.clone(), "must specify exactly 1 projection type".into());
+        }
+        let mut files: Vec<&str> = Vec::new();
+        if let Some(c) = &s.config_map {
+            object_name(&format!("{sp}.configMap.name"), &c.name, problem);
+            key_to_paths(&format!("{sp}.configMap"), &c.items, problem);
+            files.extend(c.items.iter().map(|k| k.path.as_str()));
+        }
+        if let Some(c) = &s.secret {
+            object_name(&format!("{sp}.secret.name"), &c.name, problem);
+            key_to_paths(&format!("{sp}.secret"), &c.items, problem);
+            files.extend(c.items.iter().map(|k| k.path.as_str()));
+        }
+        if let Some(d) = &s.downward_api {
+            downward_files(&format!("{sp}.downwardAPI"), &d.items, problem);
+            files.extend(d.items.iter().map(|f| f.path.as_str()));
+        }
+        for f in files {
+            if !paths.insert(f.to_string()) {
+                problem(sp.clone(), format!("{f:?}: conflicting duplicate paths"));
+            }
+        }
     }
 }
 
