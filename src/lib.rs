@@ -20,6 +20,8 @@
 //! - [`pod`]: pod lifecycle with kubelet's semantics: the per-container state machine, restart
 //!   back-off (pure), and the pod worker that drives the runtime.
 //! - [`proxy`]: Services in nftables (kube-proxy's job): model, desired ruleset, nft text, tracer.
+//! - [`netlink`]: netlink framing and sockets, one file per family (rtnetlink today); bytes, not
+//!   Kubernetes.
 //! - [`agent`]: wires sources, pod workers and the status snapshot on one executor thread.
 //! - [`state`]: durable and runtime state: atomic writes, boot id, the status snapshot.
 //! - [`sys`]: the one seam for syscalls that need `unsafe` or root: child reaping, namespaces,
@@ -34,6 +36,7 @@ pub mod ctl;
 pub mod image;
 pub mod k8s;
 pub mod logger;
+pub mod netlink;
 pub mod pod;
 pub mod proxy;
 pub mod runtime;

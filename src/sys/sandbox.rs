@@ -111,7 +111,7 @@ pub fn init_in_child(dir: &Path, hostname: &str, host_network: bool) -> io::Resu
     if !host_network {
         rustix::system::sethostname(hostname.as_bytes())?;
         // Loopback is index 1 in every new network namespace.
-        super::rtnetlink::set_link_up(1)?;
+        crate::netlink::route::set_link_up(1)?;
     }
     for name in NAMESPACES {
         if host_network && name != "ipc" {
