@@ -9,6 +9,9 @@
 #[path = "foundation/lab.rs"]
 mod lab;
 #[allow(dead_code)]
+#[path = "foundation/procfs.rs"]
+mod procfs;
+#[allow(dead_code)]
 #[path = "foundation/report.rs"]
 mod report;
 

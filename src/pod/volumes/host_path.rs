@@ -15,6 +15,10 @@ use crate::k8s::volume::HostPathType;
 /// Checks (and for the `OrCreate` types, creates) `path` as `kind` says.
 pub fn check(path: &Path, kind: HostPathType) -> Result<(), String> {
     let p = path.display();
+    // Relative to what? Not to nanolet's working directory.
+    if !path.is_absolute() {
+        return Err(format!("hostPath {p}: must be an absolute path"));
+    }
     let stat = || fs::metadata(path);
     let missing = || format!("hostPath type check failed: {p} does not exist");
     let want = |ok: bool, what: &str| {
@@ -132,5 +136,10 @@ mod tests {
             assert!(err == full || err.contains(want), "{p} {kind:?}: {err}");
         }
         assert!(!d.join("missing").exists());
+        assert_eq!(
+            check(Path::new("relative/dir"), DirectoryOrCreate),
+            Err("hostPath relative/dir: must be an absolute path".to_string())
+        );
+        assert!(!Path::new("relative").exists());
     }
 }
