@@ -140,6 +140,11 @@ pub fn run(config_dir: &Path) -> Result<(), Error> {
         ),
         images_used: std::cell::RefCell::new(UseLog::new(unix_now())),
         network,
+        objects: Box::new(crate::source::objects::FileObjects {
+            config_maps: config.config_maps_path.clone(),
+            secrets: config.secrets_path.clone(),
+        }),
+        host_ips: crate::pod::worker::host_ips(),
         config: config.clone(),
     });
     executor.spawn(reaper.run(child_signals)).detach();
@@ -167,6 +172,9 @@ fn clear_stale_state(config: &NodeConfig) {
             let _ = crate::sys::mount::unmount(&entry.path().join("rootfs"));
         }
     }
+    // Volumes' tmpfs and subPath binds belong to the last boot; emptyDir content on disk
+    // stays for the pod's next start, as kubelet keeps it.
+    let _ = crate::sys::volume_mount::unmount_below(&config.data_dir.join("pods"));
     for dir in [
         pods,
         config.run_dir.join("containers"),
@@ -779,6 +787,18 @@ fn dir_signature(dir: &Path) -> Vec<(String, u64, i64)> {
 }
 
 fn remove_unused_pod_dirs(ctx: &Context, live: &std::collections::HashSet<String>) {
+    // Volumes (in the data dir) of pods that are gone.
+    if let Ok(entries) = std::fs::read_dir(ctx.config.data_dir.join("pods")) {
+        for entry in entries.flatten() {
+            let uid = entry.file_name().to_string_lossy().into_owned();
+            if !live.contains(&uid) {
+                let volumes = crate::pod::volumes::PodVolumes::new(&ctx.config.data_dir, &uid);
+                if let Err(e) = volumes.tear_down() {
+                    log::warn!("removing volumes of gone pod {uid}: {e}");
+                }
+            }
+        }
+    }
     let Ok(entries) = std::fs::read_dir(ctx.config.run_dir.join("pods")) else {
         return;
     };

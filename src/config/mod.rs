@@ -35,6 +35,15 @@ pub struct NodeConfig {
     /// `imagesPath`: the folder of image archives/OCI layouts to import. Default: `images`
     /// (relative to the config dir).
     pub images_path: PathBuf,
+    /// `configMapsPath`: the folder of ConfigMap objects (one per file) that static pods'
+    /// volumes and environment read. nanolet's addition. Default: `configmaps` (relative to
+    /// the config dir).
+    pub config_maps_path: PathBuf,
+    /// `secretsPath`: the folder of Secret objects, as `configMapsPath`. Default: `secrets`.
+    pub secrets_path: PathBuf,
+    /// `syncFrequency`: how often a running pod's configMap, secret, downwardAPI and projected
+    /// volumes are refreshed from their sources; a Go duration, positive. Default: `1m`.
+    pub sync_frequency: Duration,
     /// `maxPods`: the most pods this node runs. Default: 110.
     pub max_pods: u32,
     /// `podLogsDir`: where container logs are written. Default: `/var/log/pods`.
@@ -118,6 +127,9 @@ struct RawConfig {
     node_name: Option<String>,
     static_pod_path: Option<PathBuf>,
     images_path: Option<PathBuf>,
+    config_maps_path: Option<PathBuf>,
+    secrets_path: Option<PathBuf>,
+    sync_frequency: Option<String>,
     max_pods: Option<u32>,
     pod_logs_dir: Option<PathBuf>,
     container_log_max_size: Option<Quantity>,
@@ -291,6 +303,10 @@ impl RawConfig {
             Some(d) => parse_duration(&d).map_err(|m| (field, m)),
         };
         let file_check_frequency = duration("fileCheckFrequency", self.file_check_frequency, 20)?;
+        let sync_frequency = duration("syncFrequency", self.sync_frequency, 60)?;
+        if sync_frequency.is_zero() {
+            return Err(("syncFrequency", "must be positive".to_string()));
+        }
         if file_check_frequency.is_zero() {
             return Err(("fileCheckFrequency", "must be positive".into()));
         }
@@ -366,6 +382,9 @@ impl RawConfig {
             node_name,
             static_pod_path: path(self.static_pod_path, "manifests"),
             images_path: path(self.images_path, "images"),
+            config_maps_path: path(self.config_maps_path, "configmaps"),
+            secrets_path: path(self.secrets_path, "secrets"),
+            sync_frequency,
             max_pods,
             pod_logs_dir: path(self.pod_logs_dir, "/var/log/pods"),
             container_log_max_size,
@@ -547,6 +566,9 @@ mod tests {
         assert_eq!(c.node_name, hostname());
         assert_eq!(c.static_pod_path, PathBuf::from("/etc/nanolet/manifests"));
         assert_eq!(c.images_path, PathBuf::from("/etc/nanolet/images"));
+        assert_eq!(c.config_maps_path, PathBuf::from("/etc/nanolet/configmaps"));
+        assert_eq!(c.secrets_path, PathBuf::from("/etc/nanolet/secrets"));
+        assert_eq!(c.sync_frequency, Duration::from_secs(60));
         assert_eq!(c.max_pods, 110);
         assert_eq!(c.pod_logs_dir, PathBuf::from("/var/log/pods"));
         assert_eq!(c.container_log_max_size, 10 * 1024 * 1024);

@@ -3,16 +3,22 @@
 //! - [`pod`]: the serde types; unknown fields are errors, valid-but-unused fields are kept opaque.
 //! - [`quantity`], [`resources`], [`security`]: `Quantity`, `ResourceRequirements`, the
 //!   security contexts (wire shapes; `pod::resources` and `pod::security` decide).
+//! - [`volume`], [`env`]: volumes and mounts; `valueFrom` and `envFrom` sources.
+//! - [`object`]: ConfigMap and Secret data, and the [`object::ObjectSource`] pods read them from.
 //! - [`validate`]: the API server's rules for the fields nanolet acts on, all problems at once.
 //! - [`decode_pod`]: JSON value → [`Pod`], with the field path of the first bad field.
 //!
 //! This module must never do I/O: callers hand it values and get types or errors back.
 
+pub mod env;
+pub mod object;
 pub mod pod;
 pub mod quantity;
 pub mod resources;
 pub mod security;
 pub mod validate;
+pub mod validate_volumes;
+pub mod volume;
 
 use std::fmt;
 
@@ -90,17 +96,16 @@ fn locate_spec<'v>(spec: &'v Value, path: &str) -> Option<BadKey<'v>> {
         for (i, item) in items.iter().enumerate() {
             let container_path = format!("{}[{i}]", bad.error.field);
             if let Some(c) = first_bad_key::<Container>(item, &container_path) {
-                if let ("env", Value::Array(envs)) = (c.key.as_str(), c.value) {
-                    for (j, env) in envs.iter().enumerate() {
-                        let env_path = format!("{}[{j}]", c.error.field);
-                        if let Some(e) = first_bad_key::<EnvVar>(env, &env_path) {
-                            return Some(e);
-                        }
+                let deeper = match (c.key.as_str(), c.value) {
+                    ("env", Value::Array(items)) => first_bad_item::<EnvVar>(items, &c.error.field),
+                    ("envFrom", Value::Array(items)) => {
+                        first_bad_item::<env::EnvFromSource>(items, &c.error.field)
                     }
-                }
-                let deeper = match c.key.as_str() {
-                    "securityContext" => first_bad_key::<SecurityContext>(c.value, &c.error.field),
-                    "resources" => first_bad_key::<ResourceRequirements>(c.value, &c.error.field),
+                    ("volumeMounts", Value::Array(items)) => {
+                        first_bad_item::<volume::VolumeMount>(items, &c.error.field)
+                    }
+                    ("securityContext", v) => first_bad_key::<SecurityContext>(v, &c.error.field),
+                    ("resources", v) => first_bad_key::<ResourceRequirements>(v, &c.error.field),
                     _ => None,
                 };
                 return Some(deeper.unwrap_or(c));
@@ -112,7 +117,18 @@ fn locate_spec<'v>(spec: &'v Value, path: &str) -> Option<BadKey<'v>> {
     {
         return Some(deeper);
     }
+    if let ("volumes", Value::Array(items)) = (bad.key.as_str(), bad.value) {
+        return Some(first_bad_item::<volume::Volume>(items, &bad.error.field).unwrap_or(bad));
+    }
     Some(bad)
+}
+
+/// The first bad key of the first item of `items` that has one, as `path[i].key`.
+fn first_bad_item<'v, T: DeserializeOwned>(items: &'v [Value], path: &str) -> Option<BadKey<'v>> {
+    items
+        .iter()
+        .enumerate()
+        .find_map(|(i, item)| first_bad_key::<T>(item, &format!("{path}[{i}]")))
 }
 
 fn kind_of(value: &Value) -> &'static str {
@@ -220,6 +236,26 @@ mod tests {
                 "invalid type",
             ),
             (json!({"specs": {}}), "specs", "unknown field"),
+            (
+                json!({"spec": {"volumes": [{"name": "a", "emptyDir": {}}, {"name": "b", "confgMap": {}}]}}),
+                "spec.volumes[1].confgMap",
+                "unknown field",
+            ),
+            (
+                json!({"spec": {"volumes": [{"name": "a", "hostPath": {"path": "/x", "type": "Dir"}}]}}),
+                "spec.volumes[0].hostPath",
+                "unknown variant `Dir`",
+            ),
+            (
+                json!({"spec": {"containers": [{"volumeMounts": [{"name": "a", "mountpath": "/x"}]}]}}),
+                "spec.containers[0].volumeMounts[0].mountpath",
+                "unknown field",
+            ),
+            (
+                json!({"spec": {"containers": [{"envFrom": [{"configMap": {"name": "x"}}]}]}}),
+                "spec.containers[0].envFrom[0].configMap",
+                "unknown field",
+            ),
             (json!([]), "", "expected a Pod object, got an array"),
             (json!("pod"), "", "expected a Pod object, got a string"),
         ];

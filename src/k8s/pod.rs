@@ -1,4 +1,5 @@
-//! The `v1` Pod as serde types: `Pod`, `ObjectMeta`, `PodSpec`, `Container`, `EnvVar`.
+//! The `v1` Pod as serde types: `Pod`, `ObjectMeta`, `PodSpec`, `Container`, `EnvVar` (volumes
+//! and environment sources are in [`super::volume`] and [`super::env`]).
 //!
 //! Owns the wire shape only. Every struct denies unknown fields, so a typo (`contianers`) is an
 //! error naming the field. Fields nanolet acts on are typed; every other valid v1 field is
@@ -16,6 +17,8 @@ use serde_json::Value;
 
 use super::resources::ResourceRequirements;
 use super::security::{PodSecurityContext, SecurityContext};
+use super::env::{EnvFromSource, EnvVarSource};
+use super::volume::{Volume, VolumeMount};
 
 /// A `v1` Pod. `status` is accepted and ignored.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -204,11 +207,19 @@ pub struct PodSpec {
     pub tolerations: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub topology_spread_constraints: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub volumes: Option<Value>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
 }
 
 impl PodSpec {
+    /// `serviceAccountName` (or its deprecated alias `serviceAccount`); empty when unset.
+    pub fn service_account_name(&self) -> &str {
+        [&self.service_account_name, &self.service_account]
+            .into_iter()
+            .find_map(|v| v.as_ref().and_then(Value::as_str))
+            .unwrap_or("")
+    }
+
     /// `terminationGracePeriodSeconds` with kubelet's default of 30 applied.
     pub fn termination_grace_period_seconds(&self) -> i64 {
         self.termination_grace_period
@@ -240,10 +251,12 @@ pub struct Container {
     pub stdin: bool,
     pub stdin_once: bool,
     pub tty: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub env_from: Vec<EnvFromSource>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<VolumeMount>,
 
     // Accepted, not acted on (yet).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub env_from: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -268,8 +281,6 @@ pub struct Container {
     pub termination_message_policy: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub volume_devices: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub volume_mounts: Option<Value>,
 }
 
 impl Container {
@@ -299,7 +310,7 @@ fn image_tag(image: &str) -> Option<&str> {
     last_segment.rsplit_once(':').map(|(_, tag)| tag)
 }
 
-/// An environment variable. `valueFrom` is accepted but not resolved by nanolet (no API server).
+/// An environment variable: a `value` (with `$(VAR)` references) or a `valueFrom` source.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct EnvVar {
@@ -307,7 +318,7 @@ pub struct EnvVar {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub value_from: Option<Value>,
+    pub value_from: Option<EnvVarSource>,
 }
 
 #[cfg(test)]

@@ -106,8 +106,10 @@ pub fn validate(pod: &Pod) -> Result<(), ValidationError> {
             (spec.containers.iter().enumerate())
                 .map(|(i, c)| (format!("spec.containers[{i}]"), c, false)),
         );
+    super::validate_volumes::validate_volumes(spec, &mut problem);
     for (path, container, is_init) in all {
         validate_container(&path, container, is_init, &mut names, &mut problem);
+        super::validate_volumes::validate_container_sources(&path, container, spec, &mut problem);
     }
 
     if problems.is_empty() {

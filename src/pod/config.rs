@@ -1,5 +1,6 @@
 //! From a Pod's container and its image to the runtime's `ContainerConfig`: the command line,
-//! the environment with kubelet's `$(VAR)` expansion, namespaces, mounts and labels. Pure.
+//! the environment with kubelet's `$(VAR)` expansion, namespaces, mounts and labels. Pure, but
+//! for the ConfigMaps and Secrets it reads through an [`ObjectSource`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -8,6 +9,8 @@ use std::path::PathBuf;
 use super::resources::{self, CgroupValues, NodeCapacity};
 use super::security::Security;
 use crate::image::ImageConfig;
+use crate::k8s::env::EnvVarSource;
+use crate::k8s::object::ObjectSource;
 use crate::k8s::{Container, Pod};
 use crate::runtime::spec::{ContainerConfig, Mount, Namespace, NamespaceKind, User};
 use crate::sys::sandbox::Sandbox;
@@ -58,17 +61,18 @@ pub struct Inputs<'a> {
     pub container_id: &'a str,
     pub attempt: u32,
     pub rootfs: PathBuf,
-    /// The pod's addresses (`status.podIP`, `status.podIPs`), known once its sandbox is up;
-    /// for env `fieldRef`.
-    pub pod_ips: &'a [std::net::Ipv4Addr],
-    /// The node's address (`status.hostIP`), for env `fieldRef`.
-    pub host_ip: Option<std::net::Ipv4Addr>,
+    /// Where `envFrom` and `valueFrom` read from.
+    pub sources: &'a EnvSources<'a>,
+    /// The container's volume mounts, prepared by the worker (see [`super::volumes`]).
+    pub volume_mounts: Vec<Mount>,
 }
 
 /// Builds the runtime configuration of one container.
 pub fn container_config(i: &Inputs) -> Result<ContainerConfig, ConfigError> {
-    let env = environment(i.pod, i.container, &i.image.env, i.node)?;
-    let args = command_line(i.container, i.image, &env);
+    let container_env = kubelet_environment(i.pod, i.container, i.sources)?;
+    // kubelet expands command and args with the container's variables only.
+    let args = command_line(i.container, i.image, &container_env);
+    let env = runtime_environment(i.pod, &i.image.env, container_env);
     if args.is_empty() {
         return Err(ConfigError(format!(
             "container {:?}: no command specified: the image has no entrypoint or cmd and the container sets no command",
@@ -116,11 +120,12 @@ pub fn container_config(i: &Inputs) -> Result<ContainerConfig, ConfigError> {
             .map(String::from)
             .to_vec(),
     };
-    let mounts = vec![
+    let mut mounts = vec![
         bind("/etc/hosts", &i.files.hosts, false),
         bind("/etc/hostname", &i.files.hostname, false),
         bind("/etc/resolv.conf", &i.files.resolv_conf, false),
     ];
+    mounts.extend(i.volume_mounts.iter().cloned());
     let meta = &i.pod.metadata;
     let annotations = BTreeMap::from([
         (ANNOTATION_POD_UID.to_string(), meta.uid.clone()),
@@ -187,33 +192,116 @@ pub fn command_line(c: &Container, image: &ImageConfig, env: &[(String, String)]
         .collect()
 }
 
-/// The container's environment: the image's, then the container's (each value expanded against
-/// what is defined before it), then `HOSTNAME`.
+/// The pod's addresses, for `status.hostIP(s)` and `status.podIP(s)` field references.
+#[derive(Clone, Debug, Default)]
+pub struct Addresses {
+    pub host_ips: Vec<String>,
+    pub pod_ips: Vec<String>,
+}
+
+/// The container's environment as the runtime gets it: `HOSTNAME`, then the image's, then the
+/// container's own ([`kubelet_environment`]), later entries replacing earlier ones in place
+/// (containerd's order).
 pub fn environment(
     pod: &Pod,
     c: &Container,
     image_env: &[String],
-    node: &NodeCapacity,
+    sources: &EnvSources,
 ) -> Result<Vec<(String, String)>, ConfigError> {
+    Ok(runtime_environment(
+        pod,
+        image_env,
+        kubelet_environment(pod, c, sources)?,
+    ))
+}
+
+fn runtime_environment(
+    pod: &Pod,
+    image_env: &[String],
+    container_env: Vec<(String, String)>,
+) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = Vec::new();
-    let set = |env: &mut Vec<(String, String)>, k: String, v: String| match env
-        .iter_mut()
-        .find(|(n, _)| *n == k)
-    {
-        Some(slot) => slot.1 = v,
-        None => env.push((k, v)),
+    let hostname = if pod.spec.host_network {
+        crate::config::hostname()
+    } else {
+        pod.metadata.name.clone()
     };
+    set(&mut env, "HOSTNAME".to_string(), hostname);
     for kv in image_env {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         set(&mut env, k.to_string(), v.to_string());
     }
+    for (k, v) in container_env {
+        set(&mut env, k, v);
+    }
+    env
+}
+
+fn set(env: &mut Vec<(String, String)>, k: String, v: String) {
+    match env.iter_mut().find(|(n, _)| *n == k) {
+        Some(slot) => slot.1 = v,
+        None => env.push((k, v)),
+    }
+}
+
+/// Where `valueFrom` and `envFrom` read from.
+pub struct EnvSources<'a> {
+    pub objects: &'a dyn ObjectSource,
+    pub addresses: &'a Addresses,
+    /// The node's CPUs and memory: `resourceFieldRef` of a limit the container does not set.
+    pub node: &'a NodeCapacity,
+}
+
+/// kubelet's `makeEnvironmentVariables`: `envFrom` in order (keys with the prefix; invalid
+/// names skipped with a warning), then `env` in order, each `value` expanded against what is
+/// defined so far (not the image's variables: kubelet never sees them), later wins. Missing
+/// non-optional objects and keys are kubelet's `CreateContainerConfigError` messages.
+pub fn kubelet_environment(
+    pod: &Pod,
+    c: &Container,
+    sources: &EnvSources,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let ns = &pod.metadata.namespace;
+    let mut env: Vec<(String, String)> = Vec::new();
+    for from in &c.env_from {
+        let (object, optional) = match (&from.config_map_ref, &from.secret_ref) {
+            (Some(r), _) => (
+                sources.objects.config_map(ns, &r.name),
+                (r.optional == Some(true), "configmap", &r.name),
+            ),
+            (None, Some(r)) => (
+                sources.objects.secret(ns, &r.name),
+                (r.optional == Some(true), "secret", &r.name),
+            ),
+            (None, None) => continue,
+        };
+        let (optional, kind, name) = optional;
+        let object = match object.map_err(ConfigError)? {
+            Some(o) => o,
+            None if optional => continue,
+            None => return Err(ConfigError(format!("{kind} {name:?} not found"))),
+        };
+        let mut invalid = Vec::new();
+        for (key, value) in object.data {
+            let k = format!("{}{key}", from.prefix);
+            if crate::k8s::validate::env_var_name_problem(&k).is_some() {
+                invalid.push(k);
+                continue;
+            }
+            set(&mut env, k, String::from_utf8_lossy(&value).into_owned());
+        }
+        if !invalid.is_empty() {
+            log::warn!(
+                "pod {ns}/{}: container {:?}: keys [{}] from the EnvFrom {kind} {ns}/{name} were skipped since they are considered invalid environment variable names",
+                pod.metadata.name,
+                c.name,
+                invalid.join(", ")
+            );
+        }
+    }
     for var in &c.env {
         let value = match (&var.value, &var.value_from) {
-            (_, Some(from)) => match from.get("resourceFieldRef") {
-                Some(r) => resources::resource_field_ref(pod, c, &var.name, r, node)?,
-                None => value_from(pod, c, &var.name, from)?,
-            },
-            (Some(v), None) => {
+            (Some(v), _) if !v.is_empty() => {
                 let current = env.clone();
                 let lookup = |name: &str| {
                     current
@@ -223,16 +311,15 @@ pub fn environment(
                 };
                 expand(v, &lookup)
             }
-            (None, None) => String::new(),
+            (_, Some(from)) => match value_from(pod, c, &var.name, from, sources)? {
+                Some(v) => v,
+                // An optional object or key that is missing: the variable is not set.
+                None => continue,
+            },
+            _ => String::new(),
         };
         set(&mut env, var.name.clone(), value);
     }
-    let hostname = if pod.spec.host_network {
-        crate::config::hostname()
-    } else {
-        pod.metadata.name.clone()
-    };
-    set(&mut env, "HOSTNAME".to_string(), hostname);
     Ok(env)
 }
 
@@ -240,40 +327,109 @@ fn value_from(
     pod: &Pod,
     c: &Container,
     name: &str,
-    from: &serde_json::Value,
-) -> Result<String, ConfigError> {
-    let unsupported = || {
-        ConfigError(format!(
-            "container {:?}: env {name:?}: valueFrom {from} is not supported yet (fieldRef on metadata and spec.nodeName are)",
-            c.name
-        ))
+    from: &EnvVarSource,
+    sources: &EnvSources,
+) -> Result<Option<String>, ConfigError> {
+    let ns = &pod.metadata.namespace;
+    if let Some(r) = &from.resource_field_ref {
+        return resources::resource_field_ref(pod, c, name, r, sources.node).map(Some);
+    }
+    if let Some(r) = &from.field_ref {
+        return field_value(pod, &r.field_path, sources.addresses)
+            .map(Some)
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "container {:?}: env {name:?}: unsupported fieldPath {:?}",
+                    c.name, r.field_path
+                ))
+            });
+    }
+    let (selector, object, kind, object_kind) = match (
+        &from.config_map_key_ref,
+        &from.secret_key_ref,
+    ) {
+        (Some(k), _) => (
+            k,
+            sources.objects.config_map(ns, &k.name),
+            "configmap",
+            "ConfigMap",
+        ),
+        (None, Some(k)) => (k, sources.objects.secret(ns, &k.name), "secret", "Secret"),
+        (None, None) => {
+            return Err(ConfigError(format!(
+                "container {:?}: env {name:?}: this valueFrom source is not supported by nanolet",
+                c.name
+            )));
+        }
     };
-    let path = from
-        .pointer("/fieldRef/fieldPath")
-        .and_then(|p| p.as_str())
-        .ok_or_else(unsupported)?;
+    let optional = selector.optional == Some(true);
+    let object = match object.map_err(ConfigError)? {
+        Some(o) => o,
+        None if optional => return Ok(None),
+        None => {
+            return Err(ConfigError(format!("{kind} {:?} not found", selector.name)));
+        }
+    };
+    match object.data.get(&selector.key) {
+        Some(v) => Ok(Some(String::from_utf8_lossy(v).into_owned())),
+        None if optional => Ok(None),
+        None => Err(ConfigError(format!(
+            "couldn't find key {} in {object_kind} {ns}/{}",
+            selector.key, selector.name
+        ))),
+    }
+}
+
+/// The value of a pod field for `fieldRef` (env and downwardAPI files): kubelet's
+/// `podFieldSelectorRuntimeValue` and `ExtractFieldPathAsString`. `None`: not a field path.
+pub fn field_value(pod: &Pod, path: &str, addresses: &Addresses) -> Option<String> {
     let meta = &pod.metadata;
-    let key_of = |prefix: &str| {
-        path.strip_prefix(prefix)
-            .and_then(|rest| rest.strip_prefix("['"))
-            .and_then(|rest| rest.strip_suffix("']"))
-            .map(str::to_string)
-    };
-    Ok(match path {
+    let first = |ips: &[String]| ips.first().cloned().unwrap_or_default();
+    Some(match path {
         "metadata.name" => meta.name.clone(),
         "metadata.namespace" => meta.namespace.clone(),
         "metadata.uid" => meta.uid.clone(),
+        "metadata.labels" => format_map(&meta.labels),
+        "metadata.annotations" => format_map(&meta.annotations),
         "spec.nodeName" => pod.spec.node_name.clone(),
-        _ => {
-            if let Some(k) = key_of("metadata.labels") {
-                meta.labels.get(&k).cloned().unwrap_or_default()
-            } else if let Some(k) = key_of("metadata.annotations") {
-                meta.annotations.get(&k).cloned().unwrap_or_default()
-            } else {
-                return Err(unsupported());
-            }
-        }
+        "spec.serviceAccountName" => pod.spec.service_account_name().to_string(),
+        "status.hostIP" => first(&addresses.host_ips),
+        "status.hostIPs" => addresses.host_ips.join(","),
+        "status.podIP" => first(&addresses.pod_ips),
+        "status.podIPs" => addresses.pod_ips.join(","),
+        _ => match crate::k8s::validate_volumes::subscript(path)? {
+            ("metadata.labels", k) => meta.labels.get(k).cloned().unwrap_or_default(),
+            (_, k) => meta.annotations.get(k).cloned().unwrap_or_default(),
+        },
     })
+}
+
+/// kubelet's `FormatMap`: sorted `key="value"` lines (Go's %q quoting), no trailing newline.
+pub fn format_map(map: &BTreeMap<String, String>) -> String {
+    map.iter()
+        .map(|(k, v)| format!("{k}={}", go_quote(v)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Go's `%q` of a string, for the characters label and annotation values hold.
+fn go_quote(s: &str) -> String {
+    let mut out = String::from("\"");
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// Kubernetes' `$(VAR)` expansion: a defined `$(VAR)` is replaced, an undefined one is left as it
@@ -310,9 +466,10 @@ pub fn expand(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::k8s::EnvVar;
+    use crate::k8s::object::DataObject;
 
     const NODE: NodeCapacity = NodeCapacity {
         cpu_milli: 1000,
@@ -384,65 +541,169 @@ mod tests {
         );
     }
 
-    #[test]
-    fn environment_layers_image_container_and_field_refs() {
+    struct Objects;
+    impl ObjectSource for Objects {
+        fn config_map(&self, ns: &str, name: &str) -> Result<Option<DataObject>, String> {
+            let data: &[(&str, &str)] = match name {
+                "cfg" => &[("MODE", "fast"), ("1BAD", "x"), ("A", "from-cfg")],
+                "other" => &[("MODE", "slow")],
+                _ => return Ok(None),
+            };
+            Ok(Some(DataObject {
+                kind: "ConfigMap",
+                namespace: ns.into(),
+                name: name.into(),
+                data: data
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                    .collect(),
+            }))
+        }
+        fn secret(&self, ns: &str, name: &str) -> Result<Option<DataObject>, String> {
+            Ok((name == "s").then(|| DataObject {
+                kind: "Secret",
+                namespace: ns.into(),
+                name: name.into(),
+                data: [("password".to_string(), b"hunter2".to_vec())].into(),
+            }))
+        }
+    }
+
+    fn pod() -> Pod {
         let mut pod = Pod::default();
         pod.metadata.name = "web-edge".into();
+        pod.metadata.uid = "u1".into();
         pod.metadata.labels.insert("app".into(), "web".into());
+        pod.metadata.annotations.insert("a/b".into(), "c".into());
         pod.spec.node_name = "edge".into();
-        let c = Container {
-            name: "c".into(),
-            env: vec![
-                EnvVar {
-                    name: "A".into(),
-                    value: Some("pod".into()),
-                    value_from: None,
-                },
-                EnvVar {
-                    name: "B".into(),
-                    value: Some("$(A)-$(PATH)".into()),
-                    value_from: None,
-                },
-                EnvVar {
-                    name: "NODE".into(),
-                    value: None,
-                    value_from: Some(
-                        serde_json::json!({"fieldRef": {"fieldPath": "spec.nodeName"}}),
-                    ),
-                },
-                EnvVar {
-                    name: "APP".into(),
-                    value: None,
-                    value_from: Some(
-                        serde_json::json!({"fieldRef": {"fieldPath": "metadata.labels['app']"}}),
-                    ),
-                },
-            ],
-            ..Container::default()
+        pod.spec.service_account_name = Some(serde_json::json!("robot"));
+        pod
+    }
+
+    fn container(spec: serde_json::Value) -> Container {
+        let mut c: Container = serde_json::from_value(spec).unwrap();
+        c.name = "c".into();
+        c
+    }
+
+    fn env_of(c: &Container) -> Result<Vec<(String, String)>, ConfigError> {
+        let addresses = Addresses {
+            host_ips: vec!["192.0.2.10".into()],
+            pod_ips: vec!["10.1.0.5".into(), "fd00::5".into()],
         };
-        let env = environment(&pod, &c, &image().env, &NODE).unwrap();
+        let sources = EnvSources {
+            objects: &Objects,
+            addresses: &addresses,
+            node: &NODE,
+        };
+        environment(&pod(), c, &image().env, &sources)
+    }
+
+    #[test]
+    fn environment_orders_like_containerd_and_expands_like_kubelet() {
+        let c = container(serde_json::json!({"env": [
+            {"name": "A", "value": "pod"},
+            // kubelet does not see the image's variables: $(PATH) stays.
+            {"name": "B", "value": "$(A)-$(PATH)-$$(A)"},
+            {"name": "EMPTY", "value": ""},
+        ]}));
+        let env = env_of(&c).unwrap();
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("A"), Some("pod"));
-        assert_eq!(get("B"), Some("pod-/bin"));
-        assert_eq!(get("NODE"), Some("edge"));
-        assert_eq!(get("APP"), Some("web"));
+        assert_eq!(get("B"), Some("pod-$(PATH)-$(A)"));
+        assert_eq!(get("EMPTY"), Some(""));
         assert_eq!(get("HOSTNAME"), Some("web-edge"));
-        // Image order is kept: PATH first.
-        assert_eq!(env[0].0, "PATH");
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        // HOSTNAME, then the image's (A replaced in place), then the container's.
+        assert_eq!(names, ["HOSTNAME", "PATH", "A", "B", "EMPTY"]);
+    }
 
-        let bad = Container {
-            name: "c".into(),
-            env: vec![EnvVar {
-                name: "X".into(),
-                value: None,
-                value_from: Some(serde_json::json!({"secretKeyRef": {"name": "s", "key": "k"}})),
-            }],
-            ..Container::default()
-        };
-        let err = environment(&pod, &bad, &[], &NODE).unwrap_err().to_string();
-        assert!(
-            err.contains("env \"X\"") && err.contains("not supported"),
-            "{err}"
-        );
+    #[test]
+    fn every_field_ref_resolves() {
+        let cases = [
+            ("metadata.name", "web-edge"),
+            ("metadata.namespace", "default"),
+            ("metadata.uid", "u1"),
+            ("metadata.labels['app']", "web"),
+            ("metadata.labels['missing']", ""),
+            ("metadata.annotations['a/b']", "c"),
+            ("spec.nodeName", "edge"),
+            ("spec.serviceAccountName", "robot"),
+            ("status.hostIP", "192.0.2.10"),
+            ("status.hostIPs", "192.0.2.10"),
+            ("status.podIP", "10.1.0.5"),
+            ("status.podIPs", "10.1.0.5,fd00::5"),
+        ];
+        for (path, want) in cases {
+            let c = container(serde_json::json!({"env": [
+                {"name": "X", "valueFrom": {"fieldRef": {"fieldPath": path}}}]}));
+            let env = env_of(&c).unwrap();
+            assert_eq!(
+                env.last().unwrap(),
+                &("X".to_string(), want.to_string()),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn env_from_then_env_later_wins_with_prefixes_and_invalid_keys_skipped() {
+        let c = container(serde_json::json!({
+            "envFrom": [
+                {"configMapRef": {"name": "cfg"}},
+                {"configMapRef": {"name": "other"}, "prefix": "O_"},
+                {"configMapRef": {"name": "other"}},
+                {"secretRef": {"name": "s"}, "prefix": "S_"},
+                {"secretRef": {"name": "nope", "optional": true}},
+            ],
+            "env": [
+                {"name": "A", "value": "$(MODE)-$(S_password)"},
+                {"name": "K", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "MODE"}}},
+                {"name": "P", "valueFrom": {"secretKeyRef": {"name": "s", "key": "password"}}},
+                {"name": "GONE", "valueFrom": {"secretKeyRef": {"name": "s", "key": "x", "optional": true}}},
+                {"name": "GONE2", "valueFrom": {"configMapKeyRef": {"name": "nope", "key": "x", "optional": true}}},
+            ],
+        }));
+        let env = env_of(&c).unwrap();
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("MODE"), Some("slow"));
+        assert_eq!(get("O_MODE"), Some("slow"));
+        assert_eq!(get("S_password"), Some("hunter2"));
+        assert_eq!(get("1BAD"), None);
+        assert_eq!(get("A"), Some("slow-hunter2"));
+        assert_eq!(get("K"), Some("fast"));
+        assert_eq!(get("P"), Some("hunter2"));
+        assert_eq!(get("GONE"), None);
+        assert_eq!(get("GONE2"), None);
+    }
+
+    #[test]
+    fn missing_objects_and_keys_give_kubelets_messages() {
+        let cases = [
+            (
+                serde_json::json!({"envFrom": [{"configMapRef": {"name": "nope"}}]}),
+                "configmap \"nope\" not found",
+            ),
+            (
+                serde_json::json!({"envFrom": [{"secretRef": {"name": "nope"}}]}),
+                "secret \"nope\" not found",
+            ),
+            (
+                serde_json::json!({"env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "nokey"}}}]}),
+                "couldn't find key nokey in ConfigMap default/cfg",
+            ),
+            (
+                serde_json::json!({"env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "nokey"}}}]}),
+                "couldn't find key nokey in Secret default/s",
+            ),
+            (
+                serde_json::json!({"env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "gone", "key": "k"}}}]}),
+                "secret \"gone\" not found",
+            ),
+        ];
+        for (spec, want) in cases {
+            let err = env_of(&container(spec.clone())).unwrap_err();
+            assert_eq!(err.0, want, "{spec}");
+        }
     }
 }

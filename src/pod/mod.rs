@@ -7,6 +7,8 @@
 //! - [`resources`] (pure): QoS class, cgroup values, `oom_score_adj`, `resourceFieldRef`.
 //! - [`security`] (pure): the security contexts → user, capabilities, seccomp, sysctls.
 //! - [`images`]: imagePullPolicy (pure) and pulls in child processes, shared per reference.
+//! - [`volumes`]: a pod's volumes (emptyDir, hostPath, configMap, secret, downwardAPI,
+//!   projected) prepared before its containers start, and their mounts.
 //! - [`board`]: where workers publish status for the snapshot.
 //! - [`worker`]: one task per pod that carries out the decisions with the runtime.
 
@@ -18,4 +20,5 @@ pub mod lifecycle;
 pub mod resources;
 pub mod security;
 pub mod status;
+pub mod volumes;
 pub mod worker;

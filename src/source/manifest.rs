@@ -320,8 +320,8 @@ status: {}
         assert_eq!(c.command[1], "--data-dir=/var/lib/store");
         assert_eq!(c.env[0].value.as_deref(), Some("2"));
         assert!(c.env[1].value_from.is_some());
-        let volumes = pod.spec.volumes.as_ref().unwrap();
-        assert_eq!(volumes[1]["secret"]["defaultMode"], 0o400);
+        let secret = pod.spec.volumes[1].secret.as_ref().unwrap();
+        assert_eq!(secret.default_mode, Some(0o400));
         assert_eq!(
             pod.metadata.annotations["example.com/endpoint"],
             "https://10.0.0.2:2379"

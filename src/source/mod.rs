@@ -17,10 +17,12 @@
 //! - [`set`] (pure): merging scans so one broken file never stops or loses the others.
 //! - [`scan_dir`] (I/O): one full read of the folder; every problem is per path.
 //! - [`watch`] (I/O): the inotify watch; it only says "look again", never what changed.
+//! - [`objects`] (I/O): ConfigMaps and Secrets from `configmaps/` and `secrets/`, read per lookup.
 //!
 //! This module never starts pods: it only says which pods are desired.
 
 pub mod manifest;
+pub mod objects;
 pub mod set;
 pub mod watch;
 

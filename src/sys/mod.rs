@@ -10,6 +10,7 @@
 //!   containers of a pod share them without a pause container.
 //! - [`mount`]: overlay and bind mounts, and unmounting.
 //! - [`inroot`]: reading files inside a container rootfs without following links out.
+//! - [`volume_mount`]: tmpfs for memory-backed volumes, subPath binds that cannot escape.
 //! - [`cgroup`]: finding and removing a pod's cgroup directories in every hierarchy.
 
 pub mod cgroup;
@@ -18,3 +19,4 @@ pub mod mount;
 pub mod process;
 pub mod reaper;
 pub mod sandbox;
+pub mod volume_mount;

@@ -30,14 +30,16 @@ use futures_lite::{AsyncReadExt, FutureExt};
 
 use super::backoff::BackoffPolicy;
 use super::board::Board;
-use super::config::{self, PodFiles};
+use super::config::{self, Addresses, PodFiles};
 use super::images::{self, PullAction, Puller};
 use super::lifecycle::{self, RestartPolicy, Slot};
 use super::resources::{PodResources, QosClass};
 use super::status::{Condition, ContainerState, Phase, PodIp, PodStatus, Terminated};
+use super::volumes::{self, PodVolumes};
 use crate::config::NodeConfig;
 use crate::image::gc::UseLog;
 use crate::image::{Image, ImageStore};
+use crate::k8s::object::ObjectSource;
 use crate::k8s::{self, Pod};
 use crate::runtime::bundle::{Bundle, LogPipes, Record};
 use crate::runtime::logs::{LogWriter, Stream};
@@ -69,6 +71,22 @@ pub struct Context {
     pub images_used: std::cell::RefCell<UseLog>,
     /// The pod network: addresses, veth pairs or CNI, host ports.
     pub network: crate::net::Network,
+    /// Where ConfigMaps and Secrets come from (files for static pods).
+    pub objects: Box<dyn ObjectSource>,
+    /// The node's addresses, for `status.hostIP(s)` (and `status.podIP(s)` of hostNetwork pods).
+    pub host_ips: Vec<String>,
+}
+
+/// The node's primary address: the source address the kernel picks for a route to a
+/// documentation address (TEST-NET-1). A UDP `connect` only looks up the route; nothing is
+/// sent. Empty when the node has no route (then `status.hostIP` is empty, not wrong).
+pub fn host_ips() -> Vec<String> {
+    let probe = || -> std::io::Result<std::net::IpAddr> {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        socket.connect("192.0.2.1:9")?;
+        Ok(socket.local_addr()?.ip())
+    };
+    probe().map(|ip| vec![ip.to_string()]).unwrap_or_default()
 }
 
 /// Orders for a worker.
@@ -138,6 +156,9 @@ struct Worker {
     sandbox: Sandbox,
     pod_dir: PathBuf,
     files: PodFiles,
+    volumes: PodVolumes,
+    /// When the pod's data volumes are next refreshed (`None`: it has none to refresh).
+    next_volume_sync: Option<Instant>,
     start_time: i64,
     conditions: Vec<Condition>,
     events: async_channel::Sender<Event>,
@@ -186,9 +207,17 @@ impl Worker {
             k8s::RestartPolicy::OnFailure => RestartPolicy::OnFailure,
             k8s::RestartPolicy::Never => RestartPolicy::Never,
         };
+        let has_data_volumes = spec.volumes.iter().any(|v| {
+            v.config_map.is_some()
+                || v.secret.is_some()
+                || v.downward_api.is_some()
+                || v.projected.is_some()
+        });
         let qos = PodResources::of(&pod, -1).map_or(QosClass::BestEffort, |r| r.qos);
         Worker {
             qos,
+            volumes: PodVolumes::new(&ctx.config.data_dir, &pod.metadata.uid),
+            next_volume_sync: has_data_volumes.then(|| Instant::now() + ctx.config.sync_frequency),
             sandbox: Sandbox {
                 dir: pod_dir.join("ns"),
                 host_network: spec.host_network,
@@ -253,8 +282,18 @@ impl Worker {
                 continue;
             }
             self.publish();
+            if let Some(at) = self.next_volume_sync
+                && at <= now
+            {
+                self.sync_volumes(now);
+                continue;
+            }
+            let wake_at = match (plan.wake_at, self.next_volume_sync) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let next = async { self.events_rx.recv().await.ok() };
-            let event = match plan.wake_at {
+            let event = match wake_at {
                 Some(at) => {
                     next.or(async {
                         Timer::at(at).await;
@@ -292,6 +331,42 @@ impl Worker {
                 self.terminate().await;
                 true
             }
+        }
+    }
+
+    /// The pod's addresses for field references. A hostNetwork pod has the node's; others
+    /// have none until pod networking provides them.
+    fn addresses(&self) -> Addresses {
+        // nodeIP (or the route lookup the network made) wins over the agent's own lookup.
+        let host_ips = match self.ctx.network.host_ip {
+            Some(ip) => vec![ip.to_string()],
+            None => self.ctx.host_ips.clone(),
+        };
+        Addresses {
+            pod_ips: if self.pod.spec.host_network {
+                host_ips.clone()
+            } else {
+                self.pod_ips.iter().map(|ip| ip.to_string()).collect()
+            },
+            host_ips,
+        }
+    }
+
+    /// kubelet's periodic resync of data volumes: edited ConfigMaps and Secrets reach the
+    /// running pod (atomically; an unchanged payload writes nothing).
+    fn sync_volumes(&mut self, now: Instant) {
+        self.next_volume_sync = Some(now + self.ctx.config.sync_frequency);
+        if !self.running.iter().any(Option::is_some) {
+            return;
+        }
+        let addresses = self.addresses();
+        let inputs = volumes::Inputs {
+            pod: &self.pod,
+            objects: &*self.ctx.objects,
+            addresses: &addresses,
+        };
+        if let Err(e) = self.volumes.set_up(&self.pod, &inputs) {
+            log::warn!("pod {}: {e}", self.name());
         }
     }
 

@@ -1,4 +1,5 @@
-//! Starting a container: its image (pulled as the policy says), the pod sandbox, the bundle,
+//! Starting a container: its image (pulled as the policy says), the pod sandbox, its volumes,
+//! the bundle,
 //! `runc run --detach`, and the watch for its exit.
 
 use std::path::Path;
@@ -276,6 +277,29 @@ impl Worker {
             + u32::from(self.slots[i].status.last_termination().is_some());
         let id = format!("{}-{}-{}", self.pod.metadata.uid, c.name, attempt);
         let bundle = Bundle::new(&self.ctx.config.run_dir, &self.ctx.config.data_dir, &id);
+        let addresses = self.addresses();
+        let volume_inputs = volumes::Inputs {
+            pod: &self.pod,
+            objects: &*self.ctx.objects,
+            addresses: &addresses,
+        };
+        // kubelet mounts every volume of the pod before any container starts, and waits
+        // (ContainerCreating) while one cannot be set up.
+        if let Err(e) = self.volumes.set_up(&self.pod, &volume_inputs) {
+            return self.create_error(i, "ContainerCreating", e.to_string());
+        }
+        let sources = config::EnvSources {
+            objects: &*self.ctx.objects,
+            addresses: &addresses,
+            node: node_capacity(),
+        };
+        let volume_mounts = match config::kubelet_environment(&self.pod, &c, &sources)
+            .map_err(|e| e.0)
+            .and_then(|env| self.volumes.container_mounts(&self.pod, &c, &env))
+        {
+            Ok(mounts) => mounts,
+            Err(e) => return self.create_error(i, "CreateContainerConfigError", e),
+        };
         let inputs = config::Inputs {
             pod: &self.pod,
             container: &c,
@@ -292,8 +316,8 @@ impl Worker {
             container_id: &id,
             attempt,
             rootfs: bundle.rootfs(),
-            pod_ips: &self.pod_ips,
-            host_ip: self.ctx.network.host_ip,
+            sources: &sources,
+            volume_mounts,
         };
         let cfg = match config::container_config(&inputs) {
             Ok(cfg) => cfg,

@@ -179,6 +179,12 @@ impl Worker {
                 log::warn!("pod {name}: {e}");
             }
         }
+        if let Err(e) = self.volumes.tear_down() {
+            log::warn!(
+                "pod {name}: removing volumes {}: {e}",
+                self.volumes.root.display()
+            );
+        }
         if let Err(e) = remove_tree(&self.pod_dir) {
             log::warn!("pod {name}: removing {}: {e}", self.pod_dir.display());
         }
