@@ -8,6 +8,7 @@
 //!
 //! It must never start anything or create directories: it only describes them.
 
+pub mod proxy;
 pub mod yaml;
 
 use std::fmt;
@@ -82,6 +83,8 @@ pub struct NodeConfig {
     /// `imageMinimumGCAge`: how long an image stays after it was first seen or last used by a
     /// container start, whatever the disk usage; a Go duration. Default: `2m`.
     pub image_minimum_gc_age: Duration,
+    /// `proxy`: Services in nftables (see [`proxy`]); `None` leaves nftables alone.
+    pub proxy: Option<proxy::ProxyConfig>,
 }
 
 /// The file as written: everything optional, unknown fields rejected.
@@ -111,6 +114,7 @@ struct RawConfig {
     image_gc_low_threshold_percent: Option<u8>,
     #[serde(rename = "imageMinimumGCAge")]
     image_minimum_gc_age: Option<String>,
+    proxy: Option<proxy::RawProxy>,
 }
 
 /// `crashLoopBackOff`.
@@ -318,6 +322,10 @@ impl RawConfig {
             return Err(("imageGCLowThresholdPercent", message));
         }
         let image_minimum_gc_age = duration("imageMinimumGCAge", self.image_minimum_gc_age, 120)?;
+        let proxy = match self.proxy {
+            Some(p) => Some(p.resolve(config_dir, &node_name)?),
+            None => None,
+        };
         Ok(NodeConfig {
             node_name,
             static_pod_path: path(self.static_pod_path, "manifests"),
@@ -340,6 +348,7 @@ impl RawConfig {
             image_gc_high_threshold_percent,
             image_gc_low_threshold_percent,
             image_minimum_gc_age,
+            proxy,
         })
     }
 }
