@@ -419,9 +419,7 @@ fn session_affinity_sticks_and_nodeports_answer() {
         "10.96.0.20",
         "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n",
     );
-    let np = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: np, namespace: default}}\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.30\n  ports:\n  - {{name: tcp, port: 80, targetPort: 8080, protocol: TCP, nodePort: 30080}}\n"
-    );
+    let np = "apiVersion: v1\nkind: Service\nmetadata: {name: np, namespace: default}\nspec:\n  type: NodePort\n  clusterIP: 10.96.0.30\n  ports:\n  - {name: tcp, port: 80, targetPort: 8080, protocol: TCP, nodePort: 30080}\n";
     let np_slice =
         slice("np", &["10.201.2.2"]).replace("- {name: udp, port: 8080, protocol: UDP}\n", "");
     w.write_services(
