@@ -126,6 +126,9 @@ mod tests {
         let e = resolve("nodeIPs: [127.0.0.1]").unwrap_err();
         assert_eq!(e.0, "proxy");
         assert!(e.1.contains("loopback"), "{}", e.1);
-        assert_eq!(resolve("masqueradeBit: 32").unwrap_err().0, "proxy.masqueradeBit");
+        assert_eq!(
+            resolve("masqueradeBit: 32").unwrap_err().0,
+            "proxy.masqueradeBit"
+        );
     }
 }

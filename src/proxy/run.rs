@@ -91,7 +91,9 @@ pub async fn run(cfg: ProxyConfig) {
     let writer = match Netlink::open() {
         Ok(w) => w,
         Err(e) => {
-            log::error!("proxy: cannot open a netfilter netlink socket: {e}; Services are not proxied");
+            log::error!(
+                "proxy: cannot open a netfilter netlink socket: {e}; Services are not proxied"
+            );
             return;
         }
     };
@@ -99,7 +101,12 @@ pub async fn run(cfg: ProxyConfig) {
     let dir: PathBuf = cfg.services_path.clone();
     log::info!("proxy: Services from {}", dir.display());
     let mut watch = DirWatch::new(&dir)
-        .map_err(|e| log::warn!("proxy: watching {}: {e}; relying on the periodic resync", dir.display()))
+        .map_err(|e| {
+            log::warn!(
+                "proxy: watching {}: {e}; relying on the periodic resync",
+                dir.display()
+            )
+        })
         .ok();
     let mut prev = Snapshot::default();
     let mut full = true;
@@ -186,9 +193,14 @@ mod tests {
         assert!(p.sync(false));
         drop(p);
         assert_eq!(rec.writes.len(), 2);
-        assert!(matches!(rec.writes[0][0], Op::DeleteTable(_)), "the first write replaces");
         assert!(
-            !rec.writes[1].iter().any(|o| matches!(o, Op::AddTable(_) | Op::DeleteTable(_))),
+            matches!(rec.writes[0][0], Op::DeleteTable(_)),
+            "the first write replaces"
+        );
+        assert!(
+            !rec.writes[1]
+                .iter()
+                .any(|o| matches!(o, Op::AddTable(_) | Op::DeleteTable(_))),
             "the second write is incremental: {:?}",
             rec.writes[1]
         );
@@ -201,7 +213,11 @@ mod tests {
             ..Recorder::default()
         };
         let mut p = Proxy::new(node(), &mut rec);
-        p.feed(vec![web(), Event::ServicesSynced, Event::EndpointSlicesSynced]);
+        p.feed(vec![
+            web(),
+            Event::ServicesSynced,
+            Event::EndpointSlicesSynced,
+        ]);
         assert!(!p.sync(false));
         assert!(!p.sync(false));
         drop(p);

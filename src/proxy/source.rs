@@ -56,8 +56,16 @@ impl Snapshot {
             if doc.is_null() {
                 continue;
             }
-            let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
-            let api = doc.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string();
+            let kind = doc
+                .get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let api = doc
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             let (ns, name) = key(&doc);
             let k = format!("{ns}/{name}");
             let map = match (kind.as_str(), api.as_str()) {
@@ -149,11 +157,18 @@ mod tests {
     fn documents_are_sorted_by_kind_and_others_are_named() {
         let mut s = Snapshot::default();
         let slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1, namespace: prod}\naddressType: IPv4\nendpoints: []\n";
-        s.add_file("a.yaml", &format!("{WEB}---\n{slice}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\n"));
+        s.add_file(
+            "a.yaml",
+            &format!("{WEB}---\n{slice}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\n"),
+        );
         assert_eq!(s.services.keys().collect::<Vec<_>>(), vec!["default/web"]);
         assert_eq!(s.slices.keys().collect::<Vec<_>>(), vec!["prod/web-1"]);
         assert_eq!(s.problems.len(), 1);
-        assert!(s.problems[0].starts_with("a.yaml: document 3: kind \"Pod\""), "{:?}", s.problems);
+        assert!(
+            s.problems[0].starts_with("a.yaml: document 3: kind \"Pod\""),
+            "{:?}",
+            s.problems
+        );
         s.add_file("b.yaml", "{ not yaml");
         assert!(s.problems[1].starts_with("b.yaml: "), "{:?}", s.problems);
     }
@@ -165,7 +180,10 @@ mod tests {
         let first = events(&Snapshot::default(), &a);
         assert!(matches!(first[0], Event::ServiceApplied(_)));
         assert_eq!(first.len(), 3);
-        assert_eq!(events(&a, &a), vec![Event::ServicesSynced, Event::EndpointSlicesSynced]);
+        assert_eq!(
+            events(&a, &a),
+            vec![Event::ServicesSynced, Event::EndpointSlicesSynced]
+        );
         let gone = events(&a, &Snapshot::default());
         assert_eq!(
             gone[0],
