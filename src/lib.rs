@@ -7,6 +7,7 @@
 //!   │        │        │            │
 //!   │        │        └► k8s       └► image
 //!   │        ├► source (manifests/) ─► k8s, config
+//!   │        ├► proxy (services/) ─► netlink
 //!   │        └► state (atomic files, status snapshot)
 //!   └► ctl (ps, logs, images: read what the agent wrote; never run a second state machine)
 //! ```
@@ -19,9 +20,10 @@
 //!   the `runc` driver, CRI-format logs.
 //! - [`pod`]: pod lifecycle with kubelet's semantics: the per-container state machine, restart
 //!   back-off (pure), and the pod worker that drives the runtime.
-//! - [`proxy`]: Services in nftables (kube-proxy's job): model, desired ruleset, nft text, tracer.
-//! - [`netlink`]: netlink framing and sockets, one file per family (rtnetlink today); bytes, not
-//!   Kubernetes.
+//! - [`proxy`]: Services in nftables (kube-proxy's job): model, desired ruleset, nft text, tracer,
+//!   lowering to nf_tables messages, the `services/` source and the sync loop.
+//! - [`netlink`]: netlink framing and sockets, one file per family (rtnetlink, nf_tables); bytes,
+//!   not Kubernetes.
 //! - [`agent`]: wires sources, pod workers and the status snapshot on one executor thread.
 //! - [`state`]: durable and runtime state: atomic writes, boot id, the status snapshot.
 //! - [`sys`]: the one seam for syscalls that need `unsafe` or root: child reaping, namespaces,

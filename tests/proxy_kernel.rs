@@ -268,9 +268,14 @@ impl World {
     }
 
     fn udp(&self, to: &str) -> Option<String> {
+        self.udp_from(0, to)
+    }
+
+    /// One datagram from local port `port` (0: any), so that several share a conntrack entry.
+    fn udp_from(&self, port: u16, to: &str) -> Option<String> {
         let to: SocketAddr = to.parse().unwrap();
         World::in_ns(&self.node, move || {
-            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            let s = UdpSocket::bind(("0.0.0.0", port)).unwrap();
             s.set_read_timeout(Some(Duration::from_millis(500)))
                 .unwrap();
             s.send_to(b"hi", to).unwrap();
@@ -522,4 +527,56 @@ fn restart_and_sigkill_keep_flows_and_a_whole_ruleset() {
     tx.send("after restart\n").unwrap();
     done_rx.recv().unwrap().unwrap();
     assert!(w.tcp("10.96.0.10:80").is_ok());
+}
+
+#[test]
+fn udp_flows_to_a_removed_endpoint_are_flushed() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut w = World::new();
+    w.start_servers();
+    w.write_services(
+        "dns.yaml",
+        &format!(
+            "{}---\n{}",
+            service("dns", "10.96.0.10", ""),
+            slice("dns", &["10.201.1.2", "10.201.2.2"])
+        ),
+    );
+    w.start_agent();
+    // Every datagram from one client port shares one conntrack entry, so one endpoint.
+    let port = 40_000 + (std::process::id() % 20_000) as u16;
+    w.wait_until("the clusterIP answers UDP", || {
+        w.udp_from(port, "10.96.0.10:53").is_some()
+    });
+    let first = w.udp_from(port, "10.96.0.10:53").unwrap();
+    for _ in 0..5 {
+        assert_eq!(
+            w.udp_from(port, "10.96.0.10:53").unwrap(),
+            first,
+            "one flow, one endpoint"
+        );
+    }
+    let (gone, stays) = if first == "ep1" {
+        ("10.201.1.2", "10.201.2.2")
+    } else {
+        ("10.201.2.2", "10.201.1.2")
+    };
+    w.write_services(
+        "dns.yaml",
+        &format!(
+            "{}---\n{}",
+            service("dns", "10.96.0.10", ""),
+            slice("dns", &[stays])
+        ),
+    );
+    w.wait_until("the endpoint left the ruleset", || {
+        !w.nft_list().contains(&format!("dnat to {gone}:8080"))
+    });
+    // The removed endpoint's server still runs: only the flush moves the flow.
+    let want = if first == "ep1" { "ep2" } else { "ep1" };
+    w.wait_until("the same flow reaches the other endpoint", || {
+        w.udp_from(port, "10.96.0.10:53").as_deref() == Some(want)
+    });
 }

@@ -20,6 +20,10 @@ use super::ruleset::Op;
 /// Something that commits a transaction as a whole.
 pub trait Writer {
     fn write(&mut self, ops: &[Op]) -> Result<(), String>;
+
+    /// Deletes the UDP conntrack entries translated to `backend`, a backend that went away.
+    /// Returns how many there were.
+    fn forget_udp_flows(&mut self, backend: std::net::SocketAddr) -> Result<usize, String>;
 }
 
 /// The kernel's nf_tables, over netlink, in the caller's network namespace.
@@ -44,5 +48,9 @@ impl Writer for Netlink {
         lower_ops(ops, &mut batch);
         self.next_seq = self.next_seq.wrapping_add(batch.len() + 1);
         nftables::apply(&mut self.sock, batch).map_err(|e| e.to_string())
+    }
+
+    fn forget_udp_flows(&mut self, backend: std::net::SocketAddr) -> Result<usize, String> {
+        crate::netlink::conntrack::delete_udp_to(backend).map_err(|e| format!("conntrack: {e}"))
     }
 }

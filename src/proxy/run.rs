@@ -11,13 +11,16 @@
 //! every later write is a diff against what the kernel accepted last, and every `syncPeriod`
 //! the tables are replaced whole, so anything else that touched them is repaired.
 
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use async_io::Timer;
 use futures_lite::FutureExt;
 
 use super::apply::{Netlink, Writer};
-use super::model::NodeConfig;
+use super::model::{NodeConfig, Protocol};
+use super::ruleset::{Action, Ruleset};
 use super::source::{Snapshot, events, scan_dir};
 use super::state::{Event, ProxyState};
 use crate::config::proxy::ProxyConfig;
@@ -30,6 +33,21 @@ pub struct Proxy<W: Writer> {
     writer: W,
     /// Failed writes in a row (for the log: say it once, then at debug).
     failures: u32,
+    /// The UDP backends of the ruleset the kernel holds: when one goes, its flows are flushed.
+    udp_backends: BTreeSet<SocketAddr>,
+}
+
+/// Every address UDP traffic is DNATed to.
+pub fn udp_backends(r: &Ruleset) -> BTreeSet<SocketAddr> {
+    r.tables
+        .iter()
+        .flat_map(|t| t.chains.values())
+        .flat_map(|c| &c.rules)
+        .filter_map(|rule| match rule.action {
+            Action::Dnat(Protocol::Udp, addr) => Some(addr),
+            _ => None,
+        })
+        .collect()
 }
 
 impl<W: Writer> Proxy<W> {
@@ -39,6 +57,7 @@ impl<W: Writer> Proxy<W> {
             node,
             writer,
             failures: 0,
+            udp_backends: BTreeSet::new(),
         }
     }
 
@@ -71,6 +90,15 @@ impl<W: Writer> Proxy<W> {
             Ok(()) => {
                 log::debug!("proxy: committed {} operations", tx.ops.len());
                 self.failures = 0;
+                let now = udp_backends(&tx.desired);
+                for gone in self.udp_backends.difference(&now) {
+                    match self.writer.forget_udp_flows(*gone) {
+                        Ok(0) => {}
+                        Ok(n) => log::debug!("proxy: flushed {n} UDP flows to {gone}"),
+                        Err(e) => log::warn!("proxy: flushing UDP flows to {gone}: {e}"),
+                    }
+                }
+                self.udp_backends = now;
                 self.state.committed(tx.desired);
                 true
             }
@@ -147,6 +175,7 @@ mod tests {
     struct Recorder {
         writes: Vec<Vec<Op>>,
         refuse: bool,
+        flushed: Vec<SocketAddr>,
     }
 
     impl Writer for &mut Recorder {
@@ -157,6 +186,42 @@ mod tests {
             }
             Ok(())
         }
+
+        fn forget_udp_flows(&mut self, backend: SocketAddr) -> Result<usize, String> {
+            self.flushed.push(backend);
+            Ok(1)
+        }
+    }
+
+    fn dns_slice(addrs: &[&str]) -> Event {
+        let eps: Vec<_> = addrs.iter().map(|a| json!({ "addresses": [a] })).collect();
+        Event::EndpointSliceApplied(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": { "name": "dns-1", "namespace": "default",
+                          "labels": { "kubernetes.io/service-name": "dns" } },
+            "addressType": "IPv4",
+            "ports": [{ "name": "dns", "port": 53, "protocol": "UDP" }],
+            "endpoints": eps
+        }))
+    }
+
+    #[test]
+    fn udp_flows_to_a_removed_backend_are_flushed_and_only_those() {
+        let mut rec = Recorder::default();
+        let mut p = Proxy::new(node(), &mut rec);
+        let dns = Event::ServiceApplied(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": { "name": "dns", "namespace": "default" },
+            "spec": { "clusterIP": "10.96.0.53",
+                      "ports": [{ "name": "dns", "port": 53, "protocol": "UDP" }] }
+        }));
+        p.feed(vec![dns, dns_slice(&["10.244.1.5", "10.244.2.6"])]);
+        p.feed(vec![Event::ServicesSynced, Event::EndpointSlicesSynced]);
+        assert!(p.sync(false));
+        p.feed(vec![dns_slice(&["10.244.2.6"])]);
+        assert!(p.sync(false));
+        drop(p);
+        assert_eq!(rec.flushed, vec!["10.244.1.5:53".parse().unwrap()]);
     }
 
     fn node() -> NodeConfig {
