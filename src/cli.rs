@@ -426,6 +426,17 @@ mod tests {
     }
 
     #[test]
+    fn proxy_dump_parses_and_other_proxy_verbs_are_errors() {
+        assert_eq!(parse(args("proxy dump")).unwrap().0, Command::ProxyDump);
+        assert!(
+            parse(args("proxy flush"))
+                .unwrap_err()
+                .to_string()
+                .contains("proxy dump")
+        );
+    }
+
+    #[test]
     fn bad_command_lines_are_errors_naming_the_problem() {
         assert!(
             parse(args("frobnicate"))
