@@ -8,6 +8,7 @@
 //!   │        │        ├► k8s       └► image
 //!   │        │        └► net (pod networking) ─► netlink
 //!   │        ├► source (manifests/) ─► k8s, config
+//!   │        ├► proxy (services/) ─► netlink
 //!   │        └► state (atomic files, status snapshot)
 //!   └► ctl (ps, logs, images: read what the agent wrote; never run a second state machine)
 //! ```
@@ -22,9 +23,10 @@
 //!   back-off (pure), and the pod worker that drives the runtime.
 //! - [`net`]: pod networking: the built-in bridge (rtnetlink) with host-local style IPAM, CNI
 //!   plugins, hostPorts, and each pod's resolv.conf and hosts file (pure parts apart).
-//! - [`proxy`]: Services in nftables (kube-proxy's job): model, desired ruleset, nft text, tracer.
-//! - [`netlink`]: netlink framing and sockets, one file per family (rtnetlink today); bytes, not
-//!   Kubernetes.
+//! - [`proxy`]: Services in nftables (kube-proxy's job): model, desired ruleset, nft text, tracer,
+//!   lowering to nf_tables messages, the `services/` source and the sync loop.
+//! - [`netlink`]: netlink framing and sockets, one file per family (rtnetlink, nf_tables); bytes,
+//!   not Kubernetes.
 //! - [`agent`]: wires sources, pod workers and the status snapshot on one executor thread.
 //! - [`state`]: durable and runtime state: atomic writes, boot id, the status snapshot.
 //! - [`sys`]: the one seam for syscalls that need `unsafe` or root: child reaping, namespaces,

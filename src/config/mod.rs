@@ -9,6 +9,7 @@
 //! It must never start anything or create directories: it only describes them.
 
 pub mod network;
+pub mod proxy;
 pub mod yaml;
 
 pub use network::{NetworkConfig, NetworkMode};
@@ -94,6 +95,8 @@ pub struct NodeConfig {
     /// `imageMinimumGCAge`: how long an image stays after it was first seen or last used by a
     /// container start, whatever the disk usage; a Go duration. Default: `2m`.
     pub image_minimum_gc_age: Duration,
+    /// `proxy`: Services in nftables (see [`proxy`]); `None` leaves nftables alone.
+    pub proxy: Option<proxy::ProxyConfig>,
     /// Pod networking: `podCIDR`, `podBridgeName`, `clusterDNS`, `clusterDomain`, `resolvConf`,
     /// `cniConfDir`, `cniBinDir`, `nodeIP` (see [`network`]).
     pub network: NetworkConfig,
@@ -150,6 +153,7 @@ struct RawConfig {
     image_gc_low_threshold_percent: Option<u8>,
     #[serde(rename = "imageMinimumGCAge")]
     image_minimum_gc_age: Option<String>,
+    proxy: Option<proxy::RawProxy>,
     #[serde(flatten)]
     network: network::RawNetwork,
     pod_pids_limit: Option<i64>,
@@ -378,6 +382,10 @@ impl RawConfig {
         let image_unpack_limits = unpack_limits(self.image_unpack_limits.unwrap_or_default())
             .map_err(|m| ("imageUnpackLimits", m))?;
         let network = self.network.resolve(config_dir)?;
+        let proxy = match self.proxy {
+            Some(p) => Some(p.resolve(config_dir, &node_name)?),
+            None => None,
+        };
         Ok(NodeConfig {
             node_name,
             static_pod_path: path(self.static_pod_path, "manifests"),
@@ -407,6 +415,7 @@ impl RawConfig {
             pod_pids_limit: self.pod_pids_limit.unwrap_or(-1),
             allowed_unsafe_sysctls: self.allowed_unsafe_sysctls.unwrap_or_default(),
             network,
+            proxy,
         })
     }
 }

@@ -5,12 +5,14 @@
 //! exchange. The families live beside it, one file each:
 //!
 //! - [`route`]: rtnetlink (`linux/rtnetlink.h`): links, addresses, routes.
+//! - [`conntrack`]: ctnetlink: delete the UDP entries of a backend that went away.
 //! - [`nftables`]: nf_tables over nfnetlink: tables, chains, sets, rules, in atomic batches.
 //!
 //! Layouts follow `linux/netlink.h`: every message and attribute is padded to 4 bytes; header
 //! fields are native endian; attribute payloads are whatever the family says (nf_tables uses
 //! big endian numbers, rtnetlink native).
 
+pub mod conntrack;
 pub mod nftables;
 pub mod route;
 

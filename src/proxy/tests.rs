@@ -1390,3 +1390,6 @@ fn diff_replaces_a_changed_verdict_and_redeclared_sets() {
 
 #[path = "netlink_kernel_tests.rs"]
 mod netlink_kernel;
+
+#[path = "decode_tests.rs"]
+mod decode;
