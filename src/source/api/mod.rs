@@ -1,0 +1,4 @@
+//! Pods from the API server: the pods bound to this node, next to the static pods.
+//!
+//! - [`watcher`] (pure): list + watch as one state machine (resourceVersion, bookmarks, 410).
+pub mod watcher;
