@@ -36,6 +36,7 @@ pub mod k8s;
 pub mod logger;
 pub mod pod;
 pub mod proxy;
+pub mod report;
 pub mod runtime;
 pub mod source;
 pub mod state;

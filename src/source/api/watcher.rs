@@ -438,7 +438,7 @@ pub fn encode(value: &str) -> String {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 

@@ -1,0 +1,11 @@
+//! What the node reports to the API server about its pods: status patches and mirror pods.
+//!
+//! - [`status`] (pure): a pod's status as a `PATCH .../status` body, QoS class, API times.
+//! - [`queue`] (pure): which patches to send: only changes, coalesced per pod, retried.
+//! - [`mirror`] (pure): mirror pods for static pods: the object, and what to create or delete.
+//!
+//! This module never decides what runs: it only describes what runs to the API server.
+
+pub mod mirror;
+pub mod queue;
+pub mod status;
