@@ -2,4 +2,5 @@
 //!
 //! - [`watcher`] (pure): list + watch as one state machine (resourceVersion, bookmarks, 410).
 pub mod decode;
+pub mod set;
 pub mod watcher;
