@@ -30,7 +30,7 @@ use serde_json::Value;
 pub const PAGE_LIMIT: u32 = 500;
 /// How long one watch request lasts before the server ends it (`timeoutSeconds`); spread by jitter
 /// so that many nodes do not reconnect at once.
-pub const WATCH_TIMEOUT_SECONDS: u64 = 300;
+pub const WATCH_TIMEOUT_SECONDS: u32 = 300;
 const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -67,11 +67,15 @@ pub enum Resume {
 /// The request the watcher wants made next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    /// `GET /api/v1/pods?<query>`, answered with [`Input::Page`] or [`Input::Failed`].
-    List { query: String },
-    /// `GET /api/v1/pods?<query>` as a stream, each line fed as [`Input::Event`], then
+    /// A list page of [`PAGE_LIMIT`] pods with `fieldSelector=spec.nodeName=<node>`, answered
+    /// with [`Input::Page`] or [`Input::Failed`].
+    List { continue_token: Option<String> },
+    /// A watch from `resource_version` with bookmarks, each line fed as [`Input::Event`], then
     /// [`Input::StreamEnded`] or [`Input::Failed`].
-    Watch { query: String },
+    Watch {
+        resource_version: String,
+        timeout_seconds: u32,
+    },
     /// Nothing until `until`, then [`Input::Timer`].
     Wait { until: Instant },
 }
@@ -202,30 +206,18 @@ impl Watcher {
         }
     }
 
-    /// The request to make now for the pods of `node`. `jitter` in `[0, 1)` spreads watch
-    /// timeouts.
-    pub fn request(&self, node: &str, jitter: f64) -> Request {
-        let selector = format!("fieldSelector=spec.nodeName%3D{}", encode(node));
+    /// The request to make now. `jitter` in `[0, 1)` spreads watch timeouts over 5-10 minutes
+    /// (as kubelet does), so that many nodes do not reconnect at once.
+    pub fn request(&self, jitter: f64) -> Request {
         match &self.state {
-            State::Listing { continue_token, .. } => {
-                let mut query = format!("{selector}&limit={PAGE_LIMIT}");
-                if let Some(token) = continue_token {
-                    query.push_str("&continue=");
-                    query.push_str(&encode(token));
-                }
-                Request::List { query }
-            }
-            State::Watching { resource_version } => {
-                let timeout = WATCH_TIMEOUT_SECONDS
-                    + (WATCH_TIMEOUT_SECONDS as f64 * jitter.clamp(0.0, 1.0)) as u64;
-                Request::Watch {
-                    query: format!(
-                        "{selector}&watch=1&allowWatchBookmarks=true&resourceVersion={}\
-                         &timeoutSeconds={timeout}",
-                        encode(resource_version)
-                    ),
-                }
-            }
+            State::Listing { continue_token, .. } => Request::List {
+                continue_token: continue_token.clone(),
+            },
+            State::Watching { resource_version } => Request::Watch {
+                resource_version: resource_version.clone(),
+                timeout_seconds: WATCH_TIMEOUT_SECONDS
+                    + (f64::from(WATCH_TIMEOUT_SECONDS) * jitter.clamp(0.0, 1.0)) as u32,
+            },
             State::Backoff { until, .. } => Request::Wait { until: *until },
         }
     }
@@ -423,19 +415,6 @@ fn input_name(input: &Input) -> &'static str {
     }
 }
 
-/// Percent-encodes a query value (RFC 3986 unreserved characters stay).
-pub fn encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 pub(crate) mod tests {
@@ -496,29 +475,32 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn requests_match_the_recorded_transcripts() {
-        let query = |w: &Watcher, jitter| match w.request("edge-1", jitter) {
-            Request::List { query } => format!("GET /api/v1/pods?{query}"),
-            Request::Watch { query } => format!("GET /api/v1/pods?{query}"),
-            Request::Wait { .. } => panic!("wait"),
-        };
-        // 09: the first list (nanolet's page size is the same 500).
-        let (want, _) = request_and_body(&transcript("09-pod-list-empty.http"));
-        assert_eq!(query(&Watcher::new(), 0.0), want);
-        // 35: the next page (limit 2 there).
-        let (want, _) = request_and_body(&transcript("35-pod-list-paged-next.http"));
-        let token = want.split("continue=").nth(1).unwrap();
+    fn requests_name_page_and_version() {
+        assert_eq!(
+            Watcher::new().request(0.0),
+            Request::List {
+                continue_token: None
+            }
+        );
         let w = at(State::Listing {
-            continue_token: Some(token.into()),
+            continue_token: Some("c1".into()),
             items: vec![],
         });
-        assert_eq!(query(&w, 0.0), want.replace("limit=2", "limit=500"));
-        // 10: the watch (timeoutSeconds is 12 there, 300..600 here).
-        let (want, _) = request_and_body(&transcript("10-pod-watch-stream.http"));
-        let got = query(&at(watching("604")), 0.0);
-        assert_eq!(got.replace("timeoutSeconds=300", "timeoutSeconds=12"), want);
-        assert!(query(&at(watching("604")), 0.5).ends_with("timeoutSeconds=450"));
-        assert_eq!(encode("a=b/c d"), "a%3Db%2Fc%20d");
+        assert_eq!(
+            w.request(0.0),
+            Request::List {
+                continue_token: Some("c1".into())
+            }
+        );
+        for (jitter, timeout_seconds) in [(0.0, 300), (0.5, 450), (7.0, 600)] {
+            assert_eq!(
+                at(watching("604")).request(jitter),
+                Request::Watch {
+                    resource_version: "604".into(),
+                    timeout_seconds
+                }
+            );
+        }
     }
 
     #[test]
@@ -589,7 +571,7 @@ pub(crate) mod tests {
         assert!(w.is_synced(), "a watch back-off keeps the list");
         assert!(matches!(&out[0], Output::Warning(m) if m.contains("pod watch: boom")));
         assert_eq!(
-            w.request("n", 0.0),
+            w.request(0.0),
             Request::Wait {
                 until: now + Duration::from_secs(1)
             }
