@@ -72,6 +72,9 @@ pub struct Context {
 pub enum Command {
     /// Stop the pod gracefully and clean up everything it had.
     Stop,
+    /// Stop as [`Command::Stop`] does, within this grace period in seconds (an API pod's
+    /// `deletionGracePeriodSeconds`) instead of the spec's `terminationGracePeriodSeconds`.
+    StopWithin(i64),
     /// The image store changed: retry containers waiting for an image now.
     ImagesChanged,
 }
@@ -276,7 +279,11 @@ impl Worker {
                 false
             }
             Event::Command(Command::Stop) => {
-                self.terminate().await;
+                self.terminate(None).await;
+                true
+            }
+            Event::Command(Command::StopWithin(seconds)) => {
+                self.terminate(Some(seconds)).await;
                 true
             }
         }
