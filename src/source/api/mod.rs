@@ -301,3 +301,7 @@ pub async fn run_watch<A: PodApi>(api: Rc<A>, pods: Rc<ApiPods>) {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests;
