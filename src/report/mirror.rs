@@ -8,7 +8,7 @@
 //! ```text
 //!   static pod, no mirror                 → Create
 //!   static pod, mirror with another hash  → Delete (the next plan creates the new one)
-//!   static pod, mirror being deleted      → wait for it to go, then Create
+//!   static pod, mirror being deleted      → Delete it now (grace 0), then Create once it is gone
 //!   mirror, no static pod                 → Delete
 //! ```
 //!
@@ -130,7 +130,9 @@ pub fn plan(
         let current = wanted
             .get(&mirror.full_name())
             .is_some_and(|pod| pod.metadata.uid == mirror.hash);
-        if !current && !mirror.deleting {
+        // A user's graceful delete of a mirror only sets its deletionTimestamp: the node
+        // finishes it (kubelet does the same), and recreates it once gone.
+        if !current || mirror.deleting {
             actions.push(Action::Delete {
                 namespace: mirror.namespace.clone(),
                 name: mirror.name.clone(),
@@ -259,7 +261,11 @@ mod tests {
                 uid: "m-1".into()
             }]
         );
-        assert!(plan(&[&v2], &[mirror_of(&v1, true)], &node(), &seen).is_empty());
+        let actions = plan(&[&v2], &[mirror_of(&v2, true)], &node(), &seen);
+        assert!(
+            matches!(&actions[..], [Action::Delete { .. }]),
+            "a mirror a user deletes is removed, not created twice: {actions:?}"
+        );
         // A user deleted the mirror: it is gone from the watch, so it is created again.
         assert_eq!(plan(&[&v2], &[], &node(), &seen).len(), 1);
         // The static pod went: its mirror goes.
