@@ -492,10 +492,13 @@ impl Agent {
         }
         let wanted: std::collections::HashSet<&str> =
             desired.iter().map(|(uid, _, _)| uid.as_str()).collect();
+        let api = self.api.as_ref().map(|a| a.pods.clone());
         let gone: Vec<String> = self
             .workers
             .keys()
-            .filter(|uid| !wanted.contains(uid.as_str()))
+            .filter(|uid| {
+                !wanted.contains(uid.as_str()) || api.as_ref().is_some_and(|a| a.spec_changed(uid))
+            })
             .cloned()
             .collect();
         for uid in gone {
@@ -526,6 +529,9 @@ impl Agent {
                 continue;
             }
             let mine = adopted.remove(&uid).unwrap_or_default();
+            if let Some(api) = api.as_ref().filter(|_| source == "api") {
+                api.record_started(&pod);
+            }
             let handle = worker::spawn(self.ctx.clone(), pod, source, mine);
             self.workers.insert(uid, handle);
         }

@@ -51,6 +51,8 @@ pub struct ApiPods {
     subscribers: RefCell<Vec<async_channel::Sender<()>>>,
     /// The static pods, as the agent last saw them (for mirror pods).
     static_pods: RefCell<Vec<Pod>>,
+    /// The spec each running API pod's worker was started with, by UID.
+    started: RefCell<BTreeMap<String, crate::k8s::PodSpec>>,
 }
 
 impl ApiPods {
@@ -77,6 +79,36 @@ impl ApiPods {
             wake,
             subscribers: RefCell::default(),
             static_pods: RefCell::default(),
+            started: RefCell::default(),
+        }
+    }
+
+    /// The agent started a worker for this API pod.
+    pub fn record_started(&self, pod: &Pod) {
+        self.started
+            .borrow_mut()
+            .insert(pod.metadata.uid.clone(), pod.spec.clone());
+    }
+
+    /// Whether the API server changed the spec of this running pod (the API allows new images):
+    /// the agent then restarts the pod with the new spec. Forgets pods that are gone.
+    pub fn spec_changed(&self, uid: &str) -> bool {
+        let set = self.set.borrow();
+        let mut started = self.started.borrow_mut();
+        match (set.get(uid), started.get(uid)) {
+            (Some(pod), Some(spec)) if pod.spec != *spec => {
+                log::info!(
+                    "pod {}: the API server changed its spec; restarting it",
+                    crate::k8s::pod_full_name(pod)
+                );
+                started.remove(uid);
+                true
+            }
+            (None, Some(_)) => {
+                started.remove(uid);
+                false
+            }
+            _ => false,
         }
     }
 
