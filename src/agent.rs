@@ -142,9 +142,9 @@ pub fn run(config_dir: &Path) -> Result<(), Error> {
         config: config.clone(),
     });
     executor.spawn(reaper.run(child_signals)).detach();
-    async_io::block_on(
-        executor.run(Agent::new(ctx, config_dir.to_path_buf(), pulled_rx).run(stop_signals)),
-    );
+    #[allow(unused_mut)] // connect_api comes with the API client
+    let mut agent = Agent::new(ctx, config_dir.to_path_buf(), pulled_rx);
+    async_io::block_on(executor.run(agent.run(stop_signals)));
     Ok(())
 }
 

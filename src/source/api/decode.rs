@@ -79,9 +79,8 @@ pub fn decode_api_pod(mut value: Value) -> Result<Decoded, DecodeError> {
     let mut dropped = Vec::new();
     let mut pod = loop {
         // Most pods decode at once; the clone is only paid for on the way to an error.
-        match serde::Deserialize::deserialize(&value) {
-            Ok(pod) => break pod,
-            Err(_) => {}
+        if let Ok(pod) = serde::Deserialize::deserialize(&value) {
+            break pod;
         }
         let e = match k8s::decode_pod(value.clone()) {
             Ok(pod) => break pod,

@@ -260,7 +260,7 @@ impl Jitter {
     }
 
     /// The next value in `[0, 1)`.
-    pub fn next(&mut self) -> f64 {
+    pub fn fraction(&mut self) -> f64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
@@ -276,7 +276,7 @@ pub async fn run_watch<A: PodApi>(api: Rc<A>, pods: Rc<ApiPods>) {
     let mut jitter = Jitter::seeded();
     let node = pods.node.clone();
     loop {
-        match watcher.request(jitter.next()) {
+        match watcher.request(jitter.fraction()) {
             Request::List { continue_token } => {
                 let input = match api.list_pods(&node, continue_token.as_deref()).await {
                     Ok(page) => Input::Page {
@@ -289,7 +289,7 @@ pub async fn run_watch<A: PodApi>(api: Rc<A>, pods: Rc<ApiPods>) {
                         error: f.message,
                     },
                 };
-                pods.apply(watcher.step(input, Instant::now(), jitter.next()));
+                pods.apply(watcher.step(input, Instant::now(), jitter.fraction()));
             }
             Request::Watch {
                 resource_version,
@@ -303,7 +303,7 @@ pub async fn run_watch<A: PodApi>(api: Rc<A>, pods: Rc<ApiPods>) {
                         code: f.code,
                         error: f.message,
                     };
-                    pods.apply(watcher.step(input, Instant::now(), jitter.next()));
+                    pods.apply(watcher.step(input, Instant::now(), jitter.fraction()));
                 }
                 Ok(mut stream) => loop {
                     let (input, last) = match stream.next().await {
@@ -320,7 +320,7 @@ pub async fn run_watch<A: PodApi>(api: Rc<A>, pods: Rc<ApiPods>) {
                             (Input::Event(event), last)
                         }
                     };
-                    pods.apply(watcher.step(input, Instant::now(), jitter.next()));
+                    pods.apply(watcher.step(input, Instant::now(), jitter.fraction()));
                     if last {
                         break;
                     }
@@ -328,7 +328,7 @@ pub async fn run_watch<A: PodApi>(api: Rc<A>, pods: Rc<ApiPods>) {
             },
             Request::Wait { until } => {
                 Timer::at(until).await;
-                pods.apply(watcher.step(Input::Timer, Instant::now(), jitter.next()));
+                pods.apply(watcher.step(Input::Timer, Instant::now(), jitter.fraction()));
             }
         }
     }
