@@ -20,6 +20,8 @@
 //! - [`pod`]: pod lifecycle with kubelet's semantics: the per-container state machine, restart
 //!   back-off (pure), and the pod worker that drives the runtime.
 //! - [`proxy`]: Services in nftables (kube-proxy's job): model, desired ruleset, nft text, tracer.
+//! - [`api`]: the Kubernetes API client: pure request builders, kubeconfig, HTTP/1.1 (ureq-proto)
+//!   over async-io with rustls, typed answers and `Status` errors, watch streams, Events.
 //! - [`agent`]: wires sources, pod workers and the status snapshot on one executor thread.
 //! - [`state`]: durable and runtime state: atomic writes, boot id, the status snapshot.
 //! - [`sys`]: the one seam for syscalls that need `unsafe` or root: child reaping, namespaces,
@@ -28,6 +30,7 @@
 //! - [`cli`]: the command line.
 
 pub mod agent;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod ctl;
