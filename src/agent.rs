@@ -110,6 +110,7 @@ pub fn run(config_dir: &Path) -> Result<(), Error> {
     })?;
     let exe = setup("finding nanolet's own executable", std::env::current_exe())?;
     let executor = Rc::new(LocalExecutor::new());
+    let (events, api) = crate::node::connect(config_dir, &config);
     let (pulled_tx, pulled_rx) = async_channel::unbounded();
     let ctx = Rc::new(Context {
         runc: Runc::new(
@@ -134,9 +135,23 @@ pub fn run(config_dir: &Path) -> Result<(), Error> {
             pulled_tx,
         ),
         images_used: std::cell::RefCell::new(UseLog::new(unix_now())),
+        events,
         config: config.clone(),
     });
     executor.spawn(reaper.run(child_signals)).detach();
+    if let Some(api) = api {
+        // The API tasks never hold up pods: they start beside them and only log their trouble.
+        let ctx = ctx.clone();
+        executor
+            .spawn(async move {
+                let version = ctx.runc.version().await.unwrap_or_else(|e| {
+                    log::warn!("runc --version: {e}");
+                    "unknown".into()
+                });
+                api.run(version).await;
+            })
+            .detach();
+    }
     async_io::block_on(
         executor.run(Agent::new(ctx, config_dir.to_path_buf(), pulled_rx).run(stop_signals)),
     );
