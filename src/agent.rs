@@ -115,6 +115,7 @@ pub fn run(config_dir: &Path) -> Result<(), Error> {
     })?;
     let exe = setup("finding nanolet's own executable", std::env::current_exe())?;
     let executor = Rc::new(LocalExecutor::new());
+    let (events, api) = crate::node::connect(config_dir, &config);
     let (pulled_tx, pulled_rx) = async_channel::unbounded();
     let ctx = Rc::new(Context {
         runc: Runc::new(
@@ -139,11 +140,32 @@ pub fn run(config_dir: &Path) -> Result<(), Error> {
             pulled_tx,
         ),
         images_used: std::cell::RefCell::new(UseLog::new(unix_now())),
+        events,
         config: config.clone(),
     });
     executor.spawn(reaper.run(child_signals)).detach();
-    #[allow(unused_mut)] // connect_api comes with the API client
-    let mut agent = Agent::new(ctx, config_dir.to_path_buf(), pulled_rx);
+    let mut agent = Agent::new(ctx.clone(), config_dir.to_path_buf(), pulled_rx);
+    if let Some(api) = api {
+        // Pods bound to this node by the API server run beside the static pods.
+        let client = api.client();
+        let facts_client = client.clone();
+        let facts = Rc::new(move || NodeFacts {
+            host_ip: facts_client.local_ip().map(|ip| ip.to_string()),
+            pod_ip: None,
+        });
+        agent.connect_api(client, facts);
+        // The API tasks never hold up pods: they start beside them and only log their trouble.
+        let ctx = ctx.clone();
+        executor
+            .spawn(async move {
+                let version = ctx.runc.version().await.unwrap_or_else(|e| {
+                    log::warn!("runc --version: {e}");
+                    "unknown".into()
+                });
+                api.run(version).await;
+            })
+            .detach();
+    }
     async_io::block_on(executor.run(agent.run(stop_signals)));
     Ok(())
 }

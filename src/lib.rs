@@ -7,6 +7,7 @@
 //!   │        │        │            │
 //!   │        │        └► k8s       └► image
 //!   │        ├► source (manifests/) ─► k8s, config
+//!   │        ├► node (Node, Lease) ─► api (client, kubeconfig, events)
 //!   │        └► state (atomic files, status snapshot)
 //!   └► ctl (ps, logs, images: read what the agent wrote; never run a second state machine)
 //! ```
@@ -20,6 +21,10 @@
 //! - [`pod`]: pod lifecycle with kubelet's semantics: the per-container state machine, restart
 //!   back-off (pure), and the pod worker that drives the runtime.
 //! - [`proxy`]: Services in nftables (kube-proxy's job): model, desired ruleset, nft text, tracer.
+//! - [`api`]: the Kubernetes API client: pure request builders, kubeconfig, HTTP/1.1 (ureq-proto)
+//!   over async-io with rustls, typed answers and `Status` errors, watch streams, Events.
+//! - [`node`]: the Node in the cluster: registration, status and conditions (pure), the Lease
+//!   (pure), and the heartbeat task that keeps them current.
 //! - [`agent`]: wires sources, pod workers and the status snapshot on one executor thread.
 //! - [`state`]: durable and runtime state: atomic writes, boot id, the status snapshot.
 //! - [`sys`]: the one seam for syscalls that need `unsafe` or root: child reaping, namespaces,
@@ -28,12 +33,14 @@
 //! - [`cli`]: the command line.
 
 pub mod agent;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod image;
 pub mod k8s;
 pub mod logger;
+pub mod node;
 pub mod pod;
 pub mod proxy;
 pub mod report;

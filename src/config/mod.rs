@@ -82,6 +82,15 @@ pub struct NodeConfig {
     /// `imageMinimumGCAge`: how long an image stays after it was first seen or last used by a
     /// container start, whatever the disk usage; a Go duration. Default: `2m`.
     pub image_minimum_gc_age: Duration,
+    /// `nodeStatusUpdateFrequency`: how often the node's conditions are checked (and reported
+    /// to the API server when they changed); a Go duration. Default: `10s`.
+    pub node_status_update_frequency: Duration,
+    /// `nodeStatusReportFrequency`: the longest time between two node status reports when
+    /// nothing changed; a Go duration. Default: `5m`.
+    pub node_status_report_frequency: Duration,
+    /// `nodeLeaseDurationSeconds`: the node Lease's duration; it is renewed every quarter of
+    /// it. Default: 40.
+    pub node_lease_duration_seconds: u32,
 }
 
 /// The file as written: everything optional, unknown fields rejected.
@@ -111,6 +120,9 @@ struct RawConfig {
     image_gc_low_threshold_percent: Option<u8>,
     #[serde(rename = "imageMinimumGCAge")]
     image_minimum_gc_age: Option<String>,
+    node_status_update_frequency: Option<String>,
+    node_status_report_frequency: Option<String>,
+    node_lease_duration_seconds: Option<u32>,
 }
 
 /// `crashLoopBackOff`.
@@ -318,6 +330,25 @@ impl RawConfig {
             return Err(("imageGCLowThresholdPercent", message));
         }
         let image_minimum_gc_age = duration("imageMinimumGCAge", self.image_minimum_gc_age, 120)?;
+        let node_status_update_frequency = duration(
+            "nodeStatusUpdateFrequency",
+            self.node_status_update_frequency,
+            10,
+        )?;
+        let node_status_report_frequency = duration(
+            "nodeStatusReportFrequency",
+            self.node_status_report_frequency,
+            300,
+        )?;
+        if node_status_update_frequency.is_zero() || node_status_report_frequency.is_zero() {
+            let message =
+                "nodeStatusUpdateFrequency and nodeStatusReportFrequency must be positive";
+            return Err(("nodeStatusUpdateFrequency", message.into()));
+        }
+        let node_lease_duration_seconds = self.node_lease_duration_seconds.unwrap_or(40);
+        if node_lease_duration_seconds == 0 {
+            return Err(("nodeLeaseDurationSeconds", "0: must be at least 1".into()));
+        }
         Ok(NodeConfig {
             node_name,
             static_pod_path: path(self.static_pod_path, "manifests"),
@@ -340,6 +371,9 @@ impl RawConfig {
             image_gc_high_threshold_percent,
             image_gc_low_threshold_percent,
             image_minimum_gc_age,
+            node_status_update_frequency,
+            node_status_report_frequency,
+            node_lease_duration_seconds,
         })
     }
 }

@@ -65,6 +65,8 @@ pub struct Context {
     pub puller: Puller,
     /// When each image was last used, for image GC (see [`crate::image::gc`]).
     pub images_used: std::cell::RefCell<UseLog>,
+    /// Kubernetes Events (a no-op without an API server).
+    pub events: crate::api::events::Recorder,
 }
 
 /// Orders for a worker.
