@@ -155,6 +155,15 @@ impl StatusQueue {
         }
     }
 
+    /// Forgets every pod whose UID `keep` refuses (pods that stopped): memory stays bounded by
+    /// the pods that run.
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.pending.retain(|uid, _| keep(uid));
+        self.acknowledged.retain(|uid, _| keep(uid));
+        self.failures.retain(|uid, _| keep(uid));
+        self.gone.retain(|uid| keep(uid));
+    }
+
     /// Makes every acknowledged status count as unsent: after a reconnection the server may
     /// have missed patches it seemed to take, and pods' status must be reported again.
     pub fn resend_all(&mut self) {
@@ -194,6 +203,9 @@ mod tests {
         // The same status again: nothing to send.
         q.offer(patch("a", "Running"));
         assert!(q.next(now).is_none());
+        // A pod that stopped is forgotten.
+        q.retain(|uid| uid != "b");
+        assert!(!q.acknowledged.contains_key("b"));
         // After a reconnection: everything again.
         q.resend_all();
         q.offer(patch("a", "Running"));

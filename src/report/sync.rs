@@ -91,6 +91,10 @@ pub async fn run_status<A: PodApi>(
 /// Offers the status of every pod on the board that has somewhere to go.
 fn offer_all(queue: &mut StatusQueue, board: &Board, pods: &ApiPods, facts: &NodeFacts) {
     let snapshot = board.snapshot(0, "", 0);
+    let present: HashSet<&str> = snapshot.pods.iter().map(|p| p.uid.as_str()).collect();
+    // The mirrors' UIDs stand for their static pods' in the queue.
+    let mirror_uids: HashSet<String> = pods.mirrors().into_iter().map(|m| m.uid).collect();
+    queue.retain(|uid| present.contains(uid) || mirror_uids.contains(uid));
     let mirrors: HashMap<String, mirror::Mirror> = pods
         .mirrors()
         .into_iter()

@@ -17,6 +17,7 @@
 //! Edge autonomy: at start the stored pods are loaded before the first reconcile, so pods run
 //! even when the API server never answers; the first full list then replaces them.
 
+pub mod api_client;
 pub mod client;
 pub mod decode;
 pub mod set;
