@@ -4,9 +4,9 @@
 use serde_json::Value;
 
 use super::client::{Failure, Page, PodApi, PodWatch};
-use super::watcher::{PAGE_LIMIT, WatchEvent};
+use super::watcher::PAGE_LIMIT;
 use crate::api::request::{DeleteParams, ListParams, PatchKind, Resource, WatchParams};
-use crate::api::types::{self, List};
+use crate::api::types::{List, WatchEvent};
 use crate::api::{Client, Error};
 
 fn failure(e: Error) -> Failure {
@@ -33,25 +33,9 @@ pub struct ClientWatch(crate::api::client::WatchStream);
 impl PodWatch for ClientWatch {
     async fn next(&mut self) -> Option<Result<WatchEvent, Failure>> {
         Some(match self.0.next().await? {
-            Ok(event) => Ok(convert(event)),
+            Ok(event) => Ok(event),
             Err(e) => Err(failure(e)),
         })
-    }
-}
-
-/// The API client's watch event as the watcher's.
-pub fn convert(event: types::WatchEvent) -> WatchEvent {
-    match event {
-        types::WatchEvent::Added(o) => WatchEvent::Added(o),
-        types::WatchEvent::Modified(o) => WatchEvent::Modified(o),
-        types::WatchEvent::Deleted(o) => WatchEvent::Deleted(o),
-        types::WatchEvent::Bookmark { resource_version } => {
-            WatchEvent::Bookmark { resource_version }
-        }
-        types::WatchEvent::Error(status) => WatchEvent::Error {
-            code: status.code,
-            message: status.message,
-        },
     }
 }
 

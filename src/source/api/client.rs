@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use super::watcher::WatchEvent;
+use crate::api::types::WatchEvent;
 
 /// A failed call: the HTTP status if the server answered, and what went wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -317,7 +317,7 @@ pub async fn run_watch<A: PodApi>(api: Rc<A>, pods: Rc<ApiPods>) {
                             true,
                         ),
                         Some(Ok(event)) => {
-                            let last = matches!(event, WatchEvent::Error { .. });
+                            let last = matches!(event, WatchEvent::Error(_));
                             (Input::Event(event), last)
                         }
                     };

@@ -140,10 +140,11 @@ fn list_watch_gone_relist_and_the_store_follows() {
         WatchEvent::Bookmark {
             resource_version: "15".into(),
         },
-        WatchEvent::Error {
+        WatchEvent::Error(crate::api::types::Status {
             code: 410,
             message: "too old resource version".into(),
-        },
+            ..Default::default()
+        }),
     ])));
     let ex = LocalExecutor::new();
     ex.spawn(run_watch(fake.clone(), pods.clone())).detach();

@@ -23,8 +23,9 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use serde_json::Value;
+
+pub use crate::api::types::WatchEvent;
 
 /// Pods per list page (`limit`).
 pub const PAGE_LIMIT: u32 = 500;
@@ -110,70 +111,6 @@ pub enum Output {
     Deleted(Value),
     /// A problem worth a log line (the watcher already recovers from it).
     Warning(String),
-}
-
-/// One line of a watch stream.
-#[derive(Debug, Clone, PartialEq)]
-pub enum WatchEvent {
-    Added(Value),
-    Modified(Value),
-    Deleted(Value),
-    /// A bookmark: only the resourceVersion is meaningful.
-    Bookmark {
-        resource_version: String,
-    },
-    /// An ERROR event carrying a `Status`.
-    Error {
-        code: u16,
-        message: String,
-    },
-}
-
-/// A watch line that is not a watch event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventError(pub String);
-
-impl std::fmt::Display for EventError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "watch event: {}", self.0)
-    }
-}
-
-impl WatchEvent {
-    /// Parses one line of a watch stream (`{"type": ..., "object": ...}`).
-    pub fn parse(line: &[u8]) -> Result<WatchEvent, EventError> {
-        #[derive(Deserialize)]
-        struct Raw {
-            #[serde(rename = "type")]
-            kind: String,
-            #[serde(default)]
-            object: Value,
-        }
-        let raw: Raw = serde_json::from_slice(line).map_err(|e| EventError(e.to_string()))?;
-        let object = raw.object;
-        Ok(match raw.kind.as_str() {
-            "ADDED" => WatchEvent::Added(object),
-            "MODIFIED" => WatchEvent::Modified(object),
-            "DELETED" => WatchEvent::Deleted(object),
-            "BOOKMARK" => WatchEvent::Bookmark {
-                resource_version: resource_version_of(&object)
-                    .ok_or_else(|| EventError("BOOKMARK without a resourceVersion".into()))?,
-            },
-            "ERROR" => WatchEvent::Error {
-                code: object
-                    .get("code")
-                    .and_then(Value::as_u64)
-                    .and_then(|c| u16::try_from(c).ok())
-                    .unwrap_or(500),
-                message: object
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("no message")
-                    .to_string(),
-            },
-            other => return Err(EventError(format!("unknown type {other:?}"))),
-        })
-    }
 }
 
 /// `metadata.resourceVersion` of an object.
@@ -370,21 +307,28 @@ fn watch_event(resource_version: String, event: WatchEvent) -> (State, Vec<Outpu
             },
             vec![Output::Deleted(object)],
         ),
+        // A bookmark without a version says nothing: keep ours (an empty one would restart
+        // the watch with synthetic ADDED events for every pod).
+        WatchEvent::Bookmark {
+            resource_version: empty,
+        } if empty.is_empty() => (State::Watching { resource_version }, Vec::new()),
         WatchEvent::Bookmark { resource_version } => {
             (State::Watching { resource_version }, Vec::new())
         }
         // ERROR 410 inside the stream: the version was compacted away; relist.
-        WatchEvent::Error { code: 410, message } => (
+        WatchEvent::Error(status) if status.code == 410 => (
             relist(),
             vec![Output::Warning(format!(
-                "pod watch: {message} (410); listing again"
+                "pod watch: {} (410); listing again",
+                status.message
             ))],
         ),
         // Another ERROR: the stream is over; watch again from the same version.
-        WatchEvent::Error { code, message } => (
+        WatchEvent::Error(status) => (
             State::Watching { resource_version },
             vec![Output::Warning(format!(
-                "pod watch: error event {code}: {message}"
+                "pod watch: error event {}: {}",
+                status.code, status.message
             ))],
         ),
     }
@@ -523,6 +467,15 @@ pub(crate) mod tests {
         };
         assert!(w.step(Input::Event(bookmark), now, 0.0).is_empty());
         assert_eq!(w.state, watching("800"));
+        let empty = WatchEvent::Bookmark {
+            resource_version: String::new(),
+        };
+        w.step(Input::Event(empty), now, 0.0);
+        assert_eq!(
+            w.state,
+            watching("800"),
+            "an empty bookmark changes nothing"
+        );
         let out = w.step(Input::Event(WatchEvent::Deleted(pod("c", "801"))), now, 0.0);
         assert_eq!(out, vec![Output::Deleted(pod("c", "801"))]);
         // A clean end of stream: watch again from the last version, no back-off.
@@ -624,13 +577,12 @@ pub(crate) mod tests {
                 WatchEvent::Modified(_) => "MODIFIED",
                 WatchEvent::Deleted(_) => "DELETED",
                 WatchEvent::Bookmark { .. } => "BOOKMARK",
-                WatchEvent::Error { .. } => "ERROR",
+                WatchEvent::Error(_) => "ERROR",
             })
             .collect();
         assert_eq!(kinds[..2], ["ADDED", "MODIFIED"]);
         assert!(kinds.contains(&"DELETED") && kinds.contains(&"BOOKMARK"));
         assert!(WatchEvent::parse(b"{\"type\":\"WHAT\"}").is_err());
         assert!(WatchEvent::parse(b"not json").is_err());
-        assert!(WatchEvent::parse(b"{\"type\":\"BOOKMARK\",\"object\":{}}").is_err());
     }
 }
