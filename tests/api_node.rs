@@ -345,3 +345,39 @@ fn retry_after_of_429_and_503_is_honoured() {
         "the lease was retried before Retry-After"
     );
 }
+
+#[test]
+fn container_starts_become_events_and_repeats_count_up() {
+    if !root_or_skip() {
+        return;
+    }
+    let server = ApiServer::start();
+    let mut node = node_with_api(&server, None);
+    node.write_manifest("flaky.yaml", &pod_yaml("flaky", "sleep 1; exit 1", ""));
+    node.start();
+    let pod_name = format!("flaky-{}", node.name);
+    assert!(
+        server.wait_for(Duration::from_secs(120), |s| s.requests.iter().any(|r| r
+            .method
+            == "PATCH"
+            && r.path.contains("/events/")
+            && r.body["count"] == 2)),
+        "{}",
+        node.agent_log()
+    );
+    let requests = server.requests();
+    let created = requests
+        .iter()
+        .find(|r| r.method == "POST" && r.path == "/api/v1/namespaces/default/events")
+        .unwrap();
+    assert_eq!(created.status, 201);
+    let event = &created.body;
+    assert_eq!(event["reason"], "Started");
+    assert_eq!(event["message"], "Started container app");
+    assert_eq!(event["involvedObject"]["name"], pod_name.as_str());
+    assert_eq!(event["involvedObject"]["fieldPath"], "spec.containers{app}");
+    assert_eq!(event["source"]["host"], node.name.as_str());
+    let name = event["metadata"]["name"].as_str().unwrap();
+    let stored = server.get("events", Some("default"), name).unwrap();
+    assert!(stored["count"].as_u64().unwrap() >= 2, "{stored}");
+}
