@@ -126,15 +126,12 @@ pub async fn run(client: Rc<Client>, mut setup: Setup) {
     loop {
         let now = Instant::now();
         if now >= next_lease {
-            match renew(
-                &client,
-                &name,
-                node_uid.as_deref(),
-                &mut clock,
-                current_lease.take(),
-            )
-            .await
-            {
+            let who = LeaseRef {
+                node: &name,
+                node_uid: node_uid.as_deref(),
+                duration: setup.lease_duration_seconds,
+            };
+            match renew(&client, &who, &mut clock, current_lease.take()).await {
                 Ok(l) => {
                     lease_trouble.ok(&name);
                     lease_backoff.reset();
@@ -255,19 +252,32 @@ async fn adopt(client: &Client, name: &str, body: &Value) -> Result<Value, Error
     Ok(node)
 }
 
+/// Whose Lease, and how long it lasts.
+struct LeaseRef<'a> {
+    node: &'a str,
+    node_uid: Option<&'a str>,
+    duration: u32,
+}
+
+impl LeaseRef<'_> {
+    fn body(&self, current: Option<&Lease>, renew: SystemTime) -> Lease {
+        lease::renewal(self.node, self.node_uid, current, renew, self.duration)
+    }
+}
+
 /// Renews the Lease: PUT over the last one known; on a conflict (someone else wrote it) or
 /// without one, GET it first (create it when there is none).
 async fn renew(
     client: &Client,
-    name: &str,
-    node_uid: Option<&str>,
+    who: &LeaseRef<'_>,
     clock: &mut LeaseClock,
     current: Option<Lease>,
 ) -> Result<Lease, Error> {
     let leases = Resource::LEASES;
     let ns = Some(lease::NAMESPACE);
+    let name = who.node;
     if let Some(cur) = current {
-        let body = lease::renewal(name, node_uid, Some(&cur), clock.at(Instant::now()));
+        let body = who.body(Some(&cur), clock.at(Instant::now()));
         match client.json::<Lease>(&leases.replace(ns, name, &body)).await {
             Ok(l) => return Ok(l),
             Err(e) if e.is_conflict() || e.is_not_found() => {
@@ -281,11 +291,11 @@ async fn renew(
             if let Some(t) = lease::renew_time(&found) {
                 clock.not_before(t, Instant::now());
             }
-            let body = lease::renewal(name, node_uid, Some(&found), clock.at(Instant::now()));
+            let body = who.body(Some(&found), clock.at(Instant::now()));
             client.json(&leases.replace(ns, name, &body)).await
         }
         Err(e) if e.is_not_found() => {
-            let body = lease::renewal(name, node_uid, None, clock.at(Instant::now()));
+            let body = who.body(None, clock.at(Instant::now()));
             client.json(&leases.create(ns, &body)).await
         }
         Err(e) => Err(e),

@@ -13,9 +13,9 @@ use crate::api::types::{Lease, LeaseSpec, ObjectMeta, OwnerReference};
 
 /// The Lease namespace.
 pub const NAMESPACE: &str = "kube-node-lease";
-/// `leaseDurationSeconds`.
-pub const DURATION_SECONDS: i32 = 40;
-/// How often the Lease is renewed.
+/// kubelet's default `leaseDurationSeconds` (`nodeLeaseDurationSeconds`).
+pub const DURATION_SECONDS: u32 = 40;
+/// How often the Lease is renewed at that default (a quarter of it).
 pub const RENEW_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Wall time that never goes backwards.
@@ -47,12 +47,13 @@ impl LeaseClock {
 }
 
 /// The Lease to send: a renewal of `current` (keeping its resourceVersion, so a concurrent
-/// change is a 409), or a new one.
+/// change is a 409), or a new one; `duration` is `leaseDurationSeconds`.
 pub fn renewal(
     node: &str,
     node_uid: Option<&str>,
     current: Option<&Lease>,
     renew: SystemTime,
+    duration: u32,
 ) -> Lease {
     let mut metadata = match current {
         Some(c) => c.metadata.clone(),
@@ -81,7 +82,7 @@ pub fn renewal(
         metadata,
         spec: LeaseSpec {
             holder_identity: Some(node.to_string()),
-            lease_duration_seconds: Some(DURATION_SECONDS),
+            lease_duration_seconds: Some(i32::try_from(duration).unwrap_or(i32::MAX)),
             renew_time: Some(format_micro_time(renew)),
             acquire_time: current.and_then(|c| c.spec.acquire_time.clone()),
         },
@@ -127,7 +128,7 @@ mod tests {
     #[test]
     fn renewal_matches_the_transcript_and_keeps_the_resource_version() {
         let t = UNIX_EPOCH + Duration::from_secs(1_795_830_565);
-        let new = renewal("edge-1", None, None, t);
+        let new = renewal("edge-1", None, None, t, DURATION_SECONDS);
         assert_eq!(
             serde_json::to_string(&new).unwrap(),
             r#"{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{"name":"edge-1","namespace":"kube-node-lease"},"spec":{"holderIdentity":"edge-1","leaseDurationSeconds":40,"renewTime":"2026-11-28T01:49:25.000000Z"}}"#
@@ -140,6 +141,7 @@ mod tests {
             Some("node-uid"),
             Some(&current),
             t + RENEW_INTERVAL,
+            DURATION_SECONDS,
         );
         assert_eq!(next.metadata.resource_version, "604");
         assert_eq!(next.metadata.owner_references[0].uid, "node-uid");

@@ -207,6 +207,19 @@ impl Worker {
         k8s::pod_full_name(&self.pod)
     }
 
+    /// Records a Kubernetes Event about this pod (or one of its containers).
+    fn record_event(
+        &self,
+        container: Option<&str>,
+        event_type: crate::api::events::EventType,
+        reason: &str,
+        message: String,
+    ) {
+        let m = &self.pod.metadata;
+        let object = crate::api::events::ObjectRef::pod(&m.namespace, &m.name, &m.uid, container);
+        self.ctx.events.record(&object, event_type, reason, message);
+    }
+
     fn container(&self, slot: usize) -> &k8s::Container {
         let spec = &self.pod.spec;
         let n = spec.init_containers.len();

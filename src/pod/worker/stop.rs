@@ -94,7 +94,14 @@ impl Worker {
             self.name(),
             grace.as_secs()
         );
-        for r in self.running.iter().flatten() {
+        for (i, r) in self.running.iter().enumerate() {
+            let Some(r) = r else { continue };
+            self.record_event(
+                Some(&self.container(i).name),
+                crate::api::events::EventType::Normal,
+                crate::api::events::reason::KILLING,
+                format!("Stopping container {}", self.container(i).name),
+            );
             let signal = if grace.is_zero() {
                 "SIGKILL"
             } else {
