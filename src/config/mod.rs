@@ -95,6 +95,15 @@ pub struct NodeConfig {
     /// `imageMinimumGCAge`: how long an image stays after it was first seen or last used by a
     /// container start, whatever the disk usage; a Go duration. Default: `2m`.
     pub image_minimum_gc_age: Duration,
+    /// `nodeStatusUpdateFrequency`: how often the node's conditions are checked (and reported
+    /// to the API server when they changed); a Go duration. Default: `10s`.
+    pub node_status_update_frequency: Duration,
+    /// `nodeStatusReportFrequency`: the longest time between two node status reports when
+    /// nothing changed; a Go duration. Default: `5m`.
+    pub node_status_report_frequency: Duration,
+    /// `nodeLeaseDurationSeconds`: the node Lease's duration; it is renewed every quarter of
+    /// it. Default: 40.
+    pub node_lease_duration_seconds: u32,
     /// `proxy`: Services in nftables (see [`proxy`]); `None` leaves nftables alone.
     pub proxy: Option<proxy::ProxyConfig>,
     /// Pod networking: `podCIDR`, `podBridgeName`, `clusterDNS`, `clusterDomain`, `resolvConf`,
@@ -153,6 +162,9 @@ struct RawConfig {
     image_gc_low_threshold_percent: Option<u8>,
     #[serde(rename = "imageMinimumGCAge")]
     image_minimum_gc_age: Option<String>,
+    node_status_update_frequency: Option<String>,
+    node_status_report_frequency: Option<String>,
+    node_lease_duration_seconds: Option<u32>,
     proxy: Option<proxy::RawProxy>,
     #[serde(flatten)]
     network: network::RawNetwork,
@@ -386,6 +398,25 @@ impl RawConfig {
             Some(p) => Some(p.resolve(config_dir, &node_name)?),
             None => None,
         };
+        let node_status_update_frequency = duration(
+            "nodeStatusUpdateFrequency",
+            self.node_status_update_frequency,
+            10,
+        )?;
+        let node_status_report_frequency = duration(
+            "nodeStatusReportFrequency",
+            self.node_status_report_frequency,
+            300,
+        )?;
+        if node_status_update_frequency.is_zero() || node_status_report_frequency.is_zero() {
+            let message =
+                "nodeStatusUpdateFrequency and nodeStatusReportFrequency must be positive";
+            return Err(("nodeStatusUpdateFrequency", message.into()));
+        }
+        let node_lease_duration_seconds = self.node_lease_duration_seconds.unwrap_or(40);
+        if node_lease_duration_seconds == 0 {
+            return Err(("nodeLeaseDurationSeconds", "0: must be at least 1".into()));
+        }
         Ok(NodeConfig {
             node_name,
             static_pod_path: path(self.static_pod_path, "manifests"),
@@ -416,6 +447,9 @@ impl RawConfig {
             allowed_unsafe_sysctls: self.allowed_unsafe_sysctls.unwrap_or_default(),
             network,
             proxy,
+            node_status_update_frequency,
+            node_status_report_frequency,
+            node_lease_duration_seconds,
         })
     }
 }

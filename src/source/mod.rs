@@ -21,6 +21,7 @@
 //!
 //! This module never starts pods: it only says which pods are desired.
 
+pub mod api;
 pub mod manifest;
 pub mod objects;
 pub mod set;

@@ -39,6 +39,7 @@ struct Limits {
     security: Security,
     seccomp: Option<serde_json::Value>,
 }
+use crate::api::events::{EventType, reason};
 
 impl Worker {
     /// Container `c`'s resources and security, the user it runs as, and its pod's cgroup
@@ -371,6 +372,12 @@ impl Worker {
                     self.name(),
                     c.name
                 );
+                self.record_event(
+                    Some(&c.name),
+                    EventType::Normal,
+                    reason::STARTED,
+                    format!("Started container {}", c.name),
+                );
                 let record = Record {
                     pod_uid: self.pod.metadata.uid.clone(),
                     container: c.name.clone(),
@@ -411,6 +418,12 @@ impl Worker {
             }
             Err(e) => {
                 log::warn!("pod {}: container {:?}: {e}", self.name(), c.name);
+                self.record_event(
+                    Some(&c.name),
+                    EventType::Warning,
+                    reason::FAILED,
+                    format!("Error: {e}"),
+                );
                 let _ = self.ctx.runc.delete(&id).await;
                 let _ = bundle.remove();
                 let now_wall = unix_now();
