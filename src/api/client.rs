@@ -182,7 +182,8 @@ impl Client {
             .iter()
             .find(|(k, _)| *k == "timeoutSeconds")
             .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(300);
+            // Without timeoutSeconds the server picks up to an hour.
+            .unwrap_or(3600);
         let idle = Duration::from_secs(timeout_seconds) + self.timeouts.watch_grace;
         let connect_timeout = self.timeouts.connect + self.timeouts.request;
         let mut response = with_timeout(&what, connect_timeout, async {

@@ -213,8 +213,10 @@ impl Resource {
         if let Some(rv) = &params.resource_version {
             r.query.push(("resourceVersion", rv.clone()));
         }
-        r.query
-            .push(("timeoutSeconds", params.timeout_seconds.to_string()));
+        if params.timeout_seconds > 0 {
+            r.query
+                .push(("timeoutSeconds", params.timeout_seconds.to_string()));
+        }
         r.is_watch = true;
         r
     }
@@ -316,6 +318,8 @@ pub struct WatchParams {
     /// Ask for BOOKMARK events.
     pub bookmarks: bool,
     /// The server ends the watch after this long (the client reconnects); kubelet uses 5-10 min.
+    /// Set it: the client counts a watch silent for longer (plus a grace) as dead, which is how
+    /// a half-open connection is noticed. 0 leaves it to the server (up to an hour).
     pub timeout_seconds: u32,
 }
 
