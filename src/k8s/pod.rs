@@ -15,9 +15,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::env::{EnvFromSource, EnvVarSource};
 use super::resources::ResourceRequirements;
 use super::security::{PodSecurityContext, SecurityContext};
-use super::env::{EnvFromSource, EnvVarSource};
 use super::volume::{Volume, VolumeMount};
 
 /// A `v1` Pod. `status` is accepted and ignored.

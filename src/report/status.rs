@@ -64,7 +64,11 @@ pub fn status_patch(status: &PodStatus, qos_class: &str, node: &NodeFacts) -> Va
         let ips: Vec<Value> = if status.pod_ips.is_empty() {
             vec![json!({ "ip": ip })]
         } else {
-            status.pod_ips.iter().map(|p| json!({ "ip": p.ip })).collect()
+            status
+                .pod_ips
+                .iter()
+                .map(|p| json!({ "ip": p.ip }))
+                .collect()
         };
         s.insert("podIP".into(), json!(ip));
         s.insert("podIPs".into(), Value::Array(ips));
