@@ -1,12 +1,14 @@
 //! Kubernetes object types nanolet reads (the `v1` Pod), decoded and validated at the edge.
 //!
 //! - [`pod`]: the serde types; unknown fields are errors, valid-but-unused fields are kept opaque.
+//! - [`probe`]: Probe and Lifecycle types, their rules, and handlers resolved to one action.
 //! - [`validate`]: the API server's rules for the fields nanolet acts on, all problems at once.
 //! - [`decode_pod`]: JSON value → [`Pod`], with the field path of the first bad field.
 //!
 //! This module must never do I/O: callers hand it values and get types or errors back.
 
 pub mod pod;
+pub mod probe;
 pub mod validate;
 
 use std::fmt;
@@ -82,6 +84,16 @@ fn locate_spec<'v>(spec: &'v Value, path: &str) -> Option<BadKey<'v>> {
         for (i, item) in items.iter().enumerate() {
             let container_path = format!("{}[{i}]", bad.error.field);
             if let Some(c) = first_bad_key::<Container>(item, &container_path) {
+                let deeper = match c.key.as_str() {
+                    "livenessProbe" | "readinessProbe" | "startupProbe" => {
+                        first_bad_key::<probe::Probe>(c.value, &c.error.field)
+                    }
+                    "lifecycle" => first_bad_key::<probe::Lifecycle>(c.value, &c.error.field),
+                    _ => None,
+                };
+                if let Some(d) = deeper {
+                    return Some(d);
+                }
                 if let ("env", Value::Array(envs)) = (c.key.as_str(), c.value) {
                     for (j, env) in envs.iter().enumerate() {
                         let env_path = format!("{}[{j}]", c.error.field);

@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::probe::{Lifecycle, Probe};
+
 /// A `v1` Pod. `status` is accepted and ignored.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -237,18 +239,21 @@ pub struct Container {
     pub stdin: bool,
     pub stdin_once: bool,
     pub tty: bool,
+    /// Typed and validated in [`super::probe`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<Lifecycle>,
 
     // Accepted, not acted on (yet).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub env_from: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub lifecycle: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub liveness_probe: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub ports: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub readiness_probe: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resize_policy: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -257,8 +262,6 @@ pub struct Container {
     pub restart_policy_rules: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub security_context: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub startup_probe: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub termination_message_path: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
