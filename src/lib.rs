@@ -5,7 +5,8 @@
 //! ```text
 //!  cli ──► agent ──► pod ──────► runtime ──► sys
 //!   │        │        │            │
-//!   │        │        └► k8s       └► image
+//!   │        │        ├► k8s       └► image
+//!   │        │        └► prober ──► runtime (runc exec), sockets
 //!   │        ├► source (manifests/) ─► k8s, config
 //!   │        └► state (atomic files, status snapshot)
 //!   └► ctl (ps, logs, images: read what the agent wrote; never run a second state machine)
@@ -19,6 +20,7 @@
 //!   the `runc` driver, CRI-format logs.
 //! - [`pod`]: pod lifecycle with kubelet's semantics: the per-container state machine, restart
 //!   back-off (pure), and the pod worker that drives the runtime.
+//! - [`prober`]: probe and hook I/O: exec (runc exec), httpGet, tcpSocket, grpc; one file each.
 //! - [`proxy`]: Services in nftables (kube-proxy's job): model, desired ruleset, nft text, tracer.
 //! - [`agent`]: wires sources, pod workers and the status snapshot on one executor thread.
 //! - [`state`]: durable and runtime state: atomic writes, boot id, the status snapshot.
@@ -35,6 +37,7 @@ pub mod image;
 pub mod k8s;
 pub mod logger;
 pub mod pod;
+pub mod prober;
 pub mod proxy;
 pub mod runtime;
 pub mod source;

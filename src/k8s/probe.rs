@@ -310,11 +310,8 @@ fn http_action(h: &HttpGetAction, ports: Option<&Value>) -> Result<Action, Strin
         }
         headers.push((header.name.clone(), header.value.clone()));
     }
-    if h.host.bytes().any(|b| b.is_ascii_whitespace() || b == b'/') {
-        return Err(format!(
-            "httpGet.host: {:?}: not a host name or address",
-            h.host
-        ));
+    if let Some(p) = host_problem(&h.host) {
+        return Err(format!("httpGet.host: {p}"));
     }
     let path = if h.path.is_empty() {
         "/".to_string()
@@ -343,9 +340,19 @@ fn http_action(h: &HttpGetAction, ports: Option<&Value>) -> Result<Action, Strin
 
 fn tcp_action(t: &TcpSocketAction, ports: Option<&Value>) -> Result<Action, String> {
     let port = resolve_port(&t.port, ports).map_err(|e| format!("tcpSocket.port: {e}"))?;
+    if let Some(p) = host_problem(&t.host) {
+        return Err(format!("tcpSocket.host: {p}"));
+    }
     Ok(Action::TcpSocket {
         host: t.host.clone(),
         port,
+    })
+}
+
+/// Probes go to IP addresses only: resolving a name would block the agent's one thread.
+fn host_problem(host: &str) -> Option<String> {
+    (!host.is_empty() && host.parse::<std::net::IpAddr>().is_err()).then(|| {
+        format!("{host:?}: must be an IP address (nanolet does not resolve host names for probes)")
     })
 }
 
@@ -588,6 +595,11 @@ mod tests {
                 ProbeKind::Readiness,
                 serde_json::json!({"grpc": {"port": -1}}),
                 "grpc.port: -1",
+            ),
+            (
+                ProbeKind::Readiness,
+                serde_json::json!({"tcpSocket": {"port": 80, "host": "db.local"}}),
+                "tcpSocket.host: \"db.local\": must be an IP address",
             ),
             (
                 ProbeKind::Readiness,
