@@ -226,7 +226,7 @@ impl Probe {
     /// The one handler, resolved against the container's `ports`.
     pub fn action(&self, ports: Option<&Value>) -> Result<Action, String> {
         let handlers = [
-            self.exec.as_ref().map(|e| exec_action(e)),
+            self.exec.as_ref().map(exec_action),
             self.http_get.as_ref().map(|h| http_action(h, ports)),
             self.tcp_socket.as_ref().map(|t| tcp_action(t, ports)),
             self.grpc.as_ref().map(grpc_action),
@@ -239,7 +239,7 @@ impl LifecycleHandler {
     /// The one handler, resolved against the container's `ports`.
     pub fn action(&self, ports: Option<&Value>) -> Result<Action, String> {
         let handlers = [
-            self.exec.as_ref().map(|e| exec_action(e)),
+            self.exec.as_ref().map(exec_action),
             self.http_get.as_ref().map(|h| http_action(h, ports)),
             self.tcp_socket
                 .as_ref()

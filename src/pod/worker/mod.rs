@@ -16,6 +16,7 @@
 //! loop, the events and the status it publishes.
 
 mod adopt;
+mod probes;
 mod start;
 mod stop;
 
@@ -89,6 +90,12 @@ enum Event {
         exit: Option<Exit>,
     },
     Command(Command),
+    /// A container's probes or hooks found something (see [`probes`]).
+    Probe {
+        slot: usize,
+        id: String,
+        verdict: probes::Verdict,
+    },
 }
 
 /// A container this worker runs now.
@@ -139,6 +146,8 @@ struct Worker {
     events: async_channel::Sender<Event>,
     events_rx: async_channel::Receiver<Event>,
     terminating: bool,
+    /// Each slot's probe task while its container runs.
+    probing: Vec<Option<probes::Probing>>,
 }
 
 fn unix_now() -> i64 {
@@ -183,6 +192,7 @@ impl Worker {
                 host_network: spec.host_network,
             },
             running: slots.iter().map(|_| None).collect(),
+            probing: slots.iter().map(|_| None).collect(),
             slots,
             restart,
             pod_dir,
@@ -264,6 +274,10 @@ impl Worker {
         match event {
             Event::Exited { slot, id, exit } => {
                 self.on_exit(slot, &id, exit).await;
+                false
+            }
+            Event::Probe { slot, id, verdict } => {
+                self.on_verdict(slot, &id, verdict);
                 false
             }
             Event::Command(Command::ImagesChanged) => {

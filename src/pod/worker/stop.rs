@@ -11,7 +11,8 @@ impl Worker {
             ContainerState::Running { started_at } => Some(started_at),
             _ => None,
         };
-        let (exit_code, signal, reason, message) = match exit {
+        let killed = self.stop_probes(i);
+        let (exit_code, signal, reason, mut message) = match exit {
             Some(e) => {
                 let reason = if e.code() == 0 { "Completed" } else { "Error" };
                 let signal = match e {
@@ -29,6 +30,9 @@ impl Worker {
                     .to_string(),
             ),
         };
+        if let Some(why) = killed {
+            message = why;
+        }
         log::info!(
             "pod {}: container {:?} exited with code {exit_code} ({reason})",
             self.name(),
@@ -92,17 +96,16 @@ impl Worker {
             self.name(),
             grace.as_secs()
         );
-        for r in self.running.iter().flatten() {
-            let signal = if grace.is_zero() {
-                "SIGKILL"
-            } else {
-                r.stop_signal.as_str()
-            };
-            if let Err(e) = self.ctx.runc.kill(&r.id, signal).await {
-                log::warn!("pod {}: {e}", self.name());
+        let deadline = Instant::now() + grace;
+        // preStop hooks, then the stop signal, in every container at once; the kill tasks end
+        // at the deadline (with a SIGKILL), whatever happened before.
+        for i in 0..self.running.len() {
+            self.probing[i] = None;
+            if let Some(kill) = self.kill_task(i, grace) {
+                self.ctx.executor.spawn(kill).detach();
             }
         }
-        self.wait_for_exits(Instant::now() + grace).await;
+        self.wait_for_exits(deadline).await;
         if self.running.iter().any(Option::is_some) {
             log::info!(
                 "pod {}: grace period over; killing what is left",
@@ -140,7 +143,7 @@ impl Worker {
                 .await;
             match event {
                 Some(Event::Exited { slot, id, exit }) => self.on_exit(slot, &id, exit).await,
-                Some(Event::Command(_)) => {}
+                Some(Event::Command(_) | Event::Probe { .. }) => {}
                 None => return,
             }
         }
