@@ -392,3 +392,109 @@ fn post_start_and_pre_stop_hooks_run_and_a_failed_post_start_kills() {
     assert_eq!(line.trim_end(), "GET /pre-stop HTTP/1.1");
     node.wait_gone("hooks");
 }
+
+/// The Python gRPC health server of tests/support, stopped on drop.
+struct GrpcServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl GrpcServer {
+    fn start() -> GrpcServer {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/grpc_health_server.py"
+        );
+        let mut child = Command::new("python3")
+            .arg(script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 (with grpcio and grpcio-health-checking from .ci/setup)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().unwrap_or_else(|_| {
+            panic!("the gRPC health server did not start (pip install grpcio grpcio-health-checking): {line:?}")
+        });
+        GrpcServer { child, port }
+    }
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn grpc_probes_ask_a_real_grpc_health_server() {
+    if !root_or_skip() {
+        return;
+    }
+    let server = GrpcServer::start();
+    let port = server.port;
+    let mut node = Node::new("");
+    let grpc = |kind: &str, service: &str, extra: &str| {
+        format!(
+            "    {kind}:\n      grpc:\n        port: {port}\n        service: {service:?}\n      periodSeconds: 1\n{extra}"
+        )
+    };
+    node.write_manifest(
+        "serving.yaml",
+        &probed_pod(
+            "serving",
+            "exec sleep 1000",
+            &grpc("readinessProbe", "web", ""),
+        ),
+    );
+    node.write_manifest(
+        "unknown.yaml",
+        &probed_pod(
+            "unknown",
+            "exec sleep 1000",
+            &grpc("readinessProbe", "nope", ""),
+        ),
+    );
+    node.write_manifest(
+        "sick.yaml",
+        &probed_pod(
+            "sick",
+            "exec sleep 1000",
+            &grpc(
+                "livenessProbe",
+                "sick",
+                "      failureThreshold: 2\n      terminationGracePeriodSeconds: 1\n",
+            ),
+        ),
+    );
+    node.start();
+    node.wait_for("serving ready", MINUTE, |s| {
+        node.pod(s, "serving")
+            .filter(|p| p.container_statuses[0].ready)
+            .map(|_| ())
+    });
+    let sick = node.wait_for("sick restarted", MINUTE, |s| {
+        node.pod(s, "sick")
+            .filter(|p| p.container_statuses[0].restart_count >= 1)
+            .cloned()
+    });
+    let last = sick.container_statuses[0].last_state.clone().unwrap();
+    assert!(
+        last.message
+            .contains("service unhealthy (responded with \"NOT_SERVING\")"),
+        "{last:?}"
+    );
+    // An unknown service (NOT_FOUND): never ready, never restarted (readiness only).
+    let s = node.snapshot().unwrap();
+    let unknown = &node.pod(&s, "unknown").unwrap().container_statuses[0];
+    assert!(unknown.is_running() && !unknown.ready, "{unknown:?}");
+    assert!(
+        node.agent_log()
+            .contains("container \"app\": Readiness probe failed: service unhealthy"),
+        "the unknown service's probe failed\n{}",
+        node.agent_log()
+    );
+}
