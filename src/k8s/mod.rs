@@ -203,6 +203,16 @@ mod tests {
                 "unknown field",
             ),
             (
+                json!({"spec": {"containers": [{"livenessProbe": {"periodSecond": 1}}]}}),
+                "spec.containers[0].livenessProbe.periodSecond",
+                "unknown field",
+            ),
+            (
+                json!({"spec": {"containers": [{"lifecycle": {"preStart": {}}}]}}),
+                "spec.containers[0].lifecycle.preStart",
+                "unknown field",
+            ),
+            (
                 json!({"spec": {"containers": [{"imagePullPolicy": "Sometimes"}]}}),
                 "spec.containers[0].imagePullPolicy",
                 "unknown variant",
