@@ -102,6 +102,9 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if let Some(keep) = std::env::var_os("NANOLET_BENCH_KEEP_LOG") {
+            let _ = fs::copy(self.base.join("agent.log"), keep);
+        }
         if let Some(mut agent) = self.agent.take() {
             let _ = Command::new(&self.agent_exe)
                 .args(["shutdown", "--config-dir"])
@@ -345,4 +348,21 @@ fn main() {
             "MISSES target"
         }
     );
+    // Why, by kind of probe, from the agent's warnings (`Liveness probe failed: <detail>`).
+    let log = fs::read_to_string(lab.base.join("agent.log")).unwrap_or_default();
+    let failed: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_once("Liveness probe failed: ").map(|(_, d)| d))
+        .collect();
+    let count = |p: &dyn Fn(&str) -> bool| failed.iter().filter(|d| p(d)).count();
+    println!(
+        "kills by cause (whole run): exec timed out {}, exec failed {}, http {}, tcp {}",
+        count(&|d| d.starts_with("command") && d.contains("timed out")),
+        count(&|d| d.starts_with("command") && !d.contains("timed out")),
+        count(&|d| d.starts_with("Get ") || d.starts_with("HTTP")),
+        count(&|d| d.starts_with("dial tcp")),
+    );
+    if let Some(first) = failed.first() {
+        println!("first kill: {first}");
+    }
 }
