@@ -288,13 +288,9 @@ impl ProbeTask {
         if let Some(hook) = &plan.post_start {
             // kubelet gives postStart no timeout of its own; a hung hook holds the container
             // un-probed until it is killed or removed, as there.
-            if let Err(e) = prober::run(
-                hook,
-                &self.target(&self.dir.join("post-start.pid")),
-                HOOK_TIMEOUT,
-            )
-            .await
-            {
+            let pid_file = self.dir.join("post-start.pid");
+            let target = self.target(&pid_file);
+            if let Err(e) = Box::pin(prober::run(hook, &target, HOOK_TIMEOUT)).await {
                 self.send(Verdict::Kill {
                     message: format!("FailedPostStartHook: {e}"),
                     grace_seconds: None,
@@ -326,7 +322,10 @@ impl ProbeTask {
                     let (timing, action) = (timing?, action?);
                     let timeout = Duration::from_secs(timing.timeout_seconds.into());
                     let pid_file = this.dir.join(format!("{}.pid", kind.field()));
-                    let result = prober::run(action, &this.target(&pid_file), timeout).await;
+                    // Boxed: an idle task (most of the time) then holds a pointer, not the
+                    // largest probe's state (socket buffers) inline; 100 tasks add up.
+                    let target = this.target(&pid_file);
+                    let result = Box::pin(prober::run(action, &target, timeout)).await;
                     Some((kind, result))
                 }
             };
