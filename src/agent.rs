@@ -109,6 +109,11 @@ pub fn run(config_dir: &Path) -> Result<(), Error> {
         source: std::io::Error::other(e.to_string()),
     })?;
     let exe = setup("finding nanolet's own executable", std::env::current_exe())?;
+    let network = crate::net::Network::new(&config).map_err(|e| Error::Setup {
+        what: "pod network".into(),
+        source: std::io::Error::other(e),
+    })?;
+    setup("setting up the pod network", network.setup_host())?;
     let executor = Rc::new(LocalExecutor::new());
     let (pulled_tx, pulled_rx) = async_channel::unbounded();
     let ctx = Rc::new(Context {
@@ -134,6 +139,7 @@ pub fn run(config_dir: &Path) -> Result<(), Error> {
             pulled_tx,
         ),
         images_used: std::cell::RefCell::new(UseLog::new(unix_now())),
+        network,
         config: config.clone(),
     });
     executor.spawn(reaper.run(child_signals)).detach();
@@ -195,6 +201,7 @@ fn host_limits() -> HostLimits {
     }
     HostLimits {
         can_lower_oom_score_adj: can_lower,
+        capabilities: cap_eff,
         nofile_hard,
     }
 }
@@ -264,6 +271,9 @@ impl Agent {
         self.rescan();
         self.reconcile(&mut adopted);
         self.stop_orphans(adopted);
+        // Addresses and CNI attachments of pods that went while nanolet was away.
+        let live: std::collections::HashSet<String> = self.workers.keys().cloned().collect();
+        self.ctx.network.reconcile(&self.ctx.reaper, &live).await;
         let mut watch = match DirWatch::new(&cfg.static_pod_path) {
             Ok(w) => Some(w),
             Err(e) => {
@@ -782,8 +792,9 @@ fn remove_unused_pod_dirs(ctx: &Context, live: &std::collections::HashSet<String
             host_network: false,
         }
         .destroy();
-        let relative = format!("{}/pod{uid}", ctx.config.cgroup_parent.trim_matches('/'));
-        let _ = cgroup::remove(Path::new(cgroup::CGROUP_ROOT), &relative);
+        for relative in crate::pod::resources::pod_cgroup_paths(&ctx.config.cgroup_parent, &uid) {
+            let _ = cgroup::remove(Path::new(cgroup::CGROUP_ROOT), &relative);
+        }
         let _ = state::remove_tree(&entry.path());
     }
 }

@@ -1,9 +1,12 @@
 //! The command line: `nanolet agent|ps|logs|images|pull|rmi|version`, and the hidden child
-//! modes the agent runs itself as (`internal-sandbox`, `internal-import`, `internal-pull`).
+//! modes the agent runs itself as (`internal-sandbox`, `internal-import`, `internal-pull`,
+//! `internal-unpack`).
 //!
 //! `internal-pull REF` speaks to its parent in JSON lines on stdout, one object per line:
 //! `{"layer":"sha256:…","done":n,"total":m}` while layers download, then exactly one of
 //! `{"image":{…the store's Image record…}}` (exit 0) or `{"error":"…"}` (exit 1).
+//! `internal-unpack DIGEST` unpacks the rootfs of an image already in the store (named by
+//! its manifest digest) and ends with the same `{"image":…}` or `{"error":…}` line.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -47,6 +50,8 @@ pub enum Command {
         dir: PathBuf,
         hostname: String,
         host_network: bool,
+        /// Bridge mode: the veth pair to make (`net::bridge::PodLink`).
+        link: Option<String>,
     },
     Import,
     /// `pull REF`: progress for a person.
@@ -55,6 +60,10 @@ pub enum Command {
     },
     /// `internal-pull REF`: progress as JSON lines, for the agent.
     InternalPull {
+        reference: String,
+    },
+    /// `internal-unpack DIGEST`: unpack a stored image's rootfs, for the agent.
+    InternalUnpack {
         reference: String,
     },
     Rmi {
@@ -71,6 +80,7 @@ pub fn parse(args: Vec<String>) -> Result<(Command, PathBuf), lexopt::Error> {
     let mut json = false;
     let mut logs = ctl::logs::Options::default();
     let mut host_network = false;
+    let mut sandbox_link: Option<String> = None;
     while let Some(arg) = parser.next()? {
         match arg {
             Long("config-dir") => config_dir = parser.value()?.into(),
@@ -89,6 +99,7 @@ pub fn parse(args: Vec<String>) -> Result<(Command, PathBuf), lexopt::Error> {
             Short('p') | Long("previous") => logs.previous = true,
             Long("tail") => logs.tail = Some(parser.value()?.parse()?),
             Long("host-network") => host_network = true,
+            Long("link") => sandbox_link = Some(parser.value()?.string()?),
             Value(v) if verb.is_none() => verb = Some(v.string()?),
             Value(v) => positional.push(v.string()?),
             _ => return Err(arg.unexpected()),
@@ -110,14 +121,16 @@ pub fn parse(args: Vec<String>) -> Result<(Command, PathBuf), lexopt::Error> {
             dir: PathBuf::from(&positional[0]),
             hostname: positional[1].clone(),
             host_network,
+            link: sandbox_link,
         },
         Some("internal-import") => Command::Import,
-        Some(verb @ ("pull" | "rmi" | "internal-pull")) => {
+        Some(verb @ ("pull" | "rmi" | "internal-pull" | "internal-unpack")) => {
             let [reference] = <[String; 1]>::try_from(positional)
                 .map_err(|_| format!("{verb}: want one image. usage: nanolet {verb} IMAGE"))?;
             match verb {
                 "pull" => Command::Pull { reference },
                 "rmi" => Command::Rmi { reference },
+                "internal-unpack" => Command::InternalUnpack { reference },
                 _ => Command::InternalPull { reference },
             }
         }
@@ -179,7 +192,7 @@ fn run(command: Command, config_dir: &Path) -> Result<(), Box<dyn std::error::Er
         }
         Command::Images => {
             let cfg = config::load(config_dir)?;
-            let store = crate::image::ImageStore::open(&cfg.data_dir.join("images"))?;
+            let store = open_store(&cfg)?;
             let mut out = std::io::stdout().lock();
             writeln!(out, "{:<48} {:<20} {:>10}", "IMAGE", "ID", "SIZE")?;
             for image in store.list()? {
@@ -209,7 +222,17 @@ fn run(command: Command, config_dir: &Path) -> Result<(), Box<dyn std::error::Er
             dir,
             hostname,
             host_network,
+            link: None,
         } => crate::sys::sandbox::init_in_child(&dir, &hostname, host_network)?,
+        Command::Sandbox {
+            dir,
+            hostname,
+            link: Some(link),
+            ..
+        } => {
+            let link: crate::net::bridge::PodLink = link.parse()?;
+            crate::net::bridge::sandbox_child(&dir, &hostname, &link)?
+        }
         Command::Import => {
             // The agent logs this child's results; its own progress lines would repeat them.
             log::set_max_level(log::LevelFilter::Warn);
@@ -217,18 +240,21 @@ fn run(command: Command, config_dir: &Path) -> Result<(), Box<dyn std::error::Er
         }
         Command::Pull { reference } => {
             let cfg = config::load(config_dir)?;
-            let store = crate::image::ImageStore::open(&cfg.data_dir.join("images"))?;
+            let store = open_store(&cfg)?;
             let options = pull_options(config_dir, &cfg, &reference)?;
             let is_terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            // Layers download together (from several threads): on a terminal one line per
+            // layer, redrawn in place; otherwise one plain line as each layer completes.
+            let board = std::sync::Mutex::new(ProgressBoard::default());
             let show = |digest: &crate::image::digest::Digest, done: u64, total: u64| {
-                let line = progress_line(digest, done, total);
                 let mut out = std::io::stdout().lock();
                 // Progress is a courtesy: a closed stdout must not fail the pull.
                 let _ = if is_terminal {
-                    let end = if done == total { "\n" } else { "" };
-                    write!(out, "\r{line}\x1b[K{end}").and_then(|()| out.flush())
+                    let mut board = board.lock().unwrap_or_else(|e| e.into_inner());
+                    let text = board.update(digest, done, total);
+                    write!(out, "{text}").and_then(|()| out.flush())
                 } else if done == total {
-                    writeln!(out, "{line}")
+                    writeln!(out, "{}", progress_line(digest, done, total))
                 } else {
                     Ok(())
                 };
@@ -242,43 +268,71 @@ fn run(command: Command, config_dir: &Path) -> Result<(), Box<dyn std::error::Er
             );
         }
         Command::InternalPull { reference } => {
-            use crate::image::pull::Event;
             // The agent reads the JSON lines on stdout; log lines would repeat them.
             log::set_max_level(log::LevelFilter::Warn);
-            let result = (|| -> Result<_, Box<dyn std::error::Error>> {
+            report_result((|| {
                 let cfg = config::load(config_dir)?;
-                let store = crate::image::ImageStore::open(&cfg.data_dir.join("images"))?;
+                let store = open_store(&cfg)?;
                 let options = pull_options(config_dir, &cfg, &reference)?;
                 let report = |digest: &crate::image::digest::Digest, done: u64, total: u64| {
                     let layer = digest.clone();
-                    println!("{}", Event::Layer { layer, done, total }.to_line());
+                    let event = crate::image::pull::Event::Layer { layer, done, total };
+                    println!("{}", event.to_line());
                 };
                 Ok(crate::image::pull::pull(
                     &store, &reference, &options, &report,
                 )?)
-            })();
-            match result {
-                Ok(image) => println!("{}", Event::Image { image }.to_line()),
-                Err(e) => {
-                    println!(
-                        "{}",
-                        Event::Error {
-                            error: e.to_string()
-                        }
-                        .to_line()
-                    );
-                    return Err(e);
-                }
-            }
+            })())?
+        }
+        Command::InternalUnpack { reference } => {
+            log::set_max_level(log::LevelFilter::Warn);
+            report_result((|| {
+                let cfg = config::load(config_dir)?;
+                let store = open_store(&cfg)?;
+                let image = store
+                    .resolve(&reference)?
+                    .ok_or(crate::image::Error::NotFound { reference })?;
+                store.rootfs(&image)?;
+                Ok(image)
+            })())?
         }
         Command::Rmi { reference } => {
             let cfg = config::load(config_dir)?;
-            let store = crate::image::ImageStore::open(&cfg.data_dir.join("images"))?;
+            let store = open_store(&cfg)?;
             store.remove(&reference)?;
             println!("{reference}: removed");
         }
     }
     Ok(())
+}
+
+/// The node's image store, with the unpack limits of `nanolet.yaml`.
+fn open_store(cfg: &config::NodeConfig) -> Result<crate::image::ImageStore, crate::image::Error> {
+    let l = cfg.image_unpack_limits;
+    let limits = crate::image::Limits {
+        max_bytes: l.max_size,
+        max_entries: l.max_files,
+        max_path_len: l.max_path_length,
+    };
+    Ok(crate::image::ImageStore::open(&cfg.data_dir.join("images"))?.with_limits(limits))
+}
+
+/// The last line of `internal-pull` and `internal-unpack`: `{"image":…}` or `{"error":…}`.
+fn report_result(
+    result: Result<crate::image::Image, Box<dyn std::error::Error>>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use crate::image::pull::Event;
+    match result {
+        Ok(image) => {
+            println!("{}", Event::Image { image }.to_line());
+            Ok(())
+        }
+        Err(e) => {
+            let error = e.to_string();
+            println!("{}", Event::Error { error }.to_line());
+            Err(e)
+        }
+    }
 }
 
 /// Pull options from the node config and `<config-dir>/config.json`.
@@ -294,6 +348,34 @@ fn pull_options(
         credentials: crate::image::pull::credentials_in(config_dir, &r.domain)?,
         retry: Default::default(),
     })
+}
+
+/// The per-layer lines of `nanolet pull` on a terminal.
+#[derive(Default)]
+struct ProgressBoard {
+    /// Each layer reported so far, in order of first report: (digest, done, total).
+    layers: Vec<(crate::image::digest::Digest, u64, u64)>,
+    /// Lines drawn last time (the cursor is below them).
+    drawn: usize,
+}
+
+impl ProgressBoard {
+    /// Records a report; returns the text that redraws every layer's line in place.
+    fn update(&mut self, digest: &crate::image::digest::Digest, done: u64, total: u64) -> String {
+        match self.layers.iter_mut().find(|(d, _, _)| d == digest) {
+            Some(layer) => (layer.1, layer.2) = (done, total),
+            None => self.layers.push((digest.clone(), done, total)),
+        }
+        let mut text = match self.drawn {
+            0 => String::new(),
+            n => format!("\x1b[{n}A"),
+        };
+        for (d, done, total) in &self.layers {
+            text += &format!("\r{}\x1b[K\n", progress_line(d, *done, *total));
+        }
+        self.drawn = self.layers.len();
+        text
+    }
 }
 
 /// `sha256:0123456789ab: 1.5MiB / 2.0MiB`, or `…: done 2.0MiB` once complete.
@@ -314,7 +396,7 @@ fn progress_line(digest: &crate::image::digest::Digest, done: u64, total: u64) -
 /// image's rootfs, and prints one line per result (the agent logs them).
 fn import(config_dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let cfg = config::load(config_dir)?;
-    let store = crate::image::ImageStore::open(&cfg.data_dir.join("images"))?;
+    let store = open_store(&cfg)?;
     let platform = crate::image::Platform::host();
     for (path, result) in store.import_dir(&cfg.images_path, &platform) {
         match result {
@@ -419,7 +501,7 @@ mod tests {
                 .contains("yaml")
         );
         assert!(parse(args("logs web --tail x")).is_err());
-        for verb in ["pull", "rmi", "internal-pull"] {
+        for verb in ["pull", "rmi", "internal-pull", "internal-unpack"] {
             for line in [verb.to_string(), format!("{verb} a b")] {
                 let e = parse(args(&line)).unwrap_err().to_string();
                 assert!(e.contains("want one image"), "{line}: {e}");
@@ -434,11 +516,38 @@ mod tests {
             ("pull", Command::Pull { reference: r() }),
             ("rmi", Command::Rmi { reference: r() }),
             ("internal-pull", Command::InternalPull { reference: r() }),
+            (
+                "internal-unpack",
+                Command::InternalUnpack { reference: r() },
+            ),
         ];
         for (verb, want) in cases {
             let (cmd, dir) = parse(args(&format!("{verb} --config-dir /c {}", r()))).unwrap();
             assert_eq!((cmd, dir), (want, PathBuf::from("/c")));
         }
+    }
+
+    #[test]
+    fn terminal_progress_redraws_one_line_per_layer_in_place() {
+        let (a, b) = (
+            crate::image::digest::Digest::of(b"a"),
+            crate::image::digest::Digest::of(b"b"),
+        );
+        let mut board = ProgressBoard::default();
+        let line = |d: &crate::image::digest::Digest, done, total| {
+            format!("\r{}\x1b[K\n", progress_line(d, done, total))
+        };
+        assert_eq!(board.update(&a, 1024, 4096), line(&a, 1024, 4096));
+        // A second layer: the cursor goes up one line, both lines are drawn.
+        assert_eq!(
+            board.update(&b, 0, 2048),
+            format!("\x1b[1A{}{}", line(&a, 1024, 4096), line(&b, 0, 2048))
+        );
+        // The first layer again: same two lines, its own updated, order kept.
+        assert_eq!(
+            board.update(&a, 4096, 4096),
+            format!("\x1b[2A{}{}", line(&a, 4096, 4096), line(&b, 0, 2048))
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //!   │        │        │            │
 //!   │        │        ├► k8s       └► image
 //!   │        │        └► prober ──► runtime (runc exec), sockets
+//!   │        │        └► net (pod networking) ─► netlink
 //!   │        ├► source (manifests/) ─► k8s, config
 //!   │        └► state (atomic files, status snapshot)
 //!   └► ctl (ps, logs, images: read what the agent wrote; never run a second state machine)
@@ -21,7 +22,11 @@
 //! - [`pod`]: pod lifecycle with kubelet's semantics: the per-container state machine, restart
 //!   back-off (pure), and the pod worker that drives the runtime.
 //! - [`prober`]: probe and hook I/O: exec (runc exec), httpGet, tcpSocket, grpc; one file each.
+//! - [`net`]: pod networking: the built-in bridge (rtnetlink) with host-local style IPAM, CNI
+//!   plugins, hostPorts, and each pod's resolv.conf and hosts file (pure parts apart).
 //! - [`proxy`]: Services in nftables (kube-proxy's job): model, desired ruleset, nft text, tracer.
+//! - [`netlink`]: netlink framing and sockets, one file per family (rtnetlink today); bytes, not
+//!   Kubernetes.
 //! - [`agent`]: wires sources, pod workers and the status snapshot on one executor thread.
 //! - [`state`]: durable and runtime state: atomic writes, boot id, the status snapshot.
 //! - [`sys`]: the one seam for syscalls that need `unsafe` or root: child reaping, namespaces,
@@ -36,6 +41,8 @@ pub mod ctl;
 pub mod image;
 pub mod k8s;
 pub mod logger;
+pub mod net;
+pub mod netlink;
 pub mod pod;
 pub mod prober;
 pub mod proxy;

@@ -746,3 +746,37 @@ fn image_gc_removes_unused_images_and_keeps_those_a_pod_uses() {
         "{log}"
     );
 }
+
+#[test]
+fn an_image_whose_rootfs_was_removed_is_unpacked_again_for_its_pod() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut node = Node::new("");
+    // Import and unpack busybox as the agent would; then take away the rootfs, and the
+    // archive (so nothing imports it again): the store has the image, not its rootfs.
+    let import = std::process::Command::new(env!("CARGO_BIN_EXE_nanolet"))
+        .args(["internal-import", "--config-dir"])
+        .arg(node.dir.path())
+        .output()
+        .unwrap();
+    assert!(import.status.success(), "{import:?}");
+    let unpacked: Vec<_> = fs::read_dir(node.path("state/data/images/rootfs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(unpacked.len(), 1, "{unpacked:?}");
+    fs::remove_dir_all(&unpacked[0]).unwrap();
+    fs::remove_dir_all(node.path("images/busybox")).unwrap();
+    node.write_manifest(
+        "web.yaml",
+        &pod_yaml(
+            "web",
+            "exec sleep 1000",
+            "  terminationGracePeriodSeconds: 0\n",
+        ),
+    );
+    node.start();
+    node.wait_running("web");
+    assert!(unpacked[0].join("bin/busybox").is_file());
+}

@@ -498,3 +498,42 @@ fn grpc_probes_ask_a_real_grpc_health_server() {
         node.agent_log()
     );
 }
+
+/// A pod on the built-in bridge network (not hostNetwork) is probed at its own IP.
+#[test]
+fn probes_reach_a_bridged_pod_at_its_ip() {
+    if !root_or_skip() {
+        return;
+    }
+    let pid = std::process::id();
+    // A bridge and a /24 of this test's own (10.250-254.x: ranges tests/network.rs never uses).
+    let bridge = format!("nlp{}", pid % 100_000);
+    let cidr = format!("10.{}.{}.0/24", 250 + pid % 5, pid / 5 % 256);
+    struct DelBridge(String);
+    impl Drop for DelBridge {
+        fn drop(&mut self) {
+            let _ = nanolet::net::nat::remove(&self.0);
+            let _ = Command::new("ip").args(["link", "del", &self.0]).output();
+        }
+    }
+    let _cleanup = DelBridge(bridge.clone());
+    let mut node = Node::new(&format!("podCIDR: {cidr}\npodBridgeName: {bridge}\n"));
+    let yaml = format!(
+        "{}    readinessProbe:\n      httpGet:\n        port: 8080\n        path: /healthz\n      periodSeconds: 1\n    livenessProbe:\n      tcpSocket:\n        port: 8080\n      periodSeconds: 1\n      failureThreshold: 2\n",
+        pod_yaml(
+            "bridged",
+            "mkdir -p /tmp/www; echo ok > /tmp/www/healthz; httpd -p 8080 -h /tmp/www; exec sleep 1000",
+            "  terminationGracePeriodSeconds: 1\n"
+        )
+    );
+    node.write_manifest("bridged.yaml", &yaml);
+    node.start();
+    let ready = node.wait_for("bridged ready", MINUTE, |s| {
+        node.pod(s, "bridged")
+            .filter(|p| p.container_statuses[0].ready)
+            .cloned()
+    });
+    assert!(!ready.pod_ip.is_empty(), "{ready:?}");
+    // The tcp liveness probe at the pod IP passed too (two failures would have restarted it).
+    assert_eq!(ready.container_statuses[0].restart_count, 0);
+}

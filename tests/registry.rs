@@ -685,6 +685,7 @@ fn faults_of_a_registry_are_errors_naming_image_and_descriptor_and_store_nothing
             records.is_empty() && blobs.is_empty(),
             "{what}: {records:?} {blobs:?}"
         );
+        assert_eq!(leftovers(&node), Vec::<String>::new(), "{what}");
     }
 
     // The same registry without faults: the image pulls (the faults were the only problem).
@@ -834,4 +835,215 @@ fn bearer_tokens_are_fetched_with_config_json_credentials_and_used_for_the_regis
         3,
         "{seen:?}"
     );
+}
+
+// ---- several layers: downloaded at once, unpacked in order in one pass -----------------
+
+/// A tar of regular files `(path, contents)`.
+fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, text) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(text.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        // set_path refuses `..`: write the name bytes as an attacker would.
+        h.as_gnu_mut().unwrap().name[..path.len()].copy_from_slice(path.as_bytes());
+        h.set_cksum();
+        b.append(&h, text.as_bytes()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(data).unwrap();
+    gz.finish().unwrap()
+}
+
+/// An image of these layers (tar, blob as served, media type), whose config lists
+/// `diff_ids` (the tars' digests unless given).
+fn layered_image(layers: &[(Vec<u8>, Vec<u8>, &str)], diff_ids: Option<Vec<String>>) -> TinyImage {
+    let diff_ids =
+        diff_ids.unwrap_or_else(|| layers.iter().map(|(tar, _, _)| sha256(tar)).collect());
+    let config = json!({"architecture": host_arch(), "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": diff_ids}})
+    .to_string()
+    .into_bytes();
+    let descriptors: Vec<Value> = layers
+        .iter()
+        .map(|(_, blob, media_type)| descriptor(media_type, blob, None))
+        .collect();
+    let manifest = json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": descriptor("application/vnd.oci.image.config.v1+json", &config, None),
+        "layers": descriptors})
+    .to_string()
+    .into_bytes();
+    let mut blobs = vec![config];
+    blobs.extend(layers.iter().map(|(_, blob, _)| blob.clone()));
+    TinyImage { manifest, blobs }
+}
+
+#[test]
+fn layers_download_together_unpack_in_order_and_any_bad_one_leaves_nothing_behind() {
+    const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+    const ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+    const PLAIN: &str = "application/vnd.oci.image.layer.v1.tar";
+    let big = "data ".repeat(200_000);
+    let l0 = tar_of(&[("a", "gone"), ("dir/x", "x\n"), ("big", &big)]);
+    let l1 = tar_of(&[(".wh.a", ""), ("dir/y", "y\n")]);
+    let l2 = tar_of(&[("b", "b\n"), ("dir/x", "x2\n")]);
+    let good = || {
+        vec![
+            (l0.clone(), gzip(&l0), GZIP),
+            (l1.clone(), zstd(&l1), ZSTD),
+            (l2.clone(), l2.clone(), PLAIN),
+        ]
+    };
+
+    // All good: the layers stack as the OCI spec says.
+    let image = layered_image(&good(), None);
+    let (host, _) = fake_registry(routes_for(&image));
+    let node = Node::new("");
+    let (lines, ok) = node.internal_pull(&format!("{host}/app"));
+    assert!(ok, "{lines:?}");
+    let rootfs = node
+        .store()
+        .join("rootfs")
+        .join(&sha256(&image.blobs[0])[7..]);
+    let read = |p: &str| fs::read_to_string(rootfs.join(p)).ok();
+    assert_eq!(
+        [read("a"), read("dir/x"), read("dir/y"), read("b")],
+        [
+            None,
+            Some("x2\n".into()),
+            Some("y\n".into()),
+            Some("b\n".into())
+        ]
+    );
+    assert_eq!(read("big").unwrap().len(), big.len());
+    assert_eq!(
+        node.store_contents().1.len(),
+        5,
+        "3 layers, config, manifest"
+    );
+    assert_eq!(leftovers(&node), Vec::<String>::new());
+
+    // One bad layer, first, middle or last: an error naming it, and nothing kept.
+    let mut corrupt = gzip(&l0);
+    let middle = corrupt.len() / 2;
+    corrupt[middle] ^= 1;
+    let escape = tar_of(&[("../../escaped", "out\n")]);
+    let wrong_diff_id = sha256(b"not this layer");
+    // (what, image, bad layer, its bytes as served if not its own, error after its name)
+    type Case = (&'static str, TinyImage, usize, Option<Vec<u8>>, String);
+    let cases: Vec<Case> = vec![
+        (
+            "a first layer with other bytes than its digest",
+            layered_image(&good(), None),
+            0,
+            Some(corrupt),
+            "digest mismatch: want".to_string(),
+        ),
+        (
+            "a last layer whose tar climbs out",
+            layered_image(
+                &[
+                    (l0.clone(), gzip(&l0), GZIP),
+                    (l1.clone(), zstd(&l1), ZSTD),
+                    (escape.clone(), gzip(&escape), GZIP),
+                ],
+                None,
+            ),
+            2,
+            None,
+            "unpack: entry \"../../escaped\": path contains \"..\"".to_string(),
+        ),
+        (
+            "a middle layer that is not the config's diff_id",
+            layered_image(
+                &good(),
+                Some(vec![sha256(&l0), wrong_diff_id.clone(), sha256(&l2)]),
+            ),
+            1,
+            None,
+            format!("digest mismatch: want {wrong_diff_id}"),
+        ),
+    ];
+    for (what, image, bad, served, want) in cases {
+        let layer = sha256(&image.blobs[bad + 1]);
+        let mut routes = routes_for(&image);
+        if let Some(bytes) = served {
+            let reply = Reply::Fixed(200, "application/octet-stream", bytes);
+            routes.insert(format!("/v2/app/blobs/{layer}"), reply);
+        }
+        let (host, _) = fake_registry(routes);
+        let node = Node::new("");
+        let reference = format!("{host}/app:latest");
+        let e = node.pull_error(&reference);
+        let want = format!("image {reference}: layer {layer}: {want}");
+        assert!(e.starts_with(&want), "{what}: got {e:?}, want {want:?}");
+        let (records, blobs) = node.store_contents();
+        assert!(
+            records.is_empty() && blobs.is_empty(),
+            "{what}: {records:?} {blobs:?}"
+        );
+        assert_eq!(leftovers(&node), Vec::<String>::new(), "{what}");
+        assert!(!node.dir.path().join("escaped").exists(), "{what}");
+    }
+
+    // The limits of nanolet.yaml apply: 3 entries allowed, the second layer brings the 4th.
+    let image = layered_image(&good(), None);
+    let (host, _) = fake_registry(routes_for(&image));
+    let node = Node::new("imageUnpackLimits:\n  maxFiles: 3\n");
+    let e = node.pull_error(&format!("{host}/app"));
+    let layer = sha256(&image.blobs[2]);
+    assert!(
+        e.ends_with(&format!(
+            "layer {layer}: unpack: more than 3 entries: refusing to unpack"
+        )),
+        "{e}"
+    );
+    assert_eq!(node.store_contents(), (vec![], vec![]));
+    assert_eq!(leftovers(&node), Vec::<String>::new());
+}
+
+/// What the store's `tmp/` and `rootfs/` hold (a failed pull must leave both empty).
+fn leftovers(node: &Node) -> Vec<String> {
+    let mut found = Vec::new();
+    for dir in ["tmp", "rootfs"] {
+        for e in fs::read_dir(node.store().join(dir)).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            if dir == "tmp" || name.starts_with('.') {
+                found.push(format!("{dir}/{name}"));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_pulled_image_whose_config_names_another_platform_is_refused_and_not_kept() {
+    let other = if host_arch() == "arm64" {
+        "amd64"
+    } else {
+        "arm64"
+    };
+    let image = tiny_image(other, "not for this node\n");
+    let (host, _) = fake_registry(routes_for(&image));
+    let node = Node::new("");
+    let reference = format!("{host}/app:latest");
+    let e = node.pull_error(&reference);
+    assert_eq!(
+        e,
+        format!(
+            "image {reference}: no manifest for platform linux/{}",
+            host_arch()
+        )
+    );
+    assert_eq!(node.store_contents(), (vec![], vec![]));
+    assert_eq!(leftovers(&node), Vec::<String>::new());
 }

@@ -8,7 +8,10 @@
 //!
 //! It must never start anything or create directories: it only describes them.
 
+pub mod network;
 pub mod yaml;
+
+pub use network::{NetworkConfig, NetworkMode};
 
 use std::fmt;
 use std::io;
@@ -82,6 +85,30 @@ pub struct NodeConfig {
     /// `imageMinimumGCAge`: how long an image stays after it was first seen or last used by a
     /// container start, whatever the disk usage; a Go duration. Default: `2m`.
     pub image_minimum_gc_age: Duration,
+    /// Pod networking: `podCIDR`, `podBridgeName`, `clusterDNS`, `clusterDomain`, `resolvConf`,
+    /// `cniConfDir`, `cniBinDir`, `nodeIP` (see [`network`]).
+    pub network: NetworkConfig,
+    /// `podPidsLimit`: the most processes in one pod (its cgroup's `pids.max`); -1 or 0 means
+    /// no limit. Default: -1.
+    pub pod_pids_limit: i64,
+    /// `allowedUnsafeSysctls`: sysctls beyond kubelet's safe set that pods may set (names, or
+    /// prefixes ending in `*` such as `net.core.*`); only namespaced ones ever are. Default: none.
+    pub allowed_unsafe_sysctls: Vec<String>,
+    /// `imageUnpackLimits` (nanolet's): what one image may unpack to, so a hostile image
+    /// stops with a clear error instead of filling the disk.
+    pub image_unpack_limits: ImageUnpackLimits,
+}
+
+/// `imageUnpackLimits`: bounds on one image's unpacked layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageUnpackLimits {
+    /// `maxSize`: uncompressed bytes over all layers (tar headers included), a quantity such
+    /// as `2Gi`. Default: `16Gi`.
+    pub max_size: u64,
+    /// `maxFiles`: tar entries over all layers. Default: 1000000.
+    pub max_files: u64,
+    /// `maxPathLength`: bytes of an entry path or link target. Default: 4096 (PATH_MAX).
+    pub max_path_length: usize,
 }
 
 /// The file as written: everything optional, unknown fields rejected.
@@ -111,6 +138,20 @@ struct RawConfig {
     image_gc_low_threshold_percent: Option<u8>,
     #[serde(rename = "imageMinimumGCAge")]
     image_minimum_gc_age: Option<String>,
+    #[serde(flatten)]
+    network: network::RawNetwork,
+    pod_pids_limit: Option<i64>,
+    allowed_unsafe_sysctls: Option<Vec<String>>,
+    image_unpack_limits: Option<RawImageUnpackLimits>,
+}
+
+/// `imageUnpackLimits`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawImageUnpackLimits {
+    max_size: Option<Quantity>,
+    max_files: Option<u64>,
+    max_path_length: Option<usize>,
 }
 
 /// `crashLoopBackOff`.
@@ -318,6 +359,9 @@ impl RawConfig {
             return Err(("imageGCLowThresholdPercent", message));
         }
         let image_minimum_gc_age = duration("imageMinimumGCAge", self.image_minimum_gc_age, 120)?;
+        let image_unpack_limits = unpack_limits(self.image_unpack_limits.unwrap_or_default())
+            .map_err(|m| ("imageUnpackLimits", m))?;
+        let network = self.network.resolve(config_dir)?;
         Ok(NodeConfig {
             node_name,
             static_pod_path: path(self.static_pod_path, "manifests"),
@@ -340,7 +384,32 @@ impl RawConfig {
             image_gc_high_threshold_percent,
             image_gc_low_threshold_percent,
             image_minimum_gc_age,
+            image_unpack_limits,
+            pod_pids_limit: self.pod_pids_limit.unwrap_or(-1),
+            allowed_unsafe_sysctls: self.allowed_unsafe_sysctls.unwrap_or_default(),
+            network,
         })
+    }
+}
+
+fn unpack_limits(raw: RawImageUnpackLimits) -> Result<ImageUnpackLimits, String> {
+    let max_size = match raw.max_size {
+        None => 16 << 30,
+        Some(Quantity::Bytes(n)) => n,
+        Some(Quantity::Text(q)) => parse_quantity(&q).map_err(|m| format!("maxSize: {m}"))?,
+    };
+    let limits = ImageUnpackLimits {
+        max_size,
+        max_files: raw.max_files.unwrap_or(1_000_000),
+        max_path_length: raw.max_path_length.unwrap_or(4096),
+    };
+    match limits {
+        ImageUnpackLimits { max_size: 0, .. } => Err("maxSize: 0: must be positive".into()),
+        ImageUnpackLimits { max_files: 0, .. } => Err("maxFiles: 0: must be positive".into()),
+        ImageUnpackLimits {
+            max_path_length: 0, ..
+        } => Err("maxPathLength: 0: must be positive".into()),
+        ok => Ok(ok),
     }
 }
 
@@ -503,6 +572,44 @@ mod tests {
         assert_eq!(c.image_gc_high_threshold_percent, 100);
         assert_eq!(c.image_gc_low_threshold_percent, 0);
         assert_eq!(c.image_minimum_gc_age, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn image_unpack_limits_are_read_and_checked() {
+        let defaults = parse(dir(), "").unwrap().image_unpack_limits;
+        assert_eq!(
+            defaults,
+            ImageUnpackLimits {
+                max_size: 16 << 30,
+                max_files: 1_000_000,
+                max_path_length: 4096
+            }
+        );
+        let text = "imageUnpackLimits:\n  maxSize: 2Gi\n  maxFiles: 5000\n  maxPathLength: 1024\n";
+        let c = parse(dir(), text).unwrap();
+        assert_eq!(
+            c.image_unpack_limits,
+            ImageUnpackLimits {
+                max_size: 2 << 30,
+                max_files: 5000,
+                max_path_length: 1024
+            }
+        );
+        for (text, want) in [
+            (
+                "imageUnpackLimits:\n  maxFiles: 0\n",
+                "maxFiles: 0: must be positive",
+            ),
+            ("imageUnpackLimits:\n  maxSize: 2Gx\n", "maxSize: "),
+        ] {
+            let e = parse(dir(), text).unwrap_err().to_string();
+            assert!(
+                e.contains("imageUnpackLimits") && e.contains(want),
+                "{text}: {e}"
+            );
+        }
+        let e = parse(dir(), "imageUnpackLimits:\n  maxDepth: 3\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field `maxDepth`"), "{e}");
     }
 
     #[test]

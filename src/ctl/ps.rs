@@ -167,6 +167,10 @@ mod tests {
                 container_statuses: vec![c],
                 host_network: false,
                 terminating: false,
+                qos_class: String::new(),
+                pod_ip: String::new(),
+                pod_ips: Vec::new(),
+                host_ip: String::new(),
             }],
             source_errors: vec![SourceError {
                 source: "/etc/nanolet/manifests/bad.yaml".into(),

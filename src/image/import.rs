@@ -87,34 +87,12 @@ pub(super) fn import_path(
     Ok(images)
 }
 
-/// Imports the image whose manifest `desc` names from `source` (the registry, for `pull`),
-/// under the store's exclusive lock: the same verification as an import from a layout.
-pub(super) fn import_manifest(
-    store: &ImageStore,
-    source: &dyn Source,
-    platform: &Platform,
-    desc: &Descriptor,
-    names: Vec<String>,
-) -> Result<Image, Error> {
-    let _lock = store.lock(rustix::fs::FlockOperation::LockExclusive)?;
-    let importer = Importer {
-        store,
-        source,
-        platform,
-        origin: names
-            .first()
-            .cloned()
-            .unwrap_or_else(|| desc.digest.to_string()),
-    };
-    importer.import_manifest(desc, names)
-}
-
-struct Importer<'a> {
-    store: &'a ImageStore,
-    source: &'a dyn Source,
-    platform: &'a Platform,
+pub(super) struct Importer<'a> {
+    pub(super) store: &'a ImageStore,
+    pub(super) source: &'a dyn Source,
+    pub(super) platform: &'a Platform,
     /// The source path, naming images that have no name.
-    origin: String,
+    pub(super) origin: String,
 }
 
 /// How many index levels we follow (layout index → image index → manifest).
@@ -332,7 +310,7 @@ impl Importer<'_> {
     }
 
     /// Parses the config, checks its platform and that it has one diff_id per layer.
-    fn check_config(
+    pub(super) fn check_config(
         &self,
         image: &str,
         object: &str,
@@ -366,7 +344,7 @@ impl Importer<'_> {
     }
 
     /// The recorded image with this manifest, if all its blobs are still in the store.
-    fn known(&self, manifest: &Digest) -> Result<Option<Image>, Error> {
+    pub(super) fn known(&self, manifest: &Digest) -> Result<Option<Image>, Error> {
         let records = self.store.read_records()?;
         let Some(image) = records
             .images
@@ -405,7 +383,7 @@ impl Importer<'_> {
     }
 
     /// Reads a small JSON document, verifying it against its descriptor when there is one.
-    fn read_document(
+    pub(super) fn read_document(
         &self,
         image: &str,
         object: &str,
@@ -446,7 +424,12 @@ impl Importer<'_> {
     }
 
     /// Stores an already verified document under its digest.
-    fn put_document(&self, image: &str, object: &str, bytes: &[u8]) -> Result<(), Error> {
+    pub(super) fn put_document(
+        &self,
+        image: &str,
+        object: &str,
+        bytes: &[u8],
+    ) -> Result<(), Error> {
         let digest = Digest::of(bytes);
         self.put_blob(
             bytes,
@@ -691,7 +674,7 @@ impl DiffHasher {
     }
 }
 
-fn blob_path(d: &Digest) -> String {
+pub(super) fn blob_path(d: &Digest) -> String {
     format!("blobs/sha256/{}", d.hex())
 }
 
@@ -726,7 +709,7 @@ fn normalize_name(name: &str) -> Option<String> {
     }
 }
 
-fn image_config(c: oci::ExecConfig) -> ImageConfig {
+pub(super) fn image_config(c: oci::ExecConfig) -> ImageConfig {
     ImageConfig {
         entrypoint: c.entrypoint.unwrap_or_default(),
         cmd: c.cmd.unwrap_or_default(),

@@ -19,14 +19,19 @@
 //! diff_id → fsync → rename), leave a partial rootfs under its final name, or write
 //! outside its root. Synchronous and blocking: the agent calls it from a child process.
 //!
-//! Decisions: gzip, zstd and uncompressed layers; a zstd layer's diff_id is checked by
-//! decoding the written temporary blob before it is renamed in. Compressed archive files (`.tar.gz`) are refused: gunzip them first, since
-//! blobs are read from the tar by offset. A name moving to another image leaves the old
+//! Decisions: gzip, zstd and uncompressed layers. A pull (`fetch.rs`) checks each layer's
+//! diff_id while unpacking it, in one pass; an import from a layout or archive checks it
+//! while copying the blob in (a zstd layer's by decoding the written temporary blob before
+//! it is renamed in) and unpacks later. Unpacking decompresses on a thread of its own
+//! ([`unpack::decompress_on_thread`]), so it belongs in a child process, never the agent.
+//! Compressed archive files (`.tar.gz`) are refused: gunzip them first, since blobs are
+//! read from the tar by offset. A name moving to another image leaves the old
 //! image without that name; an image whose last name is removed is deleted (like `docker
 //! rmi`), and blobs and rootfs directories no image refers to are deleted with it.
 
 pub mod auth;
 pub mod digest;
+mod fetch;
 pub mod gc;
 mod import;
 pub mod oci;
@@ -342,7 +347,7 @@ impl ImageStore {
     /// The image's unpacked rootfs, unpacked on first use. Callers must treat it as
     /// read-only: it is shared by every container of the image.
     pub fn rootfs(&self, image: &Image) -> Result<PathBuf, Error> {
-        let dir = self.root.join("rootfs").join(image.config_digest.hex());
+        let dir = self.rootfs_dir(&image.config_digest);
         if dir.is_dir() {
             return Ok(dir);
         }
@@ -350,29 +355,23 @@ impl ImageStore {
         if dir.is_dir() {
             return Ok(dir);
         }
-        let tmp = self.root.join("rootfs").join(format!(
-            ".tmp-{}-{}",
-            image.config_digest.hex(),
-            std::process::id()
-        ));
-        remove_tree(&tmp)?;
-        fs::create_dir(&tmp).map_err(store_err(&tmp, "create directory"))?;
-        fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .map_err(store_err(&tmp, "chmod"))?;
-        let result = self.unpack_into(image, &tmp).and_then(|()| {
-            match fs::rename(&tmp, &dir) {
-                Ok(()) => Ok(()),
-                // Another process finished first: use its copy.
-                Err(_) if dir.is_dir() => remove_tree(&tmp),
-                Err(e) => Err(store_err(&dir, "rename unpacked rootfs")(e)),
-            }
-        });
+        let tmp = self.new_tmp_rootfs(&image.config_digest)?;
+        let result = self
+            .unpack_into(image, &tmp)
+            .and_then(|()| self.commit_rootfs(&tmp, &dir));
         if let Err(e) = result {
             // Best effort: the unpack error is the one to report.
             let _ = remove_tree(&tmp);
             return Err(e);
         }
         Ok(dir)
+    }
+
+    /// The image's rootfs if it is unpacked; never unpacks (the agent's way in: unpacking
+    /// blocks and uses a thread, so the agent has a child process run
+    /// [`ImageStore::rootfs`]).
+    pub fn unpacked_rootfs(&self, image: &Image) -> Option<PathBuf> {
+        Some(self.rootfs_dir(&image.config_digest)).filter(|dir| dir.is_dir())
     }
 
     /// Removes a name; an image left without names (or removed by digest) is deleted, with
@@ -413,6 +412,34 @@ impl ImageStore {
 
     fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+
+    fn rootfs_dir(&self, config: &Digest) -> PathBuf {
+        self.root.join("rootfs").join(config.hex())
+    }
+
+    /// An empty directory (mode 0755) beside the final rootfs, to unpack into; removed
+    /// by the caller on failure, else by [`ImageStore::open`] after a crash.
+    fn new_tmp_rootfs(&self, config: &Digest) -> Result<PathBuf, Error> {
+        let tmp =
+            self.root
+                .join("rootfs")
+                .join(format!(".tmp-{}-{}", config.hex(), std::process::id()));
+        remove_tree(&tmp)?;
+        fs::create_dir(&tmp).map_err(store_err(&tmp, "create directory"))?;
+        fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .map_err(store_err(&tmp, "chmod"))?;
+        Ok(tmp)
+    }
+
+    /// Renames a fully unpacked `tmp` to its final name `dir`.
+    fn commit_rootfs(&self, tmp: &Path, dir: &Path) -> Result<(), Error> {
+        match fs::rename(tmp, dir) {
+            Ok(()) => Ok(()),
+            // Another process finished first: use its copy.
+            Err(_) if dir.is_dir() => remove_tree(tmp),
+            Err(e) => Err(store_err(dir, "rename unpacked rootfs")(e)),
+        }
     }
 
     fn lock(&self, op: FlockOperation) -> Result<fs::File, Error> {

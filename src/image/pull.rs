@@ -8,12 +8,14 @@
 //!
 //! ```text
 //! GET manifests/<tag> ─► index? ─choose platform─► GET manifests/<digest> ─► manifest
-//!      ─► import::import_manifest(RegistrySource) ─► config, layers: GET blobs/<digest>
-//!         (verified while copied: size, sha256, diff_id) ─► record ─► unpack rootfs
+//!      ─► fetch::import_pulled ─► config (import.rs checks) ─► layers: GET blobs/<digest>,
+//!         up to 3 at once, each unpacked as it arrives (size, sha256, diff_id verified in
+//!         the same pass) ─► blobs, documents, rootfs renamed in ─► record
 //! ```
 //!
-//! Must never: let a byte into the store that the store's import path has not verified
-//! (all blob writes go through `import.rs`), or run on the agent's thread (blocking).
+//! Must never: let a byte into the store that has not been verified (documents go through
+//! `import.rs`, layers through `fetch.rs`), or run on the agent's thread (it blocks, and
+//! downloads on a few threads of its own: it runs in the `internal-pull` child).
 
 use super::auth::{self, Credentials};
 use super::digest::{Digest, Verifier};
@@ -97,8 +99,9 @@ pub struct Options {
     pub retry: Retry,
 }
 
-/// Progress of one layer: `(layer digest, bytes done, bytes total)`.
-pub type Progress<'a> = &'a dyn Fn(&Digest, u64, u64);
+/// Progress of one layer: `(layer digest, bytes done, bytes total)`. Called from the
+/// download threads (several layers download at once), hence `Sync`.
+pub type Progress<'a> = &'a (dyn Fn(&Digest, u64, u64) + Sync);
 
 /// One line of `nanolet internal-pull`'s stdout, as JSON: any number of `Layer`, then one
 /// `Image` or `Error`. The agent reads these with [`Event::parse`].
@@ -180,17 +183,19 @@ pub fn pull(
         manifest_digest: desc.digest.clone(),
         manifest: bytes,
         sizes,
-        layers: manifest.layers.iter().map(|l| l.digest.clone()).collect(),
-        progress,
     };
-    let image = super::import::import_manifest(
+    let image = super::fetch::import_pulled(
         store,
         &source,
+        &registry,
         &options.platform,
         &desc,
         vec![name.clone()],
+        progress,
     )
     .map_err(Error::Store)?;
+    // Unpacked during the pull, unless the image was complete in the store already (then
+    // only a rootfs removed since is unpacked again here).
     if let Err(e) = store.rootfs(&image) {
         // An image that cannot be unpacked is not pulled: take back the name we added (and
         // with it the image, if it has no other). Best effort: the unpack error is the news.
@@ -376,15 +381,14 @@ fn choose<'a>(index: &'a Index, platform: &Platform) -> Option<&'a Descriptor> {
         .or_else(|| candidates().next())
 }
 
-/// The registry seen as an import source: the manifest already fetched, blobs on demand.
+/// The registry seen as an import source of documents: the manifest already fetched,
+/// the config on demand. Layers are fetched by [`super::fetch`].
 struct RegistrySource<'a> {
     registry: &'a Registry,
     manifest_digest: Digest,
     manifest: Vec<u8>,
     /// Sizes of the config and layers (hex → bytes), from the manifest.
     sizes: HashMap<String, u64>,
-    layers: Vec<Digest>,
-    progress: Progress<'a>,
 }
 
 impl Source for RegistrySource<'_> {
@@ -399,43 +403,7 @@ impl Source for RegistrySource<'_> {
             return Ok(None);
         };
         let digest = Digest::from_hex(hex).map_err(io::Error::other)?;
-        let blob = self.registry.blob(&digest, size);
-        if !self.layers.contains(&digest) {
-            return Ok(Some(Box::new(blob)));
-        }
-        Ok(Some(Box::new(ProgressReader {
-            inner: blob,
-            digest,
-            done: 0,
-            total: size,
-            reported: 0,
-            progress: self.progress,
-        })))
-    }
-}
-
-/// Reports a layer's progress about every 1% (and at the end).
-struct ProgressReader<'a, R> {
-    inner: R,
-    digest: Digest,
-    done: u64,
-    total: u64,
-    reported: u64,
-    progress: Progress<'a>,
-}
-
-impl<R: Read> Read for ProgressReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.done += n as u64;
-        let step = (self.total / 100).max(64 * 1024);
-        if self.done == self.total || self.done - self.reported >= step {
-            if self.reported != self.done {
-                (self.progress)(&self.digest, self.done, self.total);
-            }
-            self.reported = self.done;
-        }
-        Ok(n)
+        Ok(Some(Box::new(self.registry.blob(&digest, size))))
     }
 }
 

@@ -24,10 +24,10 @@ use super::digest::Digest;
 use super::oci;
 use super::reference::Reference;
 use log::{debug, warn};
-use std::cell::RefCell;
 use std::fmt;
 use std::io::{self, Read};
 use std::net::IpAddr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// Every manifest media type we can use; schema 1 is deliberately absent.
@@ -151,8 +151,9 @@ pub struct Registry {
     domain: String,
     path: String,
     credentials: Option<Credentials>,
-    /// The `Authorization` value that worked last (Basic or Bearer).
-    authorization: RefCell<Option<String>>,
+    /// The `Authorization` value that worked last (Basic or Bearer). Behind a mutex
+    /// because a pull downloads several layers at once, each on its own thread.
+    authorization: Mutex<Option<String>>,
     retry: Retry,
 }
 
@@ -198,7 +199,7 @@ impl Registry {
             domain: reference.domain.clone(),
             path: reference.path.clone(),
             credentials,
-            authorization: RefCell::new(None),
+            authorization: Mutex::new(None),
             retry,
         }
     }
@@ -317,8 +318,9 @@ impl Registry {
             if offset > 0 {
                 request = request.header("Range", format!("bytes={offset}-"));
             }
-            if let Some(auth) = self.authorization.borrow().as_deref()
-                && origin(&target) == origin(url)
+            if let Some(auth) = self
+                .authorization()
+                .filter(|_| origin(&target) == origin(url))
             {
                 request = request.header("Authorization", auth);
             }
@@ -364,8 +366,16 @@ impl Registry {
             }
         };
         debug!("registry {}: authenticated", self.domain);
-        *self.authorization.borrow_mut() = Some(value);
+        // A poisoned lock only means another download panicked; the value is a string.
+        *self.authorization.lock().unwrap_or_else(|e| e.into_inner()) = Some(value);
         Ok(())
+    }
+
+    fn authorization(&self) -> Option<String> {
+        self.authorization
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn fetch_token(

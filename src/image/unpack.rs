@@ -50,7 +50,9 @@ use std::path::Path;
 use std::rc::Rc;
 
 mod decompress;
+mod inflate;
 pub use decompress::{LayerCompression, ZSTD_MAX_WINDOW, ZstdReader, decompress};
+pub use inflate::decompress_on_thread;
 
 /// The longest path component Linux accepts (NAME_MAX).
 pub const MAX_NAME_LEN: usize = 255;
@@ -324,10 +326,14 @@ impl Unpacker {
     }
 
     /// Applies one stored layer blob, gzip, zstd or uncompressed (told apart by its first
-    /// bytes), on top of what is already unpacked.
-    pub fn apply_blob<R: BufRead>(&mut self, blob: R) -> Result<LayerCompression, Error> {
-        let (c, reader) = decompress(blob).map_err(Error::Read)?;
-        self.apply_layer(reader)?;
+    /// bytes), on top of what is already unpacked. The blob is decompressed on a thread of
+    /// its own ([`decompress_on_thread`]): call this from an unpacking process, not the agent.
+    pub fn apply_blob<R: BufRead + Send>(
+        &mut self,
+        mut blob: R,
+    ) -> Result<LayerCompression, Error> {
+        let c = LayerCompression::sniff(blob.fill_buf().map_err(Error::Read)?);
+        decompress_on_thread(blob, |layer| self.apply_layer(layer)).map_err(Error::Read)??;
         Ok(c)
     }
 

@@ -2,6 +2,8 @@
 //!
 //! - [`pod`]: the serde types; unknown fields are errors, valid-but-unused fields are kept opaque.
 //! - [`probe`]: Probe and Lifecycle types, their rules, and handlers resolved to one action.
+//! - [`quantity`], [`resources`], [`security`]: `Quantity`, `ResourceRequirements`, the
+//!   security contexts (wire shapes; `pod::resources` and `pod::security` decide).
 //! - [`validate`]: the API server's rules for the fields nanolet acts on, all problems at once.
 //! - [`decode_pod`]: JSON value → [`Pod`], with the field path of the first bad field.
 //!
@@ -9,6 +11,9 @@
 
 pub mod pod;
 pub mod probe;
+pub mod quantity;
+pub mod resources;
+pub mod security;
 pub mod validate;
 
 use std::fmt;
@@ -16,6 +21,9 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
+
+use resources::ResourceRequirements;
+use security::{PodSecurityContext, SecurityContext};
 
 pub use pod::{Container, EnvVar, ObjectMeta, Pod, PodSpec, PullPolicy, RestartPolicy};
 pub use validate::{FieldError, ValidationError, validate};
@@ -102,9 +110,19 @@ fn locate_spec<'v>(spec: &'v Value, path: &str) -> Option<BadKey<'v>> {
                         }
                     }
                 }
-                return Some(c);
+                let deeper = match c.key.as_str() {
+                    "securityContext" => first_bad_key::<SecurityContext>(c.value, &c.error.field),
+                    "resources" => first_bad_key::<ResourceRequirements>(c.value, &c.error.field),
+                    _ => None,
+                };
+                return Some(deeper.unwrap_or(c));
             }
         }
+    }
+    if bad.key == "securityContext"
+        && let Some(deeper) = first_bad_key::<PodSecurityContext>(bad.value, &bad.error.field)
+    {
+        return Some(deeper);
     }
     Some(bad)
 }

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::probe::{Lifecycle, Probe};
+use super::resources::ResourceRequirements;
+use super::security::{PodSecurityContext, SecurityContext};
 
 /// A `v1` Pod. `status` is accepted and ignored.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -190,7 +192,7 @@ pub struct PodSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scheduling_gates: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub security_context: Option<Value>,
+    pub security_context: Option<PodSecurityContext>,
     /// Deprecated alias of `serviceAccountName`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service_account: Option<Value>,
@@ -257,11 +259,11 @@ pub struct Container {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resize_policy: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub resources: Option<Value>,
+    pub resources: Option<ResourceRequirements>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart_policy_rules: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub security_context: Option<Value>,
+    pub security_context: Option<SecurityContext>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub termination_message_path: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
+use super::resources::{self, CgroupValues, NodeCapacity};
+use super::security::Security;
 use crate::image::ImageConfig;
 use crate::k8s::{Container, Pod};
 use crate::runtime::spec::{ContainerConfig, Mount, Namespace, NamespaceKind, User};
@@ -45,15 +47,27 @@ pub struct Inputs<'a> {
     pub user: User,
     pub sandbox: &'a Sandbox,
     pub files: &'a PodFiles,
-    pub cgroup_parent: &'a str,
+    /// The pod's cgroup, relative to the cgroup root (see [`super::resources`]).
+    pub pod_cgroup: &'a str,
+    pub resources: CgroupValues,
+    pub oom_score_adj: i32,
+    pub security: &'a Security,
+    /// The resolved `linux.seccomp` profile; `None`: unconfined.
+    pub seccomp: Option<serde_json::Value>,
+    pub node: &'a NodeCapacity,
     pub container_id: &'a str,
     pub attempt: u32,
     pub rootfs: PathBuf,
+    /// The pod's addresses (`status.podIP`, `status.podIPs`), known once its sandbox is up;
+    /// for env `fieldRef`.
+    pub pod_ips: &'a [std::net::Ipv4Addr],
+    /// The node's address (`status.hostIP`), for env `fieldRef`.
+    pub host_ip: Option<std::net::Ipv4Addr>,
 }
 
 /// Builds the runtime configuration of one container.
 pub fn container_config(i: &Inputs) -> Result<ContainerConfig, ConfigError> {
-    let env = environment(i.pod, i.container, &i.image.env)?;
+    let env = environment(i.pod, i.container, &i.image.env, i.node)?;
     let args = command_line(i.container, i.image, &env);
     if args.is_empty() {
         return Err(ConfigError(format!(
@@ -118,13 +132,6 @@ pub fn container_config(i: &Inputs) -> Result<ContainerConfig, ConfigError> {
         ),
         (ANNOTATION_ATTEMPT.to_string(), i.attempt.to_string()),
     ]);
-    let is_best_effort = i
-        .pod
-        .spec
-        .containers
-        .iter()
-        .chain(&i.pod.spec.init_containers)
-        .all(|c| c.resources.is_none());
     Ok(ContainerConfig {
         args,
         env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
@@ -133,18 +140,18 @@ pub fn container_config(i: &Inputs) -> Result<ContainerConfig, ConfigError> {
         hostname: None,
         namespaces,
         mounts,
-        cgroups_path: format!(
-            "/{}/pod{}/{}",
-            i.cgroup_parent.trim_matches('/'),
-            meta.uid,
-            i.container_id
-        ),
+        cgroups_path: format!("/{}/{}", i.pod_cgroup.trim_matches('/'), i.container_id),
         annotations,
-        // kubelet gives BestEffort pods 1000; the QoS classes come with resources.
-        oom_score_adj: is_best_effort.then_some(1000),
-        readonly_rootfs: false,
-        no_new_privileges: false,
+        oom_score_adj: Some(i.oom_score_adj),
+        readonly_rootfs: i.security.readonly_rootfs,
+        no_new_privileges: i.security.no_new_privileges,
         rootfs: i.rootfs.clone(),
+        resources: i.resources.clone(),
+        capabilities: Some(i.security.capabilities.clone()),
+        privileged: i.security.privileged,
+        unmasked_proc: i.security.unmasked_proc,
+        seccomp: i.seccomp.clone(),
+        sysctls: i.security.sysctls.clone(),
     })
 }
 
@@ -186,6 +193,7 @@ pub fn environment(
     pod: &Pod,
     c: &Container,
     image_env: &[String],
+    node: &NodeCapacity,
 ) -> Result<Vec<(String, String)>, ConfigError> {
     let mut env: Vec<(String, String)> = Vec::new();
     let set = |env: &mut Vec<(String, String)>, k: String, v: String| match env
@@ -201,7 +209,10 @@ pub fn environment(
     }
     for var in &c.env {
         let value = match (&var.value, &var.value_from) {
-            (_, Some(from)) => value_from(pod, c, &var.name, from)?,
+            (_, Some(from)) => match from.get("resourceFieldRef") {
+                Some(r) => resources::resource_field_ref(pod, c, &var.name, r, node)?,
+                None => value_from(pod, c, &var.name, from)?,
+            },
             (Some(v), None) => {
                 let current = env.clone();
                 let lookup = |name: &str| {
@@ -302,6 +313,11 @@ pub fn expand(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
 mod tests {
     use super::*;
     use crate::k8s::EnvVar;
+
+    const NODE: NodeCapacity = NodeCapacity {
+        cpu_milli: 1000,
+        memory_bytes: 1 << 30,
+    };
 
     fn lookup(name: &str) -> Option<String> {
         match name {
@@ -404,7 +420,7 @@ mod tests {
             ],
             ..Container::default()
         };
-        let env = environment(&pod, &c, &image().env).unwrap();
+        let env = environment(&pod, &c, &image().env, &NODE).unwrap();
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("A"), Some("pod"));
         assert_eq!(get("B"), Some("pod-/bin"));
@@ -423,7 +439,7 @@ mod tests {
             }],
             ..Container::default()
         };
-        let err = environment(&pod, &bad, &[]).unwrap_err().to_string();
+        let err = environment(&pod, &bad, &[], &NODE).unwrap_err().to_string();
         assert!(
             err.contains("env \"X\"") && err.contains("not supported"),
             "{err}"

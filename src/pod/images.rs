@@ -11,6 +11,10 @@
 //! already in the store is used when the pull fails (the registry is unreachable, say), with a
 //! warning, instead of keeping the pod from starting offline.
 //!
+//! An image in the store whose rootfs is not unpacked (removed, or imported without one) is
+//! unpacked the same way, in a `nanolet internal-unpack DIGEST` child ([`Puller::unpack`]):
+//! unpacking a large image takes seconds of CPU and the agent has one thread.
+//!
 //! It must never touch the image store itself: the child does.
 
 use std::cell::RefCell;
@@ -127,16 +131,33 @@ impl Puller {
 
     /// Pulls `reference` into the store; `Err` carries the pull's own message.
     pub async fn pull(&self, reference: &str) -> Result<(), String> {
+        let result = self.run_shared("internal-pull", reference).await;
+        if result.is_ok() {
+            // Unbounded on the agent's side; a closed channel means the agent is stopping.
+            let _ = self.pulled.try_send(reference.to_string());
+        }
+        result
+    }
+
+    /// Unpacks the rootfs of `image`, which is in the store, in a child process.
+    pub async fn unpack(&self, image: &crate::image::Image) -> Result<(), String> {
+        let digest = image.manifest_digest.to_string();
+        self.run_shared("internal-unpack", &digest).await
+    }
+
+    /// Runs `nanolet VERB ARG`, or joins the child already running it.
+    async fn run_shared(&self, verb: &'static str, arg: &str) -> Result<(), String> {
+        let key = format!("{verb} {arg}");
         let joined = {
             let mut inflight = self.inflight.borrow_mut();
-            match inflight.get_mut(reference) {
+            match inflight.get_mut(&key) {
                 Some(waiters) => {
                     let (tx, rx) = async_channel::bounded(1);
                     waiters.push(tx);
                     Some(rx)
                 }
                 None => {
-                    inflight.insert(reference.to_string(), Vec::new());
+                    inflight.insert(key.clone(), Vec::new());
                     None
                 }
             }
@@ -145,24 +166,16 @@ impl Puller {
             return rx
                 .recv()
                 .await
-                .unwrap_or_else(|_| Err("pull abandoned".to_string()));
+                .unwrap_or_else(|_| Err(format!("{verb} abandoned")));
         }
         self.progress
             .borrow_mut()
-            .insert(reference.to_string(), PullProgress::default());
-        let result = self.run_child(reference).await;
-        self.progress.borrow_mut().remove(reference);
-        let waiters = self
-            .inflight
-            .borrow_mut()
-            .remove(reference)
-            .unwrap_or_default();
+            .insert(arg.to_string(), PullProgress::default());
+        let result = self.run_child(verb, arg).await;
+        self.progress.borrow_mut().remove(arg);
+        let waiters = self.inflight.borrow_mut().remove(&key).unwrap_or_default();
         for w in waiters {
             let _ = w.try_send(result.clone());
-        }
-        if result.is_ok() {
-            // Unbounded on the agent's side; a closed channel means the agent is stopping.
-            let _ = self.pulled.try_send(reference.to_string());
         }
         result
     }
@@ -175,16 +188,17 @@ impl Puller {
             .map(|p| p.message(reference))
     }
 
-    async fn run_child(&self, reference: &str) -> Result<(), String> {
+    /// Runs the child; `reference` is its argument and the key of its progress.
+    async fn run_child(&self, verb: &str, reference: &str) -> Result<(), String> {
         let mut cmd = Command::new(&self.exe);
-        cmd.arg("internal-pull")
+        cmd.arg(verb)
             .arg("--config-dir")
             .arg(&self.config_dir)
             .arg(reference)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| format!("running the pull: {e}"))?;
+        let mut child = cmd.spawn().map_err(|e| format!("running {verb}: {e}"))?;
         let pid = child.id() as i32;
         let stdout = child
             .stdout
@@ -227,7 +241,7 @@ impl Puller {
                 .find(|l| !l.trim().is_empty())
                 .unwrap_or("");
             Err(format!(
-                "the pull ended without a result (exit {exit:?}): {}",
+                "{verb} ended without a result (exit {exit:?}): {}",
                 tail.trim()
             ))
         })

@@ -6,6 +6,8 @@
 //!   a run of results means (ready, started, kill).
 //! - [`status`]: Kubernetes-shaped pod and container status, and the snapshot `ps` reads.
 //! - [`config`] (pure): a container of a Pod plus its image → the runtime configuration.
+//! - [`resources`] (pure): QoS class, cgroup values, `oom_score_adj`, `resourceFieldRef`.
+//! - [`security`] (pure): the security contexts → user, capabilities, seccomp, sysctls.
 //! - [`images`]: imagePullPolicy (pure) and pulls in child processes, shared per reference.
 //! - [`board`]: where workers publish status for the snapshot.
 //! - [`worker`]: one task per pod that carries out the decisions with the runtime.
@@ -16,5 +18,7 @@ pub mod config;
 pub mod images;
 pub mod lifecycle;
 pub mod probe;
+pub mod resources;
+pub mod security;
 pub mod status;
 pub mod worker;

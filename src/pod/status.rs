@@ -137,6 +137,24 @@ pub struct PodStatus {
     /// Set while the pod is being stopped.
     #[serde(default)]
     pub terminating: bool,
+    /// `Guaranteed`, `Burstable` or `BestEffort`, as kubelet computes it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub qos_class: String,
+    /// `status.podIP`: the pod's first address (the node's for hostNetwork pods).
+    #[serde(default, rename = "podIP", skip_serializing_if = "String::is_empty")]
+    pub pod_ip: String,
+    /// `status.podIPs`.
+    #[serde(default, rename = "podIPs", skip_serializing_if = "Vec::is_empty")]
+    pub pod_ips: Vec<PodIp>,
+    /// `status.hostIP`: the node's address.
+    #[serde(default, rename = "hostIP", skip_serializing_if = "String::is_empty")]
+    pub host_ip: String,
+}
+
+/// One entry of `status.podIPs`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodIp {
+    pub ip: String,
 }
 
 impl PodStatus {

@@ -19,6 +19,7 @@
 //! batch per change, nothing until Services and EndpointSlices have both synced) lives elsewhere.
 
 pub mod build;
+pub mod lower;
 pub mod model;
 pub mod nft_text;
 pub mod ruleset;

@@ -5,6 +5,7 @@
 //!
 //! - [`spec`]: the OCI runtime `config.json` for runc, as containerd's CRI plugin would write it
 //!   (pure: no I/O, host facts passed in).
+//! - [`seccomp`]: the `RuntimeDefault` seccomp profile (pure).
 //! - [`user`]: resolves an image `User` ("name", "uid:gid", …) against the image's `/etc/passwd`
 //!   and `/etc/group` text, like runc/containerd (pure).
 //! - [`bundle`]: a container's bundle folder, rootfs mount, stdio FIFOs and adoption record.
@@ -15,5 +16,6 @@
 pub mod bundle;
 pub mod logs;
 pub mod runc;
+pub mod seccomp;
 pub mod spec;
 pub mod user;

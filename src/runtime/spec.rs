@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::sys::cgroup::CgroupValues;
+
 /// The OCI runtime spec version written to `ociVersion` (what runc 1.1 reports).
 pub const OCI_VERSION: &str = "1.0.2";
 
@@ -40,6 +42,51 @@ pub const DEFAULT_CAPABILITIES: [&str; 14] = [
     "CAP_SYS_CHROOT",
     "CAP_KILL",
     "CAP_AUDIT_WRITE",
+];
+
+/// Every Linux capability, in bit order (`linux/capability.h`, up to `CAP_LAST_CAP` 40).
+pub const ALL_CAPABILITIES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
 ];
 
 /// The `RLIMIT_NOFILE` soft and hard limit containerd gives a container.
@@ -142,6 +189,19 @@ pub struct ContainerConfig {
     pub no_new_privileges: bool,
     /// Absolute, or relative to the bundle directory.
     pub rootfs: PathBuf,
+    /// The container cgroup's limits (`linux.resources`: runc writes v1 or v2 files).
+    pub resources: CgroupValues,
+    /// The `CAP_*` names of the bounding, effective and permitted sets; `None`: containerd's
+    /// [`DEFAULT_CAPABILITIES`].
+    pub capabilities: Option<Vec<String>>,
+    /// Every device allowed, `/sys` and `/sys/fs/cgroup` read-write, `/proc` unmasked.
+    pub privileged: bool,
+    /// No masked or read-only `/proc` paths.
+    pub unmasked_proc: bool,
+    /// `linux.seccomp` as OCI JSON; `None`: unconfined.
+    pub seccomp: Option<serde_json::Value>,
+    /// `linux.sysctl`: namespaced sysctls runc sets in the container's namespaces.
+    pub sysctls: BTreeMap<String, String>,
 }
 
 /// Facts about the host that bound what runc can apply; the caller reads them from the host.
@@ -149,6 +209,10 @@ pub struct ContainerConfig {
 pub struct HostLimits {
     /// Whether nanolet may set a negative `oom_score_adj` (needs `CAP_SYS_RESOURCE`).
     pub can_lower_oom_score_adj: bool,
+    /// nanolet's effective capabilities (bit n: `ALL_CAPABILITIES[n]`): runc cannot give a
+    /// container one nanolet lacks (here root has no `CAP_SYS_RESOURCE`). Like containerd's
+    /// privileged containers, which get the capabilities containerd has, the rest are dropped.
+    pub capabilities: u64,
     /// nanolet's own `RLIMIT_NOFILE` hard limit: without `CAP_SYS_RESOURCE` runc cannot raise a
     /// container's above it.
     pub nofile_hard: u64,
@@ -196,9 +260,9 @@ struct SpecUser {
 
 #[derive(Serialize)]
 struct Capabilities {
-    bounding: Vec<&'static str>,
-    effective: Vec<&'static str>,
-    permitted: Vec<&'static str>,
+    bounding: Vec<String>,
+    effective: Vec<String>,
+    permitted: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -231,13 +295,69 @@ struct Linux {
     #[serde(skip_serializing_if = "String::is_empty")]
     cgroups_path: String,
     namespaces: Vec<SpecNamespace>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     masked_paths: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     readonly_paths: Vec<&'static str>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    sysctl: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seccomp: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
 struct Resources {
     devices: Vec<DeviceRule>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu: Option<Cpu>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory: Option<Memory>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pids: Option<Pids>,
+}
+
+#[derive(Serialize)]
+struct Cpu {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shares: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quota: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    period: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Memory {
+    limit: i64,
+}
+
+#[derive(Serialize)]
+struct Pids {
+    limit: i64,
+}
+
+fn resources(v: &CgroupValues, privileged: bool) -> Resources {
+    let cpu = (v.cpu_shares.is_some() || v.cpu_quota.is_some()).then_some(Cpu {
+        shares: v.cpu_shares,
+        quota: v.cpu_quota,
+        period: v.cpu_period,
+    });
+    Resources {
+        devices: if privileged {
+            vec![DeviceRule {
+                allow: true,
+                kind: None,
+                major: None,
+                minor: None,
+                access: "rwm",
+            }]
+        } else {
+            device_rules()
+        },
+        cpu,
+        memory: v.memory_limit.map(|limit| Memory { limit }),
+        pids: v.pids_limit.map(|limit| Pids { limit }),
+    }
 }
 
 #[derive(Serialize)]
@@ -260,7 +380,8 @@ struct SpecNamespace {
     path: Option<String>,
 }
 
-fn default_mounts() -> Vec<SpecMount> {
+fn default_mounts(privileged: bool) -> Vec<SpecMount> {
+    let sys = if privileged { "rw" } else { "ro" };
     let m = |destination: &str, kind: &str, source: &str, options: &[&str]| SpecMount {
         destination: destination.to_string(),
         kind: kind.to_string(),
@@ -304,13 +425,13 @@ fn default_mounts() -> Vec<SpecMount> {
             "/sys",
             "sysfs",
             "sysfs",
-            &["nosuid", "noexec", "nodev", "ro"],
+            &["nosuid", "noexec", "nodev", sys],
         ),
         m(
             "/sys/fs/cgroup",
             "cgroup",
             "cgroup",
-            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+            &["nosuid", "noexec", "nodev", "relatime", sys],
         ),
     ]
 }
@@ -397,7 +518,7 @@ pub fn runtime_spec(c: &ContainerConfig, host: &HostLimits) -> (serde_json::Valu
         other => other.clone(),
     };
 
-    let mut mounts = default_mounts();
+    let mut mounts = default_mounts(c.privileged);
     for m in &c.mounts {
         let source = path_text(
             &format!("mount {}: source", m.destination),
@@ -427,7 +548,28 @@ pub fn runtime_spec(c: &ContainerConfig, host: &HostLimits) -> (serde_json::Valu
         });
     }
 
-    let caps = DEFAULT_CAPABILITIES.to_vec();
+    let mut caps = c
+        .capabilities
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CAPABILITIES.map(String::from).to_vec());
+    let host_has = |cap: &String| {
+        ALL_CAPABILITIES
+            .iter()
+            .position(|c| c == cap)
+            .is_some_and(|bit| host.capabilities & (1 << bit) != 0)
+    };
+    let missing: Vec<String> = caps.iter().filter(|c| !host_has(c)).cloned().collect();
+    if !missing.is_empty() {
+        caps.retain(host_has);
+        // A privileged container asks for everything; only a named capability is news.
+        if !c.privileged {
+            warnings.push(format!(
+                "capabilities {}: nanolet itself lacks them: dropped",
+                missing.join(", ")
+            ));
+        }
+    }
+    let unmasked = c.privileged || c.unmasked_proc;
     let spec = Spec {
         oci_version: OCI_VERSION,
         process: Process {
@@ -465,13 +607,21 @@ pub fn runtime_spec(c: &ContainerConfig, host: &HostLimits) -> (serde_json::Valu
         mounts,
         annotations: c.annotations.clone(),
         linux: Linux {
-            resources: Resources {
-                devices: device_rules(),
-            },
+            resources: resources(&c.resources, c.privileged),
             cgroups_path: c.cgroups_path.clone(),
             namespaces,
-            masked_paths: MASKED_PATHS.to_vec(),
-            readonly_paths: READONLY_PATHS.to_vec(),
+            masked_paths: if unmasked {
+                vec![]
+            } else {
+                MASKED_PATHS.to_vec()
+            },
+            readonly_paths: if unmasked {
+                vec![]
+            } else {
+                READONLY_PATHS.to_vec()
+            },
+            sysctl: c.sysctls.clone(),
+            seccomp: c.seccomp.clone(),
         },
     };
     (to_value(&spec), warnings)
@@ -492,6 +642,7 @@ mod tests {
 
     const HOST: HostLimits = HostLimits {
         can_lower_oom_score_adj: true,
+        capabilities: u64::MAX,
         nofile_hard: 1 << 20,
     };
 
@@ -519,6 +670,39 @@ mod tests {
             readonly_rootfs: false,
             no_new_privileges: false,
             rootfs: "rootfs".into(),
+            ..ContainerConfig::default()
+        }
+    }
+
+    /// A burstable container with limits, dropped and added capabilities, the default seccomp
+    /// profile and a namespaced sysctl.
+    fn limited_and_confined() -> ContainerConfig {
+        let caps = vec![
+            "CAP_NET_BIND_SERVICE".to_string(),
+            "CAP_NET_ADMIN".to_string(),
+        ];
+        ContainerConfig {
+            resources: CgroupValues {
+                cpu_shares: Some(256),
+                cpu_quota: Some(50_000),
+                cpu_period: Some(100_000),
+                memory_limit: Some(128 << 20),
+                pids_limit: None,
+            },
+            seccomp: Some(crate::runtime::seccomp::runtime_default(&caps)),
+            capabilities: Some(caps),
+            sysctls: BTreeMap::from([("net.ipv4.tcp_syncookies".into(), "0".into())]),
+            oom_score_adj: Some(750),
+            no_new_privileges: true,
+            ..minimal()
+        }
+    }
+
+    fn privileged() -> ContainerConfig {
+        ContainerConfig {
+            capabilities: Some(vec!["CAP_SYS_ADMIN".into()]),
+            privileged: true,
+            ..minimal()
         }
     }
 
@@ -586,6 +770,7 @@ mod tests {
     fn golden_cases() -> Vec<(&'static str, ContainerConfig, HostLimits)> {
         let constrained = HostLimits {
             can_lower_oom_score_adj: false,
+            capabilities: u64::MAX,
             nofile_hard: 512,
         };
         vec![
@@ -596,6 +781,8 @@ mod tests {
                 readonly_with_volumes(),
                 constrained,
             ),
+            ("limited-and-confined", limited_and_confined(), HOST),
+            ("privileged", privileged(), HOST),
         ]
     }
 
@@ -661,6 +848,7 @@ mod tests {
             };
             let host = HostLimits {
                 can_lower_oom_score_adj: *may_lower,
+                capabilities: u64::MAX,
                 nofile_hard: *hard,
             };
             let (spec, warnings) = runtime_spec(&config, &host);
@@ -675,6 +863,55 @@ mod tests {
                 "adj {adj:?} host {host:?}: {warnings:?}"
             );
         }
+    }
+
+    #[test]
+    fn capabilities_nanolet_lacks_are_dropped() {
+        // Everything but CAP_SYS_RESOURCE (24), as root on this development machine.
+        let host = HostLimits {
+            capabilities: !(1 << 24),
+            ..HOST
+        };
+        let wanted = vec!["CAP_CHOWN".to_string(), "CAP_SYS_RESOURCE".to_string()];
+        let config = ContainerConfig {
+            capabilities: Some(wanted.clone()),
+            ..minimal()
+        };
+        let (spec, warnings) = runtime_spec(&config, &host);
+        assert_eq!(
+            spec["process"]["capabilities"]["effective"],
+            Value::from(vec!["CAP_CHOWN"])
+        );
+        assert_eq!(
+            spec["process"]["capabilities"]["bounding"],
+            Value::from(vec!["CAP_CHOWN"])
+        );
+        assert_eq!(
+            warnings,
+            ["capabilities CAP_SYS_RESOURCE: nanolet itself lacks them: dropped"]
+        );
+        // A privileged container gets what there is, without a warning.
+        let config = ContainerConfig {
+            capabilities: Some(wanted),
+            privileged: true,
+            ..minimal()
+        };
+        let (_, warnings) = runtime_spec(&config, &host);
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn unmasked_proc_drops_masked_and_readonly_paths_only() {
+        let config = ContainerConfig {
+            unmasked_proc: true,
+            ..minimal()
+        };
+        let (spec, _) = runtime_spec(&config, &HOST);
+        assert_eq!(spec["linux"].get("maskedPaths"), None);
+        assert_eq!(spec["linux"].get("readonlyPaths"), None);
+        // Still not privileged: /sys read-only, the default device rules.
+        assert_eq!(spec["mounts"][5]["options"][3], "ro");
+        assert_eq!(spec["linux"]["resources"]["devices"][0]["allow"], false);
     }
 
     #[test]
@@ -757,8 +994,8 @@ mod tests {
 
     /// Compares our key set with `runc spec`'s (needs /usr/sbin/runc): every key runc's template
     /// has at the top level and in `process` is one we also write, except the ones we leave out
-    /// on purpose (`process.consoleSize` only applies with a terminal; `linux.seccomp` is not
-    /// generated yet).
+    /// on purpose (`process.consoleSize` only applies with a terminal; `linux.seccomp` is only
+    /// written when a profile is asked for).
     #[test]
     #[ignore = "needs /usr/sbin/runc"]
     fn key_sets_match_runc_spec() {
@@ -806,6 +1043,7 @@ mod tests {
             .unwrap();
         HostLimits {
             can_lower_oom_score_adj: cap_eff & (1 << 24) != 0,
+            capabilities: cap_eff,
             nofile_hard,
         }
     }

@@ -9,7 +9,6 @@
 //! - [`sandbox`]: a pod's shared namespaces (network, IPC, UTS) kept alive by bind mounts, so the
 //!   containers of a pod share them without a pause container.
 //! - [`mount`]: overlay and bind mounts, and unmounting.
-//! - [`rtnetlink`]: the few rtnetlink requests nanolet needs (bring a link up).
 //! - [`inroot`]: reading files inside a container rootfs without following links out.
 //! - [`cgroup`]: finding and removing a pod's cgroup directories in every hierarchy.
 
@@ -18,5 +17,4 @@ pub mod inroot;
 pub mod mount;
 pub mod process;
 pub mod reaper;
-pub mod rtnetlink;
 pub mod sandbox;

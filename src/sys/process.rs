@@ -73,6 +73,44 @@ async fn read_all(pipe: Option<io::Result<Async<File>>>) -> io::Result<Vec<u8>> 
     Ok(buf)
 }
 
+/// Runs `cmd` to completion with `input` on its stdin and stdout/stderr captured (CNI plugins
+/// read their configuration this way). The input is written without blocking the executor.
+pub async fn output_with_input(
+    reaper: &Reaper,
+    mut cmd: Command,
+    input: &[u8],
+) -> io::Result<Output> {
+    use futures_lite::AsyncWriteExt;
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn()?;
+    let pid = child.id() as i32;
+    let stdin = child.stdin.take().map(|p| pipe_reader(p.into()));
+    let stdout = child.stdout.take().map(|p| pipe_reader(p.into()));
+    let stderr = child.stderr.take().map(|p| pipe_reader(p.into()));
+    drop(child);
+    let write = async {
+        if let Some(pipe) = stdin {
+            let mut pipe = pipe?;
+            // A child that exits without reading its input is not an error here: its exit
+            // status says what happened.
+            let _ = pipe.write_all(input).await;
+            let _ = pipe.close().await;
+        }
+        io::Result::Ok(())
+    };
+    let ((written, out), err) =
+        future::zip(future::zip(write, read_all(stdout)), read_all(stderr)).await;
+    let exit = reaper.wait(pid).await;
+    written?;
+    Ok(Output {
+        exit,
+        stdout: out?,
+        stderr: err?,
+    })
+}
+
 /// Runs `cmd`, whose stdio the caller has set, to completion.
 pub async fn status(reaper: &Reaper, mut cmd: Command) -> io::Result<Exit> {
     let child = cmd.spawn()?;

@@ -53,12 +53,22 @@ impl Sandbox {
     }
 
     /// Creates the namespaces by running `exe internal-sandbox …` as a child.
-    pub async fn create(&self, reaper: &Reaper, exe: &Path, hostname: &str) -> io::Result<()> {
+    /// `link` (bridge mode) is passed on as `--link`: the child also makes the pod's veth pair.
+    pub async fn create(
+        &self,
+        reaper: &Reaper,
+        exe: &Path,
+        hostname: &str,
+        link: Option<&str>,
+    ) -> io::Result<()> {
         fs::create_dir_all(&self.dir)?;
         let mut cmd = Command::new(exe);
         cmd.arg("internal-sandbox").arg(&self.dir).arg(hostname);
         if self.host_network {
             cmd.arg("--host-network");
+        }
+        if let Some(link) = link {
+            cmd.arg("--link").arg(link);
         }
         let out = process::output(reaper, cmd).await?;
         if out.is_success() {
@@ -111,7 +121,7 @@ pub fn init_in_child(dir: &Path, hostname: &str, host_network: bool) -> io::Resu
     if !host_network {
         rustix::system::sethostname(hostname.as_bytes())?;
         // Loopback is index 1 in every new network namespace.
-        super::rtnetlink::set_link_up(1)?;
+        crate::netlink::route::set_link_up(1)?;
     }
     for name in NAMESPACES {
         if host_network && name != "ipc" {

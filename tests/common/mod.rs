@@ -258,10 +258,23 @@ impl Node {
             .collect()
     }
 
-    /// cgroup folders of this node's cgroup parent, in every hierarchy.
+    /// A pod's cgroup folders, in every hierarchy and under every QoS class.
     pub fn cgroups(&self, pod_uid: &str) -> Vec<PathBuf> {
-        let rel = format!("{}/pod{pod_uid}", self.cgroup_parent);
-        nanolet::sys::cgroup::find(Path::new("/sys/fs/cgroup"), &rel)
+        nanolet::pod::resources::pod_cgroup_paths(&self.cgroup_parent, pod_uid)
+            .iter()
+            .flat_map(|rel| nanolet::sys::cgroup::find(Path::new("/sys/fs/cgroup"), rel))
+            .collect()
+    }
+
+    /// What container `container` of `pod` wrote to stdout in its first attempt, without the
+    /// CRI prefix.
+    pub fn output(&self, pod: &PodStatus, container: &str) -> String {
+        fs::read_to_string(self.log_path(pod, container, 0))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.splitn(4, ' ').nth(3))
+            .map(|l| format!("{l}\n"))
+            .collect()
     }
 }
 

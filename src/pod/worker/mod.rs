@@ -16,6 +16,7 @@
 //! loop, the events and the status it publishes.
 
 mod adopt;
+mod network;
 mod probes;
 mod start;
 mod stop;
@@ -33,7 +34,8 @@ use super::board::Board;
 use super::config::{self, PodFiles};
 use super::images::{self, PullAction, Puller};
 use super::lifecycle::{self, RestartPolicy, Slot};
-use super::status::{Condition, ContainerState, Phase, PodStatus, Terminated};
+use super::resources::{PodResources, QosClass};
+use super::status::{Condition, ContainerState, Phase, PodIp, PodStatus, Terminated};
 use crate::config::NodeConfig;
 use crate::image::gc::UseLog;
 use crate::image::{Image, ImageStore};
@@ -66,6 +68,8 @@ pub struct Context {
     pub puller: Puller,
     /// When each image was last used, for image GC (see [`crate::image::gc`]).
     pub images_used: std::cell::RefCell<UseLog>,
+    /// The pod network: addresses, veth pairs or CNI, host ports.
+    pub network: crate::net::Network,
 }
 
 /// Orders for a worker.
@@ -148,6 +152,11 @@ struct Worker {
     terminating: bool,
     /// Each slot's probe task while its container runs.
     probing: Vec<Option<probes::Probing>>,
+    /// Decides where the pod's cgroup is; a pod with bad quantities starts no container and
+    /// shows as BestEffort.
+    qos: QosClass,
+    /// The pod's addresses once its network is up.
+    pod_ips: Vec<std::net::Ipv4Addr>,
 }
 
 fn unix_now() -> i64 {
@@ -186,7 +195,9 @@ impl Worker {
             k8s::RestartPolicy::OnFailure => RestartPolicy::OnFailure,
             k8s::RestartPolicy::Never => RestartPolicy::Never,
         };
+        let qos = PodResources::of(&pod, -1).map_or(QosClass::BestEffort, |r| r.qos);
         Worker {
+            qos,
             sandbox: Sandbox {
                 dir: pod_dir.join("ns"),
                 host_network: spec.host_network,
@@ -205,6 +216,7 @@ impl Worker {
             events,
             events_rx,
             terminating: false,
+            pod_ips: Vec::new(),
         }
     }
 
@@ -230,6 +242,7 @@ impl Worker {
             self.source
         );
         self.adopt_all(adopted).await;
+        self.resume_network().await;
         loop {
             // Orders and exits that are already queued come first: a Stop never waits behind starts.
             while let Ok(event) = self.events_rx.try_recv() {
@@ -363,6 +376,23 @@ impl Worker {
             container_statuses: main.into_iter().map(|s| s.status.clone()).collect(),
             host_network: self.pod.spec.host_network,
             terminating: self.terminating,
+            qos_class: self.qos.as_str().to_string(),
+            pod_ip: self
+                .pod_ips
+                .first()
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
+            pod_ips: self
+                .pod_ips
+                .iter()
+                .map(|ip| PodIp { ip: ip.to_string() })
+                .collect(),
+            host_ip: self
+                .ctx
+                .network
+                .host_ip
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
         };
         if phase == Phase::Failed || phase == Phase::Succeeded {
             log::debug!("pod {}: phase {phase:?}", self.name());

@@ -93,13 +93,13 @@ impl Plan {
 }
 
 impl Worker {
-    /// The address probes and hooks go to. The one place that knows: the pod's IP once pod
-    /// networking gives it one; 127.0.0.1 for a hostNetwork pod.
+    /// The address probes and hooks go to. The one place that knows: 127.0.0.1 for a
+    /// hostNetwork pod, else the pod's first IP (none until its network is up).
     pub(super) fn probe_ip(&self) -> Option<IpAddr> {
-        self.pod
-            .spec
-            .host_network
-            .then_some(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        if self.pod.spec.host_network {
+            return Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
+        self.pod_ips.first().map(|ip| IpAddr::V4(*ip))
     }
 
     /// Starts the probe task of container `i`, which runs as `id` since `running_for`; sets

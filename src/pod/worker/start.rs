@@ -1,9 +1,131 @@
 //! Starting a container: its image (pulled as the policy says), the pod sandbox, the bundle,
 //! `runc run --detach`, and the watch for its exit.
 
+use std::path::Path;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use super::*;
+use crate::pod::resources::{self, NodeCapacity, PodResources};
+use crate::pod::security::{self, Seccomp, Security};
+use crate::runtime::seccomp;
+
+/// Whether the clamped `oom_score_adj` warning was logged (it would repeat for every start).
+static OOM_CLAMP_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// The node's CPUs and memory, read once: `/proc/meminfo` `MemTotal` and the CPUs this process
+/// may run on.
+fn node_capacity() -> &'static NodeCapacity {
+    static CAPACITY: OnceLock<NodeCapacity> = OnceLock::new();
+    CAPACITY.get_or_init(|| {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let kib: i64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        NodeCapacity {
+            cpu_milli: cpus as i64 * 1000,
+            memory_bytes: kib.saturating_mul(1024),
+        }
+    })
+}
+
+/// A container's resources and security, decided before its bundle is made.
+struct Limits {
+    pod: PodResources,
+    security: Security,
+    seccomp: Option<serde_json::Value>,
+}
 
 impl Worker {
+    /// Container `c`'s resources and security, the user it runs as, and its pod's cgroup
+    /// (created, with the pod's limits, before runc puts the container under it).
+    fn identity_and_limits(
+        &self,
+        c: &k8s::Container,
+        image: &Image,
+        image_rootfs: &Path,
+    ) -> Result<(Limits, spec::User, String), (&'static str, String)> {
+        let config_error = |m: String| ("CreateContainerConfigError", m);
+        let limits = self
+            .limits_and_security(c, &image.config.user)
+            .map_err(config_error)?;
+        let read = |file| {
+            inroot::read_to_string(image_rootfs, file, 1 << 20)
+                .ok()
+                .flatten()
+        };
+        let user = user::resolve_user(
+            &security::user_spec(&image.config.user, &limits.security),
+            read("/etc/passwd").as_deref(),
+            read("/etc/group").as_deref(),
+            &limits.security.extra_gids,
+        )
+        .map_err(|e| config_error(format!("image user: {e}")))?;
+        let pod_cgroup = resources::pod_cgroup_path(
+            &self.ctx.config.cgroup_parent,
+            self.qos,
+            &self.pod.metadata.uid,
+        );
+        cgroup::create(
+            Path::new(cgroup::CGROUP_ROOT),
+            &pod_cgroup,
+            &limits.pod.pod_cgroup,
+        )
+        .map_err(|e| ("CreateContainerError", format!("pod cgroup: {e}")))?;
+        Ok((limits, user, pod_cgroup))
+    }
+
+    /// Decides container `c`'s resources and security (pure, in [`resources`] and [`security`]),
+    /// checks `runAsNonRoot` and reads a `Localhost` seccomp profile.
+    fn limits_and_security(&self, c: &k8s::Container, image_user: &str) -> Result<Limits, String> {
+        let config = &self.ctx.config;
+        let pod = PodResources::of(&self.pod, config.pod_pids_limit).map_err(|e| e.0)?;
+        let sec =
+            security::security(&self.pod, c, &config.allowed_unsafe_sysctls).map_err(|e| e.0)?;
+        security::verify_run_as_non_root(&self.pod, c, &sec, image_user).map_err(|e| e.0)?;
+        let seccomp = match &sec.seccomp {
+            Seccomp::Unconfined => None,
+            Seccomp::RuntimeDefault => Some(seccomp::runtime_default(&sec.capabilities)),
+            Seccomp::Localhost(rel) => {
+                let path = config.data_dir.join("seccomp").join(rel);
+                let text = std::fs::read(&path).map_err(|e| {
+                    format!(
+                        "container {:?}: seccomp profile {}: {e}",
+                        c.name,
+                        path.display()
+                    )
+                })?;
+                let profile: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
+                    format!(
+                        "container {:?}: seccomp profile {}: {e}",
+                        c.name,
+                        path.display()
+                    )
+                })?;
+                if profile
+                    .get("defaultAction")
+                    .and_then(|a| a.as_str())
+                    .is_none()
+                {
+                    return Err(format!(
+                        "container {:?}: seccomp profile {}: no defaultAction: not an OCI seccomp profile",
+                        c.name,
+                        path.display()
+                    ));
+                }
+                Some(profile)
+            }
+        };
+        Ok(Limits {
+            pod,
+            security: sec,
+            seccomp,
+        })
+    }
+
     /// Finds (pulling as `imagePullPolicy` says) a container's image and its shared rootfs.
     pub(super) async fn image_for(
         &mut self,
@@ -59,9 +181,28 @@ impl Worker {
                 ),
             ));
         };
-        match self.ctx.images.rootfs(&image) {
-            Ok(rootfs) => Ok((image, rootfs)),
-            Err(e) => Err(("ErrImagePull", format!("image {:?}: {e}", c.image))),
+        if let Some(rootfs) = self.ctx.images.unpacked_rootfs(&image) {
+            return Ok((image, rootfs));
+        }
+        // Seconds of CPU for a large image: in a child, not on the agent's thread.
+        self.slots[i].status.state = ContainerState::Waiting {
+            reason: "ContainerCreating".to_string(),
+            message: format!("unpacking image {:?}", c.image),
+        };
+        self.publish();
+        let puller = self.ctx.puller.clone();
+        if let Err(e) = puller.unpack(&image).await {
+            return Err(("ErrImagePull", format!("image {:?}: {e}", c.image)));
+        }
+        match self.ctx.images.unpacked_rootfs(&image) {
+            Some(rootfs) => Ok((image, rootfs)),
+            None => Err((
+                "ErrImagePull",
+                format!(
+                    "image {:?}: its rootfs is gone right after unpacking",
+                    c.image
+                ),
+            )),
         }
     }
 
@@ -100,42 +241,6 @@ impl Worker {
         }
     }
 
-    pub(super) async fn ensure_sandbox(&mut self) -> Result<(), String> {
-        if self.sandbox.is_complete() {
-            return Ok(());
-        }
-        let _ = self.sandbox.destroy();
-        std::fs::create_dir_all(&self.pod_dir)
-            .map_err(|e| format!("{}: {e}", self.pod_dir.display()))?;
-        let hostname = if self.pod.spec.host_network {
-            crate::config::hostname()
-        } else {
-            self.pod.metadata.name.clone()
-        };
-        self.write_pod_files(&hostname)
-            .map_err(|e| format!("writing {}: {e}", self.pod_dir.display()))?;
-        self.sandbox
-            .create(&self.ctx.reaper, &self.ctx.exe, &hostname)
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    /// `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` as kubelet writes them.
-    pub(super) fn write_pod_files(&self, hostname: &str) -> std::io::Result<()> {
-        let hosts = if self.pod.spec.host_network {
-            let host = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
-            format!("# Kubernetes-managed hosts file (host network).\n{host}")
-        } else {
-            format!(
-                "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
-            )
-        };
-        crate::state::write_atomic(&self.files.hosts, hosts.as_bytes())?;
-        crate::state::write_atomic(&self.files.hostname, format!("{hostname}\n").as_bytes())?;
-        let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
-        crate::state::write_atomic(&self.files.resolv_conf, &resolv)
-    }
-
     pub(super) fn log_path(&self, name: &str, attempt: u32) -> PathBuf {
         let m = &self.pod.metadata;
         self.ctx
@@ -162,26 +267,9 @@ impl Worker {
             return self.create_error(i, "CreatePodSandboxError", e);
         }
         let c = self.container(i).clone();
-        let passwd = inroot::read_to_string(&image_rootfs, "/etc/passwd", 1 << 20)
-            .ok()
-            .flatten();
-        let group = inroot::read_to_string(&image_rootfs, "/etc/group", 1 << 20)
-            .ok()
-            .flatten();
-        let user = match user::resolve_user(
-            &image.config.user,
-            passwd.as_deref(),
-            group.as_deref(),
-            &[],
-        ) {
-            Ok(u) => u,
-            Err(e) => {
-                return self.create_error(
-                    i,
-                    "CreateContainerConfigError",
-                    format!("image user: {e}"),
-                );
-            }
+        let (limits, user, pod_cgroup) = match self.identity_and_limits(&c, &image, &image_rootfs) {
+            Ok(found) => found,
+            Err((reason, message)) => return self.create_error(i, reason, message),
         };
         // The attempt number names the container and its log file.
         let attempt = self.slots[i].status.restart_count
@@ -195,10 +283,17 @@ impl Worker {
             user,
             sandbox: &self.sandbox,
             files: &self.files,
-            cgroup_parent: &self.ctx.config.cgroup_parent,
+            pod_cgroup: &pod_cgroup,
+            resources: limits.pod.container_cgroup(i),
+            oom_score_adj: limits.pod.oom_score_adj(&self.pod, i, node_capacity()),
+            security: &limits.security,
+            seccomp: limits.seccomp,
+            node: node_capacity(),
             container_id: &id,
             attempt,
             rootfs: bundle.rootfs(),
+            pod_ips: &self.pod_ips,
+            host_ip: self.ctx.network.host_ip,
         };
         let cfg = match config::container_config(&inputs) {
             Ok(cfg) => cfg,
@@ -206,6 +301,10 @@ impl Worker {
         };
         let (runtime_spec, warnings) = spec::runtime_spec(&cfg, &self.ctx.host);
         for w in warnings {
+            // Every Guaranteed container would repeat this one: once is enough.
+            if w.starts_with("oomScoreAdj") && OOM_CLAMP_WARNED.swap(true, Ordering::Relaxed) {
+                continue;
+            }
             log::warn!("pod {}: container {:?}: {w}", self.name(), c.name);
         }
         if bundle.dir.exists() {

@@ -1,6 +1,9 @@
 //! A container's end (exit, clean-up, log pruning) and the pod's graceful termination.
 
+use std::path::Path;
+
 use super::*;
+use crate::pod::resources;
 
 impl Worker {
     pub(super) async fn on_exit(&mut self, i: usize, id: &str, exit: Option<Exit>) {
@@ -11,10 +14,26 @@ impl Worker {
             ContainerState::Running { started_at } => Some(started_at),
             _ => None,
         };
+        // Read before `runc delete` removes the container's cgroup.
+        let container_cgroup = format!(
+            "{}/{}",
+            resources::pod_cgroup_path(
+                &self.ctx.config.cgroup_parent,
+                self.qos,
+                &self.pod.metadata.uid
+            ),
+            running.id
+        );
+        let oom_killed = cgroup::oom_kills(Path::new(cgroup::CGROUP_ROOT), &container_cgroup)
+            .is_some_and(|n| n > 0);
         let killed = self.stop_probes(i);
         let (exit_code, signal, reason, mut message) = match exit {
             Some(e) => {
-                let reason = if e.code() == 0 { "Completed" } else { "Error" };
+                let reason = match (e.code(), oom_killed) {
+                    (0, _) => "Completed",
+                    (_, true) => "OOMKilled",
+                    (_, false) => "Error",
+                };
                 let signal = match e {
                     Exit::Signal(s) => Some(s),
                     Exit::Code(_) => None,
@@ -128,7 +147,7 @@ impl Worker {
                 self.remove_container(&r).await;
             }
         }
-        self.cleanup();
+        self.cleanup().await;
         self.ctx.board.remove(&self.pod.metadata.uid);
         log::info!("pod {}: stopped and removed", self.name());
     }
@@ -149,19 +168,19 @@ impl Worker {
         }
     }
 
-    /// Removes the pod's namespaces, cgroups, files and logs.
-    pub(super) fn cleanup(&self) {
+    /// Removes the pod's network, namespaces, cgroups, files and logs.
+    pub(super) async fn cleanup(&mut self) {
         let name = self.name();
+        self.detach_network().await;
         if let Err(e) = self.sandbox.destroy() {
             log::warn!("pod {name}: removing namespaces: {e}");
         }
-        let relative = format!(
-            "{}/pod{}",
-            self.ctx.config.cgroup_parent.trim_matches('/'),
-            self.pod.metadata.uid
-        );
-        if let Err(e) = cgroup::remove(std::path::Path::new(cgroup::CGROUP_ROOT), &relative) {
-            log::warn!("pod {name}: {e}");
+        for relative in
+            resources::pod_cgroup_paths(&self.ctx.config.cgroup_parent, &self.pod.metadata.uid)
+        {
+            if let Err(e) = cgroup::remove(Path::new(cgroup::CGROUP_ROOT), &relative) {
+                log::warn!("pod {name}: {e}");
+            }
         }
         if let Err(e) = remove_tree(&self.pod_dir) {
             log::warn!("pod {name}: removing {}: {e}", self.pod_dir.display());
