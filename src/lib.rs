@@ -6,6 +6,7 @@
 //!  cli ──► agent ──► pod ──────► runtime ──► sys
 //!   │        │        │            │
 //!   │        │        ├► k8s       └► image
+//!   │        │        └► prober ──► runtime (runc exec), sockets
 //!   │        │        └► net (pod networking) ─► netlink
 //!   │        ├► source (manifests/; api/: pods from the API server) ─► k8s, config, api
 //!   │        ├► proxy (services/) ─► netlink
@@ -27,6 +28,7 @@
 //!   the `runc` driver, CRI-format logs.
 //! - [`pod`]: pod lifecycle with kubelet's semantics: the per-container state machine, restart
 //!   back-off (pure), and the pod worker that drives the runtime.
+//! - [`prober`]: probe and hook I/O: exec (runc exec), httpGet, tcpSocket, grpc; one file each.
 //! - [`net`]: pod networking: the built-in bridge (rtnetlink) with host-local style IPAM, CNI
 //!   plugins, hostPorts, and each pod's resolv.conf and hosts file (pure parts apart).
 //! - [`proxy`]: Services in nftables (kube-proxy's job): model, desired ruleset, nft text, tracer,
@@ -57,6 +59,7 @@ pub mod net;
 pub mod netlink;
 pub mod node;
 pub mod pod;
+pub mod prober;
 pub mod proxy;
 pub mod report;
 pub mod runtime;

@@ -1,6 +1,7 @@
 //! Kubernetes object types nanolet reads (the `v1` Pod), decoded and validated at the edge.
 //!
 //! - [`pod`]: the serde types; unknown fields are errors, valid-but-unused fields are kept opaque.
+//! - [`probe`]: Probe and Lifecycle types, their rules, and handlers resolved to one action.
 //! - [`quantity`], [`resources`], [`security`]: `Quantity`, `ResourceRequirements`, the
 //!   security contexts (wire shapes; `pod::resources` and `pod::security` decide).
 //! - [`volume`], [`env`]: volumes and mounts; `valueFrom` and `envFrom` sources.
@@ -13,6 +14,7 @@
 pub mod env;
 pub mod object;
 pub mod pod;
+pub mod probe;
 pub mod quantity;
 pub mod resources;
 pub mod security;
@@ -104,6 +106,10 @@ fn locate_spec<'v>(spec: &'v Value, path: &str) -> Option<BadKey<'v>> {
                     ("volumeMounts", Value::Array(items)) => {
                         first_bad_item::<volume::VolumeMount>(items, &c.error.field)
                     }
+                    ("livenessProbe" | "readinessProbe" | "startupProbe", v) => {
+                        first_bad_key::<probe::Probe>(v, &c.error.field)
+                    }
+                    ("lifecycle", v) => first_bad_key::<probe::Lifecycle>(v, &c.error.field),
                     ("securityContext", v) => first_bad_key::<SecurityContext>(v, &c.error.field),
                     ("resources", v) => first_bad_key::<ResourceRequirements>(v, &c.error.field),
                     _ => None,
@@ -222,6 +228,16 @@ mod tests {
             (
                 json!({"spec": {"initContainers": [{"env": [{"name": "A", "vaule": "1"}]}]}}),
                 "spec.initContainers[0].env[0].vaule",
+                "unknown field",
+            ),
+            (
+                json!({"spec": {"containers": [{"livenessProbe": {"periodSecond": 1}}]}}),
+                "spec.containers[0].livenessProbe.periodSecond",
+                "unknown field",
+            ),
+            (
+                json!({"spec": {"containers": [{"lifecycle": {"preStart": {}}}]}}),
+                "spec.containers[0].lifecycle.preStart",
                 "unknown field",
             ),
             (

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::env::{EnvFromSource, EnvVarSource};
+use super::probe::{Lifecycle, Probe};
 use super::resources::ResourceRequirements;
 use super::security::{PodSecurityContext, SecurityContext};
 use super::volume::{Volume, VolumeMount};
@@ -251,6 +252,16 @@ pub struct Container {
     pub stdin: bool,
     pub stdin_once: bool,
     pub tty: bool,
+    /// Typed and validated in [`super::probe`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<Lifecycle>,
+
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub env_from: Vec<EnvFromSource>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -258,13 +269,7 @@ pub struct Container {
 
     // Accepted, not acted on (yet).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub lifecycle: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub liveness_probe: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub ports: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub readiness_probe: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resize_policy: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -273,8 +278,6 @@ pub struct Container {
     pub restart_policy_rules: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub security_context: Option<SecurityContext>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub startup_probe: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub termination_message_path: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]

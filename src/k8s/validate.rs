@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use super::pod::{Container, Pod};
+use super::probe::{self, ProbeKind};
 
 /// One problem with one field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,6 +145,32 @@ fn validate_container(
             format!("{path}.restartPolicy"),
             "may only be set on init containers".into(),
         );
+    }
+    let probes = [
+        (ProbeKind::Liveness, c.liveness_probe.as_ref()),
+        (ProbeKind::Readiness, c.readiness_probe.as_ref()),
+        (ProbeKind::Startup, c.startup_probe.as_ref()),
+    ];
+    for (kind, p) in probes {
+        let Some(p) = p else { continue };
+        if is_init && !c.is_sidecar() {
+            problem(
+                format!("{path}.{}", kind.field()),
+                "may not be set for init containers without restartPolicy=Always".into(),
+            );
+        } else {
+            probe::validate_probe(path, kind, p, c.ports.as_ref(), problem);
+        }
+    }
+    if let Some(l) = &c.lifecycle {
+        if is_init && !c.is_sidecar() {
+            problem(
+                format!("{path}.lifecycle"),
+                "may not be set for init containers without restartPolicy=Always".into(),
+            );
+        } else {
+            probe::validate_lifecycle(path, l, c.ports.as_ref(), problem);
+        }
     }
     for (i, env) in c.env.iter().enumerate() {
         if let Some(p) = env_var_name_problem(&env.name) {

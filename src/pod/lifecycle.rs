@@ -90,7 +90,7 @@ impl Slot {
         self.status.image_id = image_id;
         self.status.state = ContainerState::Running { started_at };
         self.status.started = true;
-        // No readiness probes yet: a running app container is ready.
+        // Without probes a running app container is ready; the worker's probes refine both.
         self.status.ready = !self.is_init;
     }
 

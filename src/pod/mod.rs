@@ -2,6 +2,8 @@
 //!
 //! - [`lifecycle`] (pure): which container starts next, back-off, the pod's phase.
 //! - [`backoff`] (pure): CrashLoopBackOff timing.
+//! - [`probe`] (pure): liveness, readiness and startup probes of a container: when, and what
+//!   a run of results means (ready, started, kill).
 //! - [`status`]: Kubernetes-shaped pod and container status, and the snapshot `ps` reads.
 //! - [`config`] (pure): a container of a Pod plus its image → the runtime configuration.
 //! - [`resources`] (pure): QoS class, cgroup values, `oom_score_adj`, `resourceFieldRef`.
@@ -17,6 +19,7 @@ pub mod board;
 pub mod config;
 pub mod images;
 pub mod lifecycle;
+pub mod probe;
 pub mod resources;
 pub mod security;
 pub mod status;

@@ -8,8 +8,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use async_io::{Async, Timer};
+use futures_lite::{AsyncReadExt, FutureExt};
 
 use serde::Deserialize;
 
@@ -184,6 +189,84 @@ impl Runc {
         }
     }
 
+    /// `runc exec ID COMMAND...` with the container's own process settings (user, env, cwd),
+    /// as kubelet's exec probes and hooks run. Returns how it ended and up to [`EXEC_OUTPUT`]
+    /// bytes of stdout and stderr together, or `Exec::TimedOut` after `timeout`: then runc and
+    /// the process it started in the container are killed and reaped, so nothing is left behind.
+    pub async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        pid_file: &Path,
+        timeout: Duration,
+    ) -> Result<ExecResult, Error> {
+        let exec_err = |source| Error::Exec {
+            path: self.binary.clone(),
+            source,
+        };
+        let _ = std::fs::remove_file(pid_file);
+        let (reader, writer) = std::io::pipe().map_err(exec_err)?;
+        let mut cmd = self.command();
+        cmd.arg("exec")
+            .arg("--pid-file")
+            .arg(pid_file)
+            .arg(id)
+            .args(command)
+            .stdin(Stdio::null())
+            .stdout(writer.try_clone().map_err(exec_err)?)
+            .stderr(writer);
+        let child = cmd.spawn().map_err(exec_err)?;
+        // The command holds the pipe's write end: drop it so that end-of-file can come.
+        drop(cmd);
+        let runc_pid = child.id() as i32;
+        drop(child);
+        let reader = Async::new(File::from(OwnedFd::from(reader))).map_err(exec_err)?;
+        let run = async {
+            let mut output = Vec::new();
+            let _ = (&reader)
+                .take(EXEC_OUTPUT as u64)
+                .read_to_end(&mut output)
+                .await;
+            let exit = self.reaper.wait(runc_pid).await;
+            Some((exit, output))
+        };
+        let deadline = async {
+            Timer::after(timeout).await;
+            None
+        };
+        match run.or(deadline).await {
+            Some((exit, output)) => {
+                let text = String::from_utf8_lossy(&output).into_owned();
+                Ok(ExecResult::Exited { exit, output: text })
+            }
+            None => {
+                // The process in the container first (its host pid), then runc.
+                let inner = std::fs::read_to_string(pid_file)
+                    .ok()
+                    .and_then(|p| p.trim().parse::<i32>().ok());
+                for pid in inner.into_iter().chain([runc_pid]) {
+                    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                    }
+                }
+                // runc is our child; the inner process is re-parented to us (a subreaper)
+                // when runc dies. Reap both, but never wait for long.
+                let reap = async {
+                    self.reaper.wait(runc_pid).await;
+                    if let Some(pid) = inner {
+                        self.reaper.wait(pid).await;
+                    }
+                };
+                let _ = reap
+                    .or(async {
+                        Timer::after(Duration::from_secs(5)).await;
+                    })
+                    .await;
+                Ok(ExecResult::TimedOut)
+            }
+        }
+    }
+
     /// `runc delete --force`: removes the container (and kills it if still running).
     pub async fn delete(&self, id: &str) -> Result<(), Error> {
         let mut cmd = self.command();
@@ -208,6 +291,21 @@ impl Runc {
             .unwrap_or("unknown")
             .to_string())
     }
+}
+
+/// Most output of an exec kept (kubelet keeps 10 KiB of an exec probe's output).
+pub const EXEC_OUTPUT: usize = 10 * 1024;
+
+/// How a `runc exec` ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecResult {
+    /// The command ran and exited (or runc failed to start it: then runc's message is the
+    /// output and the exit is runc's).
+    Exited {
+        exit: Exit,
+        output: String,
+    },
+    TimedOut,
 }
 
 /// runc's last error message from its JSON log (or plain stderr).

@@ -133,12 +133,14 @@ impl Worker {
                 a.state.pid
             );
             let stop_signal = a.record.stop_signal.clone();
+            let running_for = (unix_now() - a.record.started_at).max(0) as u64;
             self.running[i] = Some(Running {
-                id: a.state.id,
+                id: a.state.id.clone(),
                 bundle,
                 pid: a.state.pid,
                 stop_signal,
             });
+            self.start_probes(i, &a.state.id, Duration::from_secs(running_for));
         } else {
             // It ended while nanolet was away.
             slot.record_start(

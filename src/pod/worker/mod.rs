@@ -17,6 +17,7 @@
 
 mod adopt;
 mod network;
+mod probes;
 mod start;
 mod stop;
 
@@ -116,6 +117,12 @@ enum Event {
         exit: Option<Exit>,
     },
     Command(Command),
+    /// A container's probes or hooks found something (see [`probes`]).
+    Probe {
+        slot: usize,
+        id: String,
+        verdict: probes::Verdict,
+    },
 }
 
 /// A container this worker runs now.
@@ -169,6 +176,8 @@ struct Worker {
     events: async_channel::Sender<Event>,
     events_rx: async_channel::Receiver<Event>,
     terminating: bool,
+    /// Each slot's probe task while its container runs.
+    probing: Vec<Option<probes::Probing>>,
     /// Decides where the pod's cgroup is; a pod with bad quantities starts no container and
     /// shows as BestEffort.
     qos: QosClass,
@@ -228,6 +237,7 @@ impl Worker {
                 host_network: spec.host_network,
             },
             running: slots.iter().map(|_| None).collect(),
+            probing: slots.iter().map(|_| None).collect(),
             slots,
             restart,
             pod_dir,
@@ -334,6 +344,10 @@ impl Worker {
         match event {
             Event::Exited { slot, id, exit } => {
                 self.on_exit(slot, &id, exit).await;
+                false
+            }
+            Event::Probe { slot, id, verdict } => {
+                self.on_verdict(slot, &id, verdict);
                 false
             }
             Event::Command(Command::ImagesChanged) => {

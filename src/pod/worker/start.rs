@@ -410,11 +410,12 @@ impl Worker {
                     .clone()
                     .unwrap_or_else(|| "SIGTERM".to_string());
                 self.running[i] = Some(Running {
-                    id,
+                    id: id.clone(),
                     bundle,
                     pid,
                     stop_signal,
                 });
+                self.start_probes(i, &id, Duration::ZERO);
             }
             Err(e) => {
                 log::warn!("pod {}: container {:?}: {e}", self.name(), c.name);

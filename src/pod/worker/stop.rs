@@ -26,7 +26,8 @@ impl Worker {
         );
         let oom_killed = cgroup::oom_kills(Path::new(cgroup::CGROUP_ROOT), &container_cgroup)
             .is_some_and(|n| n > 0);
-        let (exit_code, signal, reason, message) = match exit {
+        let killed = self.stop_probes(i);
+        let (exit_code, signal, reason, mut message) = match exit {
             Some(e) => {
                 let reason = match (e.code(), oom_killed) {
                     (0, _) => "Completed",
@@ -48,6 +49,9 @@ impl Worker {
                     .to_string(),
             ),
         };
+        if let Some(why) = killed {
+            message = why;
+        }
         log::info!(
             "pod {}: container {:?} exited with code {exit_code} ({reason})",
             self.name(),
@@ -113,24 +117,25 @@ impl Worker {
             self.name(),
             grace.as_secs()
         );
-        for (i, r) in self.running.iter().enumerate() {
-            let Some(r) = r else { continue };
-            self.record_event(
-                Some(&self.container(i).name),
-                crate::api::events::EventType::Normal,
-                crate::api::events::reason::KILLING,
-                format!("Stopping container {}", self.container(i).name),
-            );
-            let signal = if grace.is_zero() {
-                "SIGKILL"
-            } else {
-                r.stop_signal.as_str()
-            };
-            if let Err(e) = self.ctx.runc.kill(&r.id, signal).await {
-                log::warn!("pod {}: {e}", self.name());
+        let deadline = Instant::now() + grace;
+        // preStop hooks, then the stop signal, in every container at once; the kill tasks end
+        // at the deadline (with a SIGKILL), whatever happened before.
+        for i in 0..self.running.len() {
+            self.probing[i] = None;
+            if self.running[i].is_some() {
+                let name = self.container(i).name.clone();
+                self.record_event(
+                    Some(&name),
+                    crate::api::events::EventType::Normal,
+                    crate::api::events::reason::KILLING,
+                    format!("Stopping container {name}"),
+                );
+            }
+            if let Some(kill) = self.kill_task(i, grace) {
+                self.ctx.executor.spawn(kill).detach();
             }
         }
-        self.wait_for_exits(Instant::now() + grace).await;
+        self.wait_for_exits(deadline).await;
         if self.running.iter().any(Option::is_some) {
             log::info!(
                 "pod {}: grace period over; killing what is left",
@@ -168,7 +173,7 @@ impl Worker {
                 .await;
             match event {
                 Some(Event::Exited { slot, id, exit }) => self.on_exit(slot, &id, exit).await,
-                Some(Event::Command(_)) => {}
+                Some(Event::Command(_) | Event::Probe { .. }) => {}
                 None => return,
             }
         }
