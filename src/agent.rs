@@ -37,10 +37,15 @@ use crate::pod::board::Board;
 use crate::pod::config::ANNOTATION_POD_UID;
 use crate::pod::status::SourceError;
 use crate::pod::worker::{self, Adopted, Command, Context, Handle};
+use crate::report::{self, status::NodeFacts};
 use crate::runtime::bundle::Bundle;
 use crate::runtime::runc::Runc;
 use crate::runtime::spec::HostLimits;
+use crate::source::api::client::PodApi;
+use crate::source::api::set::Terminating;
+use crate::source::api::{ApiPods, confirm_deletion};
 use crate::source::{self, StaticPodSet, watch::DirWatch};
+use crate::state::pods::PodStore;
 use crate::state::{self, boot};
 use crate::sys::reaper::Reaper;
 use crate::sys::sandbox::Sandbox;
@@ -110,6 +115,7 @@ pub fn run(config_dir: &Path) -> Result<(), Error> {
     })?;
     let exe = setup("finding nanolet's own executable", std::env::current_exe())?;
     let executor = Rc::new(LocalExecutor::new());
+    let (events, api) = crate::node::connect(config_dir, &config);
     let (pulled_tx, pulled_rx) = async_channel::unbounded();
     let ctx = Rc::new(Context {
         runc: Runc::new(
@@ -134,12 +140,33 @@ pub fn run(config_dir: &Path) -> Result<(), Error> {
             pulled_tx,
         ),
         images_used: std::cell::RefCell::new(UseLog::new(unix_now())),
+        events,
         config: config.clone(),
     });
     executor.spawn(reaper.run(child_signals)).detach();
-    async_io::block_on(
-        executor.run(Agent::new(ctx, config_dir.to_path_buf(), pulled_rx).run(stop_signals)),
-    );
+    let mut agent = Agent::new(ctx.clone(), config_dir.to_path_buf(), pulled_rx);
+    if let Some(api) = api {
+        // Pods bound to this node by the API server run beside the static pods.
+        let client = api.client();
+        let facts_client = client.clone();
+        let facts = Rc::new(move || NodeFacts {
+            host_ip: facts_client.local_ip().map(|ip| ip.to_string()),
+            pod_ip: None,
+        });
+        agent.connect_api(client, facts);
+        // The API tasks never hold up pods: they start beside them and only log their trouble.
+        let ctx = ctx.clone();
+        executor
+            .spawn(async move {
+                let version = ctx.runc.version().await.unwrap_or_else(|e| {
+                    log::warn!("runc --version: {e}");
+                    "unknown".into()
+                });
+                api.run(version).await;
+            })
+            .detach();
+    }
+    async_io::block_on(executor.run(agent.run(stop_signals)));
     Ok(())
 }
 
@@ -216,6 +243,15 @@ struct Agent {
     image_gc: Option<async_executor::Task<()>>,
     /// The disk is above the high threshold with nothing to remove, and that was logged.
     image_gc_stuck: bool,
+    /// Pods from the API server, when nanolet is a node of a cluster.
+    api: Option<ApiLink>,
+}
+
+/// The agent's side of the API pod source (see [`crate::source::api`]).
+struct ApiLink {
+    pods: Rc<ApiPods>,
+    /// Starts the final DELETE of a terminated pod (on a task of its own).
+    confirm: Rc<dyn Fn(Terminating)>,
 }
 
 impl Agent {
@@ -238,7 +274,54 @@ impl Agent {
             pulled,
             image_gc: None,
             image_gc_stuck: false,
+            api: None,
         }
+    }
+
+    /// Makes this agent a node of a cluster: pods bound to it by the API server run next to the
+    /// static pods (stored ones at once, before the API server answers), their status is
+    /// reported, static pods get mirror pods. `facts` tells the node's host IP.
+    fn connect_api<A: PodApi + 'static>(&mut self, api: Rc<A>, facts: Rc<dyn Fn() -> NodeFacts>) {
+        let cfg = self.config();
+        let store = match PodStore::open(&cfg.data_dir.join("api-pods")) {
+            Ok(store) => store,
+            Err(e) => {
+                log::error!(
+                    "pod store {}: {e}; API pods are not run",
+                    cfg.data_dir.display()
+                );
+                return;
+            }
+        };
+        let pods = Rc::new(ApiPods::new(
+            cfg.node_name.clone(),
+            store,
+            self.reconcile_tx.clone(),
+        ));
+        let executor = &self.ctx.executor;
+        executor
+            .spawn(crate::source::api::run_watch(api.clone(), pods.clone()))
+            .detach();
+        executor
+            .spawn(report::sync::run_status(
+                api.clone(),
+                self.ctx.board.clone(),
+                pods.clone(),
+                facts,
+            ))
+            .detach();
+        executor
+            .spawn(report::sync::run_mirrors(api.clone(), pods.clone()))
+            .detach();
+        let confirm_pods = pods.clone();
+        let confirm_executor = executor.clone();
+        let confirm = Rc::new(move |t: Terminating| {
+            let (api, pods) = (api.clone(), confirm_pods.clone());
+            confirm_executor
+                .spawn(async move { confirm_deletion(&*api, &pods, t).await })
+                .detach();
+        });
+        self.api = Some(ApiLink { pods, confirm });
     }
 
     fn config(&self) -> &NodeConfig {
@@ -398,12 +481,16 @@ impl Agent {
         }
         self.logged_errors = errors.clone();
         self.ctx.board.set_source_errors(errors);
+        if let Some(api) = &self.api {
+            api.pods
+                .set_static_pods(self.set.desired().into_iter().cloned().collect());
+        }
     }
 
     /// Starts workers for new pods and stops workers whose pod is gone.
     fn reconcile(&mut self, adopted: &mut BTreeMap<String, Vec<Adopted>>) {
         self.stopping.retain(|_, task| !task.is_finished());
-        let desired: Vec<(String, Pod, String)> = self
+        let mut desired: Vec<(String, Pod, String)> = self
             .set
             .desired_with_source()
             .into_iter()
@@ -415,17 +502,33 @@ impl Agent {
                 )
             })
             .collect();
+        if let Some(api) = &self.api {
+            // On disk before it runs: after a reboot without the API server it runs again.
+            api.pods.flush();
+            desired.extend(
+                api.pods
+                    .desired()
+                    .into_iter()
+                    .map(|pod| (pod.metadata.uid.clone(), pod, "api".to_string())),
+            );
+        }
         let wanted: std::collections::HashSet<&str> =
             desired.iter().map(|(uid, _, _)| uid.as_str()).collect();
+        let api = self.api.as_ref().map(|a| a.pods.clone());
         let gone: Vec<String> = self
             .workers
             .keys()
-            .filter(|uid| !wanted.contains(uid.as_str()))
+            .filter(|uid| {
+                !wanted.contains(uid.as_str()) || api.as_ref().is_some_and(|a| a.spec_changed(uid))
+            })
             .cloned()
             .collect();
         for uid in gone {
             if let Some(handle) = self.workers.remove(&uid) {
-                let _ = handle.commands.try_send(Command::Stop);
+                let deletion = self.api.as_ref().and_then(|a| a.pods.deletion_grace(&uid));
+                let _ = handle
+                    .commands
+                    .try_send(deletion.map_or(Command::Stop, Command::StopWithin));
                 let done = self.reconcile_tx.clone();
                 let task = self.ctx.executor.spawn(async move {
                     handle.task.await;
@@ -448,8 +551,19 @@ impl Agent {
                 continue;
             }
             let mine = adopted.remove(&uid).unwrap_or_default();
+            if let Some(api) = api.as_ref().filter(|_| source == "api") {
+                api.record_started(&pod);
+            }
             let handle = worker::spawn(self.ctx.clone(), pod, source, mine);
             self.workers.insert(uid, handle);
+        }
+        if let Some(api) = &self.api {
+            // Terminating API pods that nothing runs any more: confirm their deletion.
+            let busy =
+                |uid: &str| self.workers.contains_key(uid) || self.stopping.contains_key(uid);
+            for t in api.pods.idle_terminating(&busy) {
+                (api.confirm)(t);
+            }
         }
     }
 

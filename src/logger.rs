@@ -11,7 +11,9 @@ struct Stderr;
 
 impl Log for Stderr {
     fn enabled(&self, metadata: &Metadata) -> bool {
+        // Libraries' debug lines (ureq-proto logs every HTTP state) drown nanolet's own.
         metadata.level() <= log::max_level()
+            && (metadata.level() <= Level::Info || metadata.target().starts_with("nanolet"))
     }
 
     fn log(&self, record: &Record) {

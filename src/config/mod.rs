@@ -85,6 +85,15 @@ pub struct NodeConfig {
     /// `imageUnpackLimits` (nanolet's): what one image may unpack to, so a hostile image
     /// stops with a clear error instead of filling the disk.
     pub image_unpack_limits: ImageUnpackLimits,
+    /// `nodeStatusUpdateFrequency`: how often the node's conditions are checked (and reported
+    /// to the API server when they changed); a Go duration. Default: `10s`.
+    pub node_status_update_frequency: Duration,
+    /// `nodeStatusReportFrequency`: the longest time between two node status reports when
+    /// nothing changed; a Go duration. Default: `5m`.
+    pub node_status_report_frequency: Duration,
+    /// `nodeLeaseDurationSeconds`: the node Lease's duration; it is renewed every quarter of
+    /// it. Default: 40.
+    pub node_lease_duration_seconds: u32,
 }
 
 /// `imageUnpackLimits`: bounds on one image's unpacked layers.
@@ -127,6 +136,9 @@ struct RawConfig {
     #[serde(rename = "imageMinimumGCAge")]
     image_minimum_gc_age: Option<String>,
     image_unpack_limits: Option<RawImageUnpackLimits>,
+    node_status_update_frequency: Option<String>,
+    node_status_report_frequency: Option<String>,
+    node_lease_duration_seconds: Option<u32>,
 }
 
 /// `imageUnpackLimits`.
@@ -345,6 +357,25 @@ impl RawConfig {
         let image_minimum_gc_age = duration("imageMinimumGCAge", self.image_minimum_gc_age, 120)?;
         let image_unpack_limits = unpack_limits(self.image_unpack_limits.unwrap_or_default())
             .map_err(|m| ("imageUnpackLimits", m))?;
+        let node_status_update_frequency = duration(
+            "nodeStatusUpdateFrequency",
+            self.node_status_update_frequency,
+            10,
+        )?;
+        let node_status_report_frequency = duration(
+            "nodeStatusReportFrequency",
+            self.node_status_report_frequency,
+            300,
+        )?;
+        if node_status_update_frequency.is_zero() || node_status_report_frequency.is_zero() {
+            let message =
+                "nodeStatusUpdateFrequency and nodeStatusReportFrequency must be positive";
+            return Err(("nodeStatusUpdateFrequency", message.into()));
+        }
+        let node_lease_duration_seconds = self.node_lease_duration_seconds.unwrap_or(40);
+        if node_lease_duration_seconds == 0 {
+            return Err(("nodeLeaseDurationSeconds", "0: must be at least 1".into()));
+        }
         Ok(NodeConfig {
             node_name,
             static_pod_path: path(self.static_pod_path, "manifests"),
@@ -368,6 +399,9 @@ impl RawConfig {
             image_gc_low_threshold_percent,
             image_minimum_gc_age,
             image_unpack_limits,
+            node_status_update_frequency,
+            node_status_report_frequency,
+            node_lease_duration_seconds,
         })
     }
 }

@@ -20,6 +20,8 @@ pub struct Board {
     inner: Rc<RefCell<Inner>>,
     changed_tx: async_channel::Sender<()>,
     changed_rx: async_channel::Receiver<()>,
+    /// Further readers (the API status reporter), each woken on every change.
+    subscribers: Rc<RefCell<Vec<async_channel::Sender<()>>>>,
 }
 
 impl Default for Board {
@@ -30,6 +32,7 @@ impl Default for Board {
             inner: Rc::default(),
             changed_tx,
             changed_rx,
+            subscribers: Rc::default(),
         }
     }
 }
@@ -40,13 +43,13 @@ impl Board {
         let mut inner = self.inner.borrow_mut();
         if inner.pods.get(&status.uid) != Some(&status) {
             inner.pods.insert(status.uid.clone(), status);
-            let _ = self.changed_tx.try_send(());
+            self.wake();
         }
     }
 
     pub fn remove(&self, uid: &str) {
         if self.inner.borrow_mut().pods.remove(uid).is_some() {
-            let _ = self.changed_tx.try_send(());
+            self.wake();
         }
     }
 
@@ -54,8 +57,22 @@ impl Board {
         let mut inner = self.inner.borrow_mut();
         if inner.source_errors != errors {
             inner.source_errors = errors;
-            let _ = self.changed_tx.try_send(());
+            self.wake();
         }
+    }
+
+    fn wake(&self) {
+        let _ = self.changed_tx.try_send(());
+        self.subscribers
+            .borrow_mut()
+            .retain(|tx| !matches!(tx.try_send(()), Err(async_channel::TrySendError::Closed(_))));
+    }
+
+    /// A receiver of its own that gets a message after changes (coalesced, like [`Self::changed`]).
+    pub fn subscribe(&self) -> async_channel::Receiver<()> {
+        let (tx, rx) = async_channel::bounded(1);
+        self.subscribers.borrow_mut().push(tx);
+        rx
     }
 
     /// Waits until something changed since the last call.

@@ -95,7 +95,7 @@ fn unix_time(t: SystemTime) -> (i64, u32) {
 }
 
 /// (year, month, day, hour, minute, second) of a Unix time, in the proleptic Gregorian calendar.
-fn civil_time(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
+pub(crate) fn civil_time(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
     let days = secs.div_euclid(86_400);
     // rem_euclid(86_400) is in 0..86_400, so the casts below cannot truncate.
     let sod = secs.rem_euclid(86_400) as u32;

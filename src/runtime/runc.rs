@@ -193,6 +193,21 @@ impl Runc {
             other => other.map(drop),
         }
     }
+
+    /// `runc --version`'s first line's version, e.g. `1.1.5+ds1` (the Node's
+    /// `containerRuntimeVersion` is `runc://<this>`).
+    pub async fn version(&self) -> Result<String, Error> {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--version");
+        let out = self.run("--version", "", cmd).await?;
+        let text = String::from_utf8_lossy(&out);
+        Ok(text
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or("unknown")
+            .to_string())
+    }
 }
 
 /// runc's last error message from its JSON log (or plain stderr).

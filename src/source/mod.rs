@@ -20,6 +20,7 @@
 //!
 //! This module never starts pods: it only says which pods are desired.
 
+pub mod api;
 pub mod manifest;
 pub mod set;
 pub mod watch;

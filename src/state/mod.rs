@@ -8,6 +8,7 @@
 //! version or the new one, never half of one.
 
 pub mod boot;
+pub mod pods;
 
 use std::fs::{self, File};
 use std::io::{self, Write};

@@ -65,6 +65,8 @@ pub struct Context {
     pub puller: Puller,
     /// When each image was last used, for image GC (see [`crate::image::gc`]).
     pub images_used: std::cell::RefCell<UseLog>,
+    /// Kubernetes Events (a no-op without an API server).
+    pub events: crate::api::events::Recorder,
 }
 
 /// Orders for a worker.
@@ -72,6 +74,9 @@ pub struct Context {
 pub enum Command {
     /// Stop the pod gracefully and clean up everything it had.
     Stop,
+    /// Stop as [`Command::Stop`] does, within this grace period in seconds (an API pod's
+    /// `deletionGracePeriodSeconds`) instead of the spec's `terminationGracePeriodSeconds`.
+    StopWithin(i64),
     /// The image store changed: retry containers waiting for an image now.
     ImagesChanged,
 }
@@ -202,6 +207,19 @@ impl Worker {
         k8s::pod_full_name(&self.pod)
     }
 
+    /// Records a Kubernetes Event about this pod (or one of its containers).
+    fn record_event(
+        &self,
+        container: Option<&str>,
+        event_type: crate::api::events::EventType,
+        reason: &str,
+        message: String,
+    ) {
+        let m = &self.pod.metadata;
+        let object = crate::api::events::ObjectRef::pod(&m.namespace, &m.name, &m.uid, container);
+        self.ctx.events.record(&object, event_type, reason, message);
+    }
+
     fn container(&self, slot: usize) -> &k8s::Container {
         let spec = &self.pod.spec;
         let n = spec.init_containers.len();
@@ -276,7 +294,11 @@ impl Worker {
                 false
             }
             Event::Command(Command::Stop) => {
-                self.terminate().await;
+                self.terminate(None).await;
+                true
+            }
+            Event::Command(Command::StopWithin(seconds)) => {
+                self.terminate(Some(seconds)).await;
                 true
             }
         }

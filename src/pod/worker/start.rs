@@ -2,6 +2,7 @@
 //! `runc run --detach`, and the watch for its exit.
 
 use super::*;
+use crate::api::events::{EventType, reason};
 
 impl Worker {
     /// Finds (pulling as `imagePullPolicy` says) a container's image and its shared rootfs.
@@ -267,6 +268,12 @@ impl Worker {
                     self.name(),
                     c.name
                 );
+                self.record_event(
+                    Some(&c.name),
+                    EventType::Normal,
+                    reason::STARTED,
+                    format!("Started container {}", c.name),
+                );
                 let record = Record {
                     pod_uid: self.pod.metadata.uid.clone(),
                     container: c.name.clone(),
@@ -307,6 +314,12 @@ impl Worker {
             }
             Err(e) => {
                 log::warn!("pod {}: container {:?}: {e}", self.name(), c.name);
+                self.record_event(
+                    Some(&c.name),
+                    EventType::Warning,
+                    reason::FAILED,
+                    format!("Error: {e}"),
+                );
                 let _ = self.ctx.runc.delete(&id).await;
                 let _ = bundle.remove();
                 let now_wall = unix_now();

@@ -82,17 +82,26 @@ impl Worker {
     }
 
     /// Graceful termination, then removal of everything the pod had.
-    pub(super) async fn terminate(&mut self) {
+    /// `grace_seconds` overrides the spec's grace period (a deletion's own).
+    pub(super) async fn terminate(&mut self, grace_seconds: Option<i64>) {
         self.terminating = true;
         self.publish();
-        let grace =
-            Duration::from_secs(self.pod.spec.termination_grace_period_seconds().max(0) as u64);
+        let seconds =
+            grace_seconds.unwrap_or_else(|| self.pod.spec.termination_grace_period_seconds());
+        let grace = Duration::from_secs(seconds.max(0) as u64);
         log::info!(
             "pod {}: stopping (grace period {}s)",
             self.name(),
             grace.as_secs()
         );
-        for r in self.running.iter().flatten() {
+        for (i, r) in self.running.iter().enumerate() {
+            let Some(r) = r else { continue };
+            self.record_event(
+                Some(&self.container(i).name),
+                crate::api::events::EventType::Normal,
+                crate::api::events::reason::KILLING,
+                format!("Stopping container {}", self.container(i).name),
+            );
             let signal = if grace.is_zero() {
                 "SIGKILL"
             } else {
