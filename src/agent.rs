@@ -341,6 +341,12 @@ impl Agent {
             .executor
             .spawn(write_snapshots(self.ctx.clone()))
             .detach();
+        if let Some(proxy) = cfg.proxy.clone() {
+            self.ctx
+                .executor
+                .spawn(crate::proxy::run::run(proxy))
+                .detach();
+        }
         self.import_images_if_changed().await;
         // The first full scan comes before anything is stopped: see the module doc.
         let mut adopted = self.adoptable().await;

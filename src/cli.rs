@@ -28,6 +28,7 @@ commands:
   pull IMAGE                  pull an image from its registry into the store
   rmi IMAGE                   remove an image (a name; the image goes with its last name)
   shutdown                    node shutdown: the agent stops every pod gracefully, then exits
+  proxy dump                  the Services' nftables ruleset as nft text (from proxy.servicesPath)
   version                     print the version
 ";
 
@@ -43,6 +44,8 @@ pub enum Command {
     },
     Logs(ctl::logs::Options),
     Images,
+    /// `proxy dump`: the desired nftables ruleset.
+    ProxyDump,
     Version,
     Shutdown,
     Help,
@@ -111,6 +114,8 @@ pub fn parse(args: Vec<String>) -> Result<(Command, PathBuf), lexopt::Error> {
             Command::Logs(logs)
         }
         Some("images") => Command::Images,
+        Some("proxy") if positional == ["dump"] => Command::ProxyDump,
+        Some("proxy") => return Err("usage: nanolet proxy dump".into()),
         Some("version") => Command::Version,
         Some("shutdown") => Command::Shutdown,
         Some("internal-sandbox") if positional.len() == 2 => Command::Sandbox {
@@ -168,6 +173,7 @@ fn run(command: Command, config_dir: &Path) -> Result<(), Box<dyn std::error::Er
             std::env::consts::ARCH
         ),
         Command::Agent => crate::agent::run(config_dir)?,
+        Command::ProxyDump => proxy_dump(config_dir)?,
         Command::Ps { json } => {
             let cfg = config::load(config_dir)?;
             let snapshot = ctl::ps::read_snapshot(&cfg.run_dir)?;
@@ -424,6 +430,27 @@ fn shutdown(cfg: &config::NodeConfig) -> Result<(), Box<dyn std::error::Error>> 
         .map(|s| s.pods.len())
         .unwrap_or(0);
     println!("nanolet stopped; {left} pod(s) left");
+    Ok(())
+}
+
+/// `nanolet proxy dump`: prints the ruleset; problems go to stderr, one per line.
+fn proxy_dump(config_dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let cfg = config::load(config_dir)?;
+    let Some(proxy) = cfg.proxy else {
+        return Err(format!(
+            "config {}: no proxy section: nanolet does not proxy Services here",
+            config_dir.join(config::CONFIG_FILE_NAME).display()
+        )
+        .into());
+    };
+    let snap = crate::proxy::source::scan_dir(&proxy.services_path);
+    let services: Vec<_> = snap.services.into_values().collect();
+    let slices: Vec<_> = snap.slices.into_values().collect();
+    let (text, problems) = crate::proxy::dump(&services, &slices, &proxy.node);
+    for p in snap.problems.iter().chain(&problems) {
+        eprintln!("{p}");
+    }
+    print!("{text}");
     Ok(())
 }
 

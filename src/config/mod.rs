@@ -8,6 +8,7 @@
 //!
 //! It must never start anything or create directories: it only describes them.
 
+pub mod proxy;
 pub mod yaml;
 
 use std::fmt;
@@ -94,6 +95,8 @@ pub struct NodeConfig {
     /// `nodeLeaseDurationSeconds`: the node Lease's duration; it is renewed every quarter of
     /// it. Default: 40.
     pub node_lease_duration_seconds: u32,
+    /// `proxy`: Services in nftables (see [`proxy`]); `None` leaves nftables alone.
+    pub proxy: Option<proxy::ProxyConfig>,
 }
 
 /// `imageUnpackLimits`: bounds on one image's unpacked layers.
@@ -139,6 +142,7 @@ struct RawConfig {
     node_status_update_frequency: Option<String>,
     node_status_report_frequency: Option<String>,
     node_lease_duration_seconds: Option<u32>,
+    proxy: Option<proxy::RawProxy>,
 }
 
 /// `imageUnpackLimits`.
@@ -376,6 +380,10 @@ impl RawConfig {
         if node_lease_duration_seconds == 0 {
             return Err(("nodeLeaseDurationSeconds", "0: must be at least 1".into()));
         }
+        let proxy = match self.proxy {
+            Some(p) => Some(p.resolve(config_dir, &node_name)?),
+            None => None,
+        };
         Ok(NodeConfig {
             node_name,
             static_pod_path: path(self.static_pod_path, "manifests"),
@@ -402,6 +410,7 @@ impl RawConfig {
             node_status_update_frequency,
             node_status_report_frequency,
             node_lease_duration_seconds,
+            proxy,
         })
     }
 }

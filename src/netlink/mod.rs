@@ -5,11 +5,13 @@
 //! exchange. The families live beside it, one file each:
 //!
 //! - [`route`]: rtnetlink (`linux/rtnetlink.h`): links, addresses, routes.
+//! - [`nftables`]: nf_tables over nfnetlink: tables, chains, sets, rules, in atomic batches.
 //!
 //! Layouts follow `linux/netlink.h`: every message and attribute is padded to 4 bytes; header
 //! fields are native endian; attribute payloads are whatever the family says (nf_tables uses
 //! big endian numbers, rtnetlink native).
 
+pub mod nftables;
 pub mod route;
 
 use std::io;
@@ -275,6 +277,28 @@ impl Socket {
     pub fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);
         self.seq
+    }
+
+    /// Sizes the send buffer for datagrams of up to `bytes` (`force`: `SO_SNDBUFFORCE`,
+    /// which lets root exceed `net.core.wmem_max`).
+    pub fn set_send_buffer(&self, bytes: usize, force: bool) -> io::Result<()> {
+        use rustix::net::sockopt;
+        if force {
+            sockopt::set_socket_send_buffer_size_force(&self.fd, bytes)?;
+        } else {
+            sockopt::set_socket_send_buffer_size(&self.fd, bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Bounds how long a receive waits, so that a lost answer cannot hang the caller.
+    pub fn set_recv_timeout(&self, timeout: std::time::Duration) -> io::Result<()> {
+        rustix::net::sockopt::set_socket_timeout(
+            &self.fd,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(timeout),
+        )?;
+        Ok(())
     }
 
     /// Sends a buffer of messages as one datagram.

@@ -5,7 +5,7 @@
 //!  JSON ─► model (validated Service, EndpointSlice, NodeConfig)
 //!            └► build ─► ruleset (typed tables, chains, maps, sets) ─┬► nft_text (dump, goldens)
 //!                                                                    ├► trace (packet tracer)
-//!                                                      ruleset::diff ┴► (netlink batch: to do)
+//!                                                      ruleset::diff ┴► lower ─► apply (one netlink batch)
 //! ```
 //!
 //! - [`model`]: the inputs, parsed and validated at the edge; errors name the object and field.
@@ -15,13 +15,22 @@
 //! - [`state`]: the store fed by the watches, the sync gate, the next transaction.
 //! - [`trace`]: where a packet would go, following the same chains the kernel would.
 //!
-//! Everything here is pure: no sockets, no files, no clock. Writing to the kernel (one netlink
-//! batch per change, nothing until Services and EndpointSlices have both synced) lives elsewhere.
+//! - [`lower`]: the ruleset as nf_tables netlink messages (pure).
+//! - [`source`]: Services and EndpointSlices as events: the standalone `services/` folder.
+//! - [`apply`]: the one file of kernel I/O: a transaction as one atomic netlink batch.
+//! - [`run`]: the loop on the agent's thread: sources in, transactions out, periodic resync.
+//!
+//! Everything but `apply`, `run` and `source`'s folder scan is pure: no sockets, no files,
+//! no clock.
 
+pub mod apply;
 pub mod build;
+pub mod lower;
 pub mod model;
 pub mod nft_text;
 pub mod ruleset;
+pub mod run;
+pub mod source;
 pub mod state;
 pub mod trace;
 

@@ -1387,3 +1387,9 @@ fn diff_replaces_a_changed_verdict_and_redeclared_sets() {
         [Op::DeleteTable(IpFamily::V4), Op::AddTable(_)]
     ));
 }
+
+#[path = "netlink_kernel_tests.rs"]
+mod netlink_kernel;
+
+#[path = "decode_tests.rs"]
+mod decode;

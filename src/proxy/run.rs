@@ -1,0 +1,227 @@
+//! The proxy loop: events in, transactions out, on the agent's one thread.
+//!
+//! ```text
+//!  services/ changed ─► rescan ─► source::events ─► ProxyState::apply ─┐
+//!  syncPeriod tick ───► forget what was applied (full resync) ─────────┴► next_transaction
+//!                                                   Writer::write (one atomic batch) ◄┘
+//!                                   committed(ruleset) on success, forget_applied on failure
+//! ```
+//!
+//! Nothing is written until Services and EndpointSlices have both synced (the state's gate);
+//! every later write is a diff against what the kernel accepted last, and every `syncPeriod`
+//! the tables are replaced whole, so anything else that touched them is repaired.
+
+use std::path::PathBuf;
+
+use async_io::Timer;
+use futures_lite::FutureExt;
+
+use super::apply::{Netlink, Writer};
+use super::model::NodeConfig;
+use super::source::{Snapshot, events, scan_dir};
+use super::state::{Event, ProxyState};
+use crate::config::proxy::ProxyConfig;
+use crate::source::DirWatch;
+
+/// The proxy: its store, the node's facts and where it writes.
+pub struct Proxy<W: Writer> {
+    state: ProxyState,
+    node: NodeConfig,
+    writer: W,
+    /// Failed writes in a row (for the log: say it once, then at debug).
+    failures: u32,
+}
+
+impl<W: Writer> Proxy<W> {
+    pub fn new(node: NodeConfig, writer: W) -> Proxy<W> {
+        Proxy {
+            state: ProxyState::default(),
+            node,
+            writer,
+            failures: 0,
+        }
+    }
+
+    /// Feeds events from a source; an invalid object is logged and left out.
+    pub fn feed(&mut self, events: Vec<Event>) {
+        for e in events {
+            if let Err(err) = self.state.apply(e) {
+                log::warn!("proxy: {err}");
+            }
+        }
+    }
+
+    /// Writes what changed (everything when `full`). Returns whether the kernel now holds
+    /// the desired ruleset (false while waiting for the sources, or after a refused write).
+    pub fn sync(&mut self, full: bool) -> bool {
+        if full {
+            self.state.forget_applied();
+        }
+        let Some(tx) = self.state.next_transaction(&self.node) else {
+            log::debug!("proxy: waiting for Services and EndpointSlices to sync");
+            return false;
+        };
+        for p in &tx.problems {
+            log::warn!("proxy: {p}");
+        }
+        if tx.ops.is_empty() {
+            return true;
+        }
+        match self.writer.write(&tx.ops) {
+            Ok(()) => {
+                log::debug!("proxy: committed {} operations", tx.ops.len());
+                self.failures = 0;
+                self.state.committed(tx.desired);
+                true
+            }
+            Err(e) => {
+                if self.failures == 0 {
+                    log::warn!("proxy: writing the ruleset failed: {e}; retrying with a full sync");
+                }
+                self.failures += 1;
+                self.state.forget_applied();
+                false
+            }
+        }
+    }
+}
+
+/// Runs the standalone proxy: Services and EndpointSlices from `cfg.services_path`.
+pub async fn run(cfg: ProxyConfig) {
+    let writer = match Netlink::open() {
+        Ok(w) => w,
+        Err(e) => {
+            log::error!(
+                "proxy: cannot open a netfilter netlink socket: {e}; Services are not proxied"
+            );
+            return;
+        }
+    };
+    let mut proxy = Proxy::new(cfg.node.clone(), writer);
+    let dir: PathBuf = cfg.services_path.clone();
+    log::info!("proxy: Services from {}", dir.display());
+    let mut watch = DirWatch::new(&dir)
+        .map_err(|e| {
+            log::warn!(
+                "proxy: watching {}: {e}; relying on the periodic resync",
+                dir.display()
+            )
+        })
+        .ok();
+    let mut prev = Snapshot::default();
+    let mut full = true;
+    loop {
+        let next = scan_dir(&dir);
+        for p in &next.problems {
+            if !prev.problems.contains(p) {
+                log::warn!("proxy: {p}");
+            }
+        }
+        proxy.feed(events(&prev, &next));
+        prev = next;
+        proxy.sync(full);
+        let tick = async {
+            Timer::after(cfg.sync_period).await;
+            true
+        };
+        let changed = async {
+            match watch.as_mut() {
+                Some(w) => match w.changed().await {
+                    Ok(()) => false,
+                    Err(_) => std::future::pending().await,
+                },
+                None => std::future::pending().await,
+            }
+        };
+        full = tick.or(changed).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::ruleset::Op;
+    use serde_json::json;
+
+    #[derive(Default)]
+    struct Recorder {
+        writes: Vec<Vec<Op>>,
+        refuse: bool,
+    }
+
+    impl Writer for &mut Recorder {
+        fn write(&mut self, ops: &[Op]) -> Result<(), String> {
+            self.writes.push(ops.to_vec());
+            if self.refuse {
+                return Err("refused".into());
+            }
+            Ok(())
+        }
+    }
+
+    fn node() -> NodeConfig {
+        NodeConfig {
+            node_name: "node-a".into(),
+            node_ips: vec!["192.168.1.10".parse().unwrap()],
+            cluster_cidrs: vec![],
+            service_cidrs: vec![],
+            masquerade_bit: 0x4000,
+        }
+    }
+
+    fn web() -> Event {
+        Event::ServiceApplied(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": { "name": "web", "namespace": "default" },
+            "spec": { "clusterIP": "10.96.0.10", "ports": [{ "port": 80 }] }
+        }))
+    }
+
+    #[test]
+    fn nothing_is_written_until_both_sources_synced_then_only_changes() {
+        let mut rec = Recorder::default();
+        let mut p = Proxy::new(node(), &mut rec);
+        p.feed(vec![web(), Event::ServicesSynced]);
+        assert!(!p.sync(true));
+        p.feed(vec![Event::EndpointSlicesSynced]);
+        assert!(p.sync(true));
+        assert!(p.sync(false), "nothing changed: nothing written");
+        p.feed(vec![Event::ServiceDeleted {
+            namespace: "default".into(),
+            name: "web".into(),
+        }]);
+        assert!(p.sync(false));
+        drop(p);
+        assert_eq!(rec.writes.len(), 2);
+        assert!(
+            matches!(rec.writes[0][0], Op::DeleteTable(_)),
+            "the first write replaces"
+        );
+        assert!(
+            !rec.writes[1]
+                .iter()
+                .any(|o| matches!(o, Op::AddTable(_) | Op::DeleteTable(_))),
+            "the second write is incremental: {:?}",
+            rec.writes[1]
+        );
+    }
+
+    #[test]
+    fn a_refused_write_is_retried_as_a_full_sync() {
+        let mut rec = Recorder {
+            refuse: true,
+            ..Recorder::default()
+        };
+        let mut p = Proxy::new(node(), &mut rec);
+        p.feed(vec![
+            web(),
+            Event::ServicesSynced,
+            Event::EndpointSlicesSynced,
+        ]);
+        assert!(!p.sync(false));
+        assert!(!p.sync(false));
+        drop(p);
+        assert_eq!(rec.writes.len(), 2);
+        assert!(matches!(rec.writes[1][0], Op::DeleteTable(_)));
+    }
+}
