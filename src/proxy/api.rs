@@ -94,8 +94,13 @@ async fn watch_kind(client: Rc<Client>, mut kind: Kind, tx: async_channel::Sende
                     },
                     Err(e) => failed(e),
                 };
-                if let (true, Input::Failed { code: Some(404), .. }, Kind::Slices(api)) =
-                    (first, &input, kind)
+                if let (
+                    true,
+                    Input::Failed {
+                        code: Some(404), ..
+                    },
+                    Kind::Slices(api),
+                ) = (first, &input, kind)
                     && let Some(next) = api.fallback()
                 {
                     log::info!(
@@ -208,7 +213,5 @@ pub async fn run(cfg: ProxyConfig, client: Rc<Client>) {
             full = tick.or(changed).await;
         }
     };
-    futures_lite::future::zip(services, slices)
-        .or(apply)
-        .await;
+    futures_lite::future::zip(services, slices).or(apply).await;
 }

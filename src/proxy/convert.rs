@@ -274,7 +274,11 @@ impl Feed {
                 Output::Applied(object) => self.apply(object, &mut out),
                 Output::Deleted(object) => {
                     let (ns, name) = key_of(&object);
-                    for made in self.made.remove(&format!("{ns}/{name}")).unwrap_or_default() {
+                    for made in self
+                        .made
+                        .remove(&format!("{ns}/{name}"))
+                        .unwrap_or_default()
+                    {
                         out.push(self.deleted(made));
                     }
                 }

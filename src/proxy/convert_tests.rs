@@ -23,7 +23,11 @@ fn a_v1beta1_slice_from_a_v1_20_server_reads_as_v1() {
     let beta: Value = serde_json::from_str(&body).unwrap();
     let s = slice_model(&slice_from_v1beta1(beta));
     assert_eq!(
-        (s.namespace.as_str(), s.name.as_str(), s.service_name.as_str()),
+        (
+            s.namespace.as_str(),
+            s.name.as_str(),
+            s.service_name.as_str()
+        ),
         ("default", "web-abc", "web")
     );
     assert_eq!(s.address_type, IpFamily::V4);
@@ -73,10 +77,17 @@ fn endpoints_become_one_slice_per_subset_and_family_with_not_ready_addresses_not
              "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}
         ]
     });
-    let slices: Vec<EndpointSlice> = slices_from_endpoints(&eps).iter().map(slice_model).collect();
+    let slices: Vec<EndpointSlice> = slices_from_endpoints(&eps)
+        .iter()
+        .map(slice_model)
+        .collect();
     let names: Vec<&str> = slices.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["web-0-ipv4", "web-0-ipv6", "web-1-ipv4"]);
-    assert!(slices.iter().all(|s| s.service_name == "web" && s.namespace == "prod"));
+    assert!(
+        slices
+            .iter()
+            .all(|s| s.service_name == "web" && s.namespace == "prod")
+    );
     let v4 = &slices[0];
     assert_eq!(v4.endpoints.len(), 2);
     assert_eq!(v4.endpoints[0].conditions, cond(true, true, false));
@@ -96,8 +107,13 @@ fn a_bad_endpoints_address_is_reported_by_the_model_naming_the_slice() {
     let eps = json!({"metadata": {"name": "web", "namespace": "default"},
         "subsets": [{"addresses": [{"ip": "010.1.2.3"}], "ports": [{"port": 80}]}]});
     let slices = slices_from_endpoints(&eps);
-    let err = EndpointSlice::from_json(&slices[0]).unwrap_err().to_string();
-    assert!(err.starts_with("endpointslice default/web-0-ipv4: "), "{err}");
+    let err = EndpointSlice::from_json(&slices[0])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("endpointslice default/web-0-ipv4: "),
+        "{err}"
+    );
 }
 
 fn endpoints(subsets: Value) -> Value {
@@ -125,20 +141,24 @@ fn a_feed_removes_what_an_object_made_on_update_deletion_and_relist() {
     let one = endpoints(json!([{"addresses": [{"ip": "10.0.0.1"}], "ports": [{"port": 80}]}]));
     let (events, _) = feed.events(vec![Output::Applied(one.clone())]);
     assert_eq!(events[0], deleted("web-1-ipv4"));
-    assert!(matches!(&events[1], Event::EndpointSliceApplied(v) if v["metadata"]["name"] == "web-0-ipv4"));
+    assert!(
+        matches!(&events[1], Event::EndpointSliceApplied(v) if v["metadata"]["name"] == "web-0-ipv4")
+    );
     assert_eq!(events.len(), 2);
     // Deletion removes every slice it made.
     let (events, _) = feed.events(vec![Output::Deleted(one.clone())]);
     assert_eq!(events, vec![deleted("web-0-ipv4")]);
     // A relist without the object deletes what it made while the watch was down.
     feed.events(vec![Output::Applied(two)]);
-    let (events, warnings) = feed.events(vec![
-        Output::Warning("w".into()),
-        Output::Snapshot(vec![]),
-    ]);
+    let (events, warnings) =
+        feed.events(vec![Output::Warning("w".into()), Output::Snapshot(vec![])]);
     assert_eq!(
         events,
-        vec![deleted("web-0-ipv4"), deleted("web-1-ipv4"), Event::EndpointSlicesSynced]
+        vec![
+            deleted("web-0-ipv4"),
+            deleted("web-1-ipv4"),
+            Event::EndpointSlicesSynced
+        ]
     );
     assert_eq!(warnings, ["w"]);
 }
@@ -152,7 +172,9 @@ fn services_pass_through_and_sync_their_own_flag() {
     let mut feed = Feed::new(Kind::Services);
     let (events, _) = feed.events(vec![Output::Snapshot(items)]);
     assert_eq!(events.len(), n + 1);
-    assert!(matches!(&events[0], Event::ServiceApplied(v) if v["metadata"]["name"] == "kubernetes"));
+    assert!(
+        matches!(&events[0], Event::ServiceApplied(v) if v["metadata"]["name"] == "kubernetes")
+    );
     assert_eq!(events[n], Event::ServicesSynced);
     let svc = crate::proxy::model::Service::from_json(match &events[0] {
         Event::ServiceApplied(v) => v,

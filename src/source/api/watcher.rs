@@ -306,11 +306,7 @@ impl Watcher {
     }
 }
 
-fn watch_event(
-    what: &str,
-    resource_version: String,
-    event: WatchEvent,
-) -> (State, Vec<Output>) {
+fn watch_event(what: &str, resource_version: String, event: WatchEvent) -> (State, Vec<Output>) {
     let follow = |object: &Value| resource_version_of(object).unwrap_or(resource_version.clone());
     match event {
         WatchEvent::Added(object) | WatchEvent::Modified(object) => (
