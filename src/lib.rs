@@ -25,7 +25,8 @@
 //!   the `runc` driver, CRI-format logs.
 //! - [`pod`]: pod lifecycle with kubelet's semantics: the per-container state machine, restart
 //!   back-off (pure), and the pod worker that drives the runtime.
-//! - [`proxy`]: Services in nftables (kube-proxy's job): model, desired ruleset, nft text, tracer.
+//! - [`proxy`]: Services in nftables (kube-proxy's job): model, desired ruleset, nft text, tracer;
+//!   fed by the `services/` folder or, with a kubeconfig, by the API server (the pods' watcher).
 //! - [`netlink`]: netlink framing and sockets, one file per family (rtnetlink today); bytes, not
 //!   Kubernetes.
 //! - [`api`]: the Kubernetes API client: pure request builders, kubeconfig, HTTP/1.1 (ureq-proto)
