@@ -13,8 +13,9 @@
 //!    p99, and their ratio.
 //! 2. **Agent memory**: VmRSS of the agent with the 50 API pods running, against the 6 MiB target.
 //!
-//! Reported, never asserted. The agent is the binary cargo builds for the bench profile; a glibc
-//! host build carries ~2.5 MiB of malloc arenas that the static musl build does not.
+//! Reported, never asserted. The agent is the binary cargo builds for the bench profile, or
+//! `NANOLET_BENCH_AGENT` (a glibc host build carries ~2.5 MiB of malloc arenas that the static
+//! musl build does not: `NANOLET_BENCH_AGENT=$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/release/nanolet`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -147,7 +147,9 @@ pub async fn run_mirrors<A: PodApi>(api: Rc<A>, pods: Rc<ApiPods>) {
     loop {
         let mut ok = true;
         if pods.is_synced() {
-            if node_uid.is_none() {
+            // The Node's uid is needed only to create mirrors: without static pods, no request.
+            let creates = !pods.static_pods().is_empty();
+            if node_uid.is_none() && creates {
                 match api.node_uid(&pods.node).await {
                     Ok(uid) => node_uid = Some(uid),
                     Err(e) => {
@@ -156,10 +158,10 @@ pub async fn run_mirrors<A: PodApi>(api: Rc<A>, pods: Rc<ApiPods>) {
                     }
                 }
             }
-            if let Some(uid) = &node_uid {
+            if node_uid.is_some() || !creates {
                 let node = NodeRef {
                     name: pods.node.clone(),
-                    uid: uid.clone(),
+                    uid: node_uid.clone().unwrap_or_default(),
                 };
                 ok &= sync_mirrors(&*api, &pods, &node, &mut creating, &mut first_seen).await;
             }

@@ -83,6 +83,8 @@ pub struct Recorded {
     pub status: u16,
     /// When it arrived.
     pub at: Instant,
+    /// Bytes on the wire: the request and (except for watches) its answer.
+    pub wire_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -1421,6 +1423,7 @@ struct Incoming {
     query: String,
     headers: BTreeMap<String, String>,
     body: Vec<u8>,
+    wire_bytes: u64,
 }
 
 fn read_request(
@@ -1496,7 +1499,8 @@ fn read_request(
             Err(_) => return None,
         }
     }
-    shared.lock().bytes_in += (joined.len() + len) as u64;
+    let wire_bytes = (joined.len() + len) as u64;
+    shared.lock().bytes_in += wire_bytes;
     let (path, query) = match target.split_once('?') {
         Some((p, q)) => (p.to_string(), q.to_string()),
         None => (target, String::new()),
@@ -1507,6 +1511,7 @@ fn read_request(
         query,
         headers,
         body,
+        wire_bytes,
     })
 }
 
@@ -1550,7 +1555,7 @@ fn serve(stream: TcpStream, shared: Arc<Shared>) {
         }
         let q = parse_query(&req.query);
         let is_watch = matches!(q.get("watch").map(String::as_str), Some("1" | "true"));
-        let (status, keep) = if is_watch {
+        let ((status, answer_bytes), keep) = if is_watch {
             match pre_answer(&req, &shared) {
                 Some(a) => (write_answer(&mut writer, &req, a, &shared), true),
                 None => {
@@ -1558,7 +1563,7 @@ fn serve(stream: TcpStream, shared: Arc<Shared>) {
                     shared.changed.notify_all();
                     watch(&mut writer, &req, &q, &shared, generation);
                     shared.lock().watches_open -= 1;
-                    (200, false)
+                    ((200, 0), false)
                 }
             }
         } else {
@@ -1574,6 +1579,7 @@ fn serve(stream: TcpStream, shared: Arc<Shared>) {
             body,
             status,
             at: Instant::now(),
+            wire_bytes: req.wire_bytes + answer_bytes,
         });
         drop(s);
         shared.changed.notify_all();
@@ -1772,8 +1778,18 @@ fn handle(req: &Incoming, q: &BTreeMap<String, String>, shared: &Shared) -> Answ
     a
 }
 
-fn write_answer(w: &mut TcpStream, req: &Incoming, a: Answer, shared: &Shared) -> u16 {
-    let mut body = serde_json::to_vec_pretty(&a.body).unwrap();
+/// Writes an answer; returns its status and size. JSON is pretty-printed for curl and wget
+/// (as kube-apiserver does: the transcripts were recorded with curl), compact for others.
+fn write_answer(w: &mut TcpStream, req: &Incoming, a: Answer, shared: &Shared) -> (u16, u64) {
+    let pretty = req
+        .headers
+        .get("user-agent")
+        .is_some_and(|ua| ua.starts_with("curl") || ua.starts_with("Wget"));
+    let mut body = if pretty {
+        serde_json::to_vec_pretty(&a.body).unwrap()
+    } else {
+        serde_json::to_vec(&a.body).unwrap()
+    };
     let gzip = shared.lock().faults.gzip
         && req
             .headers
@@ -1798,7 +1814,7 @@ fn write_answer(w: &mut TcpStream, req: &Incoming, a: Answer, shared: &Shared) -
     let _ = w.write_all(&body);
     let _ = w.flush();
     shared.lock().bytes_out += (head.len() + body.len()) as u64;
-    a.status
+    (a.status, (head.len() + body.len()) as u64)
 }
 
 fn write_chunk(w: &mut TcpStream, data: &[u8], shared: &Shared) -> bool {

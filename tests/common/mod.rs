@@ -120,7 +120,10 @@ impl Node {
             .append(true)
             .open(self.path("agent.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_nanolet"))
+        // Benches may run another build (the static musl one, for memory numbers).
+        let exe = std::env::var_os("NANOLET_BENCH_AGENT")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_nanolet").into());
+        let child = Command::new(exe)
             .args(["agent", "--config-dir"])
             .arg(self.dir.path())
             .stdin(Stdio::null())
