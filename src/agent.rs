@@ -164,6 +164,7 @@ pub fn run(config_dir: &Path) -> Result<(), Error> {
             host_ip: facts_client.local_ip().map(|ip| ip.to_string()),
             pod_ip: None,
         });
+        agent.proxy_api = Some(client.clone());
         agent.connect_api(client, facts);
         // The API tasks never hold up pods: they start beside them and only log their trouble.
         let ctx = ctx.clone();
@@ -260,6 +261,8 @@ struct Agent {
     image_gc_stuck: bool,
     /// Pods from the API server, when nanolet is a node of a cluster.
     api: Option<ApiLink>,
+    /// With a kubeconfig, the proxy takes Services from the API server (only).
+    proxy_api: Option<Rc<crate::api::Client>>,
 }
 
 /// The agent's side of the API pod source (see [`crate::source::api`]).
@@ -290,6 +293,7 @@ impl Agent {
             image_gc: None,
             image_gc_stuck: false,
             api: None,
+            proxy_api: None,
         }
     }
 
@@ -356,11 +360,16 @@ impl Agent {
             .executor
             .spawn(write_snapshots(self.ctx.clone()))
             .detach();
-        if let Some(proxy) = cfg.proxy.clone() {
-            self.ctx
-                .executor
-                .spawn(crate::proxy::run::run(proxy))
-                .detach();
+        match (cfg.proxy.clone(), self.proxy_api.clone()) {
+            (Some(proxy), Some(client)) => {
+                let task = crate::proxy::api::run(proxy, client);
+                self.ctx.executor.spawn(task).detach();
+            }
+            (Some(proxy), None) => {
+                let task = crate::proxy::run::run(proxy);
+                self.ctx.executor.spawn(task).detach();
+            }
+            (None, _) => {}
         }
         self.import_images_if_changed().await;
         // The first full scan comes before anything is stopped: see the module doc.

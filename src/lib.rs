@@ -32,7 +32,8 @@
 //! - [`net`]: pod networking: the built-in bridge (rtnetlink) with host-local style IPAM, CNI
 //!   plugins, hostPorts, and each pod's resolv.conf and hosts file (pure parts apart).
 //! - [`proxy`]: Services in nftables (kube-proxy's job): model, desired ruleset, nft text, tracer,
-//!   lowering to nf_tables messages, the `services/` source and the sync loop.
+//!   lowering to nf_tables messages, the sync loop; fed by the `services/` folder or, with a
+//!   kubeconfig, by the API server (the pods' watcher).
 //! - [`netlink`]: netlink framing and sockets, one file per family (rtnetlink, nf_tables); bytes,
 //!   not Kubernetes.
 //! - [`api`]: the Kubernetes API client: pure request builders, kubeconfig, HTTP/1.1 (ureq-proto)

@@ -19,12 +19,16 @@
 //! - [`source`]: Services and EndpointSlices as events: the standalone `services/` folder.
 //! - [`apply`]: the one file of kernel I/O: a transaction as one atomic netlink batch.
 //! - [`run`]: the loop on the agent's thread: sources in, transactions out, periodic resync.
+//! - [`convert`] (pure): API objects (v1 and v1beta1 EndpointSlices, core/v1 Endpoints) as the
+//!   proxy's events; [`api`]: Services and EndpointSlices listed and watched from the API server.
 //!
-//! Everything but `apply`, `run` and `source`'s folder scan is pure: no sockets, no files,
+//! Everything but `api`, `apply`, `run` and `source`'s folder scan is pure: no sockets, no files,
 //! no clock.
 
+pub mod api;
 pub mod apply;
 pub mod build;
+pub mod convert;
 pub mod lower;
 pub mod model;
 pub mod nft_text;

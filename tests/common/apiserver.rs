@@ -60,6 +60,12 @@ pub struct Faults {
     pub gzip: bool,
     /// BOOKMARK events this often on watches that asked for them (plus one before a watch ends).
     pub bookmark_every: Option<Duration>,
+    /// Serve `discovery.k8s.io/v1` EndpointSlices (v1.21+). Off: 404 like the v1.20 server of
+    /// the transcripts (24).
+    pub endpointslices_v1: bool,
+    /// 404 for `discovery.k8s.io/v1beta1` EndpointSlices (a server without them: core/v1
+    /// Endpoints only).
+    pub no_endpointslices_v1beta1: bool,
 }
 
 /// A request as the fake saw it.
@@ -215,6 +221,13 @@ const RESOURCES: &[Res] = &[
     },
     Res {
         prefix: "/apis/discovery.k8s.io/v1beta1",
+        group: "discovery.k8s.io",
+        plural: "endpointslices",
+        kind: "EndpointSlice",
+        namespaced: true,
+    },
+    Res {
+        prefix: "/apis/discovery.k8s.io/v1",
         group: "discovery.k8s.io",
         plural: "endpointslices",
         kind: "EndpointSlice",
@@ -565,6 +578,7 @@ fn selectors(res: &Res, q: &BTreeMap<String, String>) -> Result<Selectors, Answe
     let mut labels = Vec::new();
     if let Some(ls) = q.get("labelSelector").filter(|s| !s.is_empty()) {
         for term in ls.split(',') {
+            // `key=value`, `key` (exists) and `!key` (absent: kept as `!key`).
             match term.split_once('=') {
                 Some((k, v)) => {
                     labels.push((k.trim_end_matches('=').to_string(), Some(v.to_string())))
@@ -582,6 +596,9 @@ impl Selectors {
             let actual = field_value(obj, k).as_str().unwrap_or_default();
             (actual == v) == *eq
         }) && self.labels.iter().all(|(k, v)| {
+            if let Some(absent) = k.strip_prefix('!') {
+                return obj["metadata"]["labels"][absent].is_null();
+            }
             let actual = &obj["metadata"]["labels"][k.as_str()];
             match v {
                 Some(v) => actual.as_str() == Some(v.as_str()),
@@ -767,7 +784,7 @@ impl State {
         if res.plural == "pods" {
             default_pod(&mut obj);
         }
-        if res.plural == "endpointslices" {
+        if res.plural == "endpointslices" && res.prefix.ends_with("v1beta1") {
             // v1beta1 as served by v1.20 drops endpoints[].nodeName (feature gate off).
             if let Some(eps) = obj["endpoints"].as_array_mut() {
                 for ep in eps.iter_mut().filter_map(Value::as_object_mut) {
@@ -1335,11 +1352,27 @@ impl State {
     }
 }
 
+/// `pods`, or with a version where several are served: `endpointslices/v1`.
 fn find_res(plural: &str) -> Res {
+    let (name, version) = match plural.split_once('/') {
+        Some((n, v)) => (n, Some(v)),
+        None => (plural, None),
+    };
     *RESOURCES
         .iter()
-        .find(|r| r.plural == plural)
+        .find(|r| r.plural == name && version.is_none_or(|v| r.prefix.ends_with(&format!("/{v}"))))
         .unwrap_or_else(|| panic!("fake api server: unknown resource {plural}"))
+}
+
+impl State {
+    /// Whether this server version serves `res` (see [`Faults::endpointslices_v1`]).
+    fn serves(&self, res: &Res) -> bool {
+        match res.prefix {
+            "/apis/discovery.k8s.io/v1" => self.faults.endpointslices_v1,
+            "/apis/discovery.k8s.io/v1beta1" => !self.faults.no_endpointslices_v1beta1,
+            _ => true,
+        }
+    }
 }
 
 impl Drop for ApiServer {
@@ -1565,6 +1598,11 @@ fn serve(stream: TcpStream, shared: Arc<Shared>) {
 /// Authentication and queued faults: an answer that replaces the real one.
 fn pre_answer(req: &Incoming, shared: &Shared) -> Option<Answer> {
     let s = &mut *shared.lock();
+    if let Route::Collection { res, .. } | Route::Object { res, .. } = route(&req.path)
+        && !s.serves(&res)
+    {
+        return Some(unknown_route());
+    }
     if let Some(token) = &s.faults.token {
         let want = format!("Bearer {token}");
         if req.headers.get("authorization") != Some(&want) {
@@ -1647,7 +1685,7 @@ fn handle(req: &Incoming, q: &BTreeMap<String, String>, shared: &Shared) -> Answ
         (Route::Apis, "GET") => {
             let groups: Vec<Value> = RESOURCES
                 .iter()
-                .filter(|r| !r.group.is_empty())
+                .filter(|r| !r.group.is_empty() && s.serves(r))
                 .map(|r| {
                     let gv = r.api_version();
                     let version = gv.rsplit('/').next().unwrap_or_default();

@@ -50,10 +50,15 @@ pub enum State {
 }
 
 /// The watcher: its state and how many requests failed in a row (for the back-off delay).
+///
+/// It knows objects only as JSON, so one machine serves every resource: pods here, Services and
+/// EndpointSlices for the proxy ([`Watcher::of`] names the resource in its log lines).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Watcher {
     pub state: State,
     failures: u32,
+    /// The resource in log lines: `pod`, `service`, `endpointslice`.
+    what: &'static str,
 }
 
 /// What a back-off resumes.
@@ -135,11 +140,17 @@ fn relist() -> State {
 }
 
 impl Watcher {
-    /// A watcher that starts with a full list.
+    /// A pod watcher that starts with a full list.
     pub fn new() -> Watcher {
+        Watcher::of("pod")
+    }
+
+    /// A watcher of the resource `what` (as named in log lines) that starts with a full list.
+    pub fn of(what: &'static str) -> Watcher {
         Watcher {
             state: relist(),
             failures: 0,
+            what,
         }
     }
 
@@ -213,20 +224,21 @@ impl Watcher {
                 },
             ) => (
                 relist(),
-                vec![Output::Warning(
-                    "pod list: continue token expired (410); listing again".into(),
-                )],
+                vec![Output::Warning(format!(
+                    "{} list: continue token expired (410); listing again",
+                    self.what
+                ))],
             ),
             // Listing + other failure: back off, then list from the start.
             (State::Listing { .. }, Input::Failed { code, error }) => self.backoff(
                 Resume::Relist,
                 now,
                 jitter,
-                describe("pod list", code, &error),
+                describe(&format!("{} list", self.what), code, &error),
             ),
             // Watching + event: follow the resourceVersion.
             (State::Watching { resource_version }, Input::Event(event)) => {
-                watch_event(resource_version, event)
+                watch_event(self.what, resource_version, event)
             }
             // Watching + clean end: watch again from where we are.
             (state @ State::Watching { .. }, Input::StreamEnded) => (state, Vec::new()),
@@ -238,16 +250,17 @@ impl Watcher {
                 },
             ) => (
                 relist(),
-                vec![Output::Warning(
-                    "pod watch: resourceVersion too old (410); listing again".into(),
-                )],
+                vec![Output::Warning(format!(
+                    "{} watch: resourceVersion too old (410); listing again",
+                    self.what
+                ))],
             ),
             // Watching + failure: back off, then watch again from the same version.
             (State::Watching { resource_version }, Input::Failed { code, error }) => self.backoff(
                 Resume::Watch { resource_version },
                 now,
                 jitter,
-                describe("pod watch", code, &error),
+                describe(&format!("{} watch", self.what), code, &error),
             ),
             // Backoff + timer: resume.
             (State::Backoff { resume, .. }, Input::Timer) => (
@@ -261,7 +274,8 @@ impl Watcher {
             (state, input) => (
                 state,
                 vec![Output::Warning(format!(
-                    "pod watcher: unexpected {}",
+                    "{} watcher: unexpected {}",
+                    self.what,
                     input_name(&input)
                 ))],
             ),
@@ -292,7 +306,7 @@ impl Watcher {
     }
 }
 
-fn watch_event(resource_version: String, event: WatchEvent) -> (State, Vec<Output>) {
+fn watch_event(what: &str, resource_version: String, event: WatchEvent) -> (State, Vec<Output>) {
     let follow = |object: &Value| resource_version_of(object).unwrap_or(resource_version.clone());
     match event {
         WatchEvent::Added(object) | WatchEvent::Modified(object) => (
@@ -319,7 +333,7 @@ fn watch_event(resource_version: String, event: WatchEvent) -> (State, Vec<Outpu
         WatchEvent::Error(status) if status.code == 410 => (
             relist(),
             vec![Output::Warning(format!(
-                "pod watch: {} (410); listing again",
+                "{what} watch: {} (410); listing again",
                 status.message
             ))],
         ),
@@ -327,7 +341,7 @@ fn watch_event(resource_version: String, event: WatchEvent) -> (State, Vec<Outpu
         WatchEvent::Error(status) => (
             State::Watching { resource_version },
             vec![Output::Warning(format!(
-                "pod watch: error event {}: {}",
+                "{what} watch: error event {}: {}",
                 status.code, status.message
             ))],
         ),
@@ -385,7 +399,11 @@ pub(crate) mod tests {
     }
 
     fn at(state: State) -> Watcher {
-        Watcher { state, failures: 0 }
+        Watcher {
+            state,
+            failures: 0,
+            what: "pod",
+        }
     }
 
     fn watching(rv: &str) -> State {
