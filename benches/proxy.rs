@@ -10,7 +10,10 @@
 //! 4. TCP connect+first-byte latency through a ClusterIP with 100 and with 10 000 Services
 //!    in the table (a client in the node namespace, an echo server behind a veth).
 //!
-//! Parts can be picked: `cargo bench --bench proxy -- cold add rss latency`.
+//! 5. `shapes` (only when named): `nft -f` of three ruleset shapes of the same Services, to see
+//!    which one the kernel commits in near-linear time (see `proxy/shapes.rs`).
+//!
+//! Parts can be picked: `cargo bench --bench proxy -- cold add rss latency shapes`.
 //! Medians of several runs (one run for the 10 000-Service cold loads); ratios against the baselines measured in the same run. No
 //! assertions: the numbers are for the reader. Targets (issue #6): cold sync <= 0.5x nft;
 //! adding one Service <= 5 ms and flat; RSS <= 16 MiB; latency at 10 000 within 10 % of 100.
@@ -30,6 +33,9 @@ use nanolet::proxy::model::{Cidr, EndpointSlice, NodeConfig, Service};
 use nanolet::proxy::nft_text::render_replace;
 use nanolet::proxy::ruleset::{Op, Ruleset, diff};
 use serde_json::{Value, json};
+
+#[path = "proxy/shapes.rs"]
+mod shapes;
 
 const ENDPOINTS: u32 = 10;
 
@@ -492,6 +498,11 @@ fn main() {
     if want("rss") {
         println!("== agent memory (target <= 16 MiB)");
         agent_rss(10_000);
+    }
+    if args.iter().any(|a| a == "shapes") {
+        println!("== ruleset shapes through `nft -f` (ratio to kube-proxy's shape)");
+        // kube-proxy's shape takes minutes at 10 000 on this kernel: stop at 4 000.
+        shapes::shapes(&[1_000, 4_000]);
     }
     if want("latency") {
         println!("== connection latency (target: 10 000 within 10 % of 100)");

@@ -17,7 +17,7 @@
 //!
 //! Peak RSS is each child's `ru_maxrss` from `wait4`, so it covers the whole process
 //! life. Then, as root, a running agent pulls the image for a pod, and its own RSS before
-//! and after is reported (see `pull_agent.rs`). Reports medians and ratios (skopeo's time over nanolet's: >= 1.0 means nanolet
+//! and after is reported (see `pull/agent.rs`). Reports medians and ratios (skopeo's time over nanolet's: >= 1.0 means nanolet
 //! is at least as fast). No assertions: the numbers are for the reader. Skipped, with a
 //! message, without `docker-registry` or `skopeo`. Everything is removed at the end.
 
@@ -29,7 +29,7 @@ mod registry;
 #[path = "data/mod.rs"]
 mod data;
 
-#[path = "pull_agent.rs"]
+#[path = "pull/agent.rs"]
 mod agent_rss;
 
 use data::{Rng, fill};
