@@ -114,6 +114,11 @@ fn an_api_pod_runs_reports_running_and_is_deleted_gracefully() {
     // A user deletes it: graceful termination, then the agent's final DELETE with the uid.
     api.delete("pods", Some("default"), "web");
     wait_api(&api, &node, "web gone", |p| p.is_none());
+    // The fake records a request after answering it: wait for the record, not just the effect.
+    let is_final = |r: &common::apiserver::Recorded| {
+        r.method == "DELETE" && r.path.ends_with("/pods/web") && r.body["gracePeriodSeconds"] == 0
+    };
+    api.wait_for(MINUTE, |s| s.requests.iter().any(is_final));
     let finals: Vec<_> = api
         .requests()
         .into_iter()
