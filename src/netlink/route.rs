@@ -101,8 +101,16 @@ fn query(sock: &mut Socket, b: Builder, seq: u32) -> io::Result<Vec<(u16, Vec<u8
 
 /// Sends one request that only wants an acknowledgement.
 fn ack(sock: &mut Socket, b: Builder, seq: u32) -> io::Result<()> {
-    sock.request(&b.finish(), &[seq])?;
-    Ok(())
+    sock.request(&b.finish(), &[seq]).map_err(keep_errno)
+}
+
+/// A refused single request as the kernel's errno, so callers can match on it (`ENODEV`: no
+/// such link, `EEXIST`: a leftover veth); the `From` conversion keeps only its text.
+fn keep_errno(e: super::RequestError) -> io::Error {
+    match e.error.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => e.into(),
+    }
 }
 
 /// The index of link `name`, or `None` if there is no such link.
@@ -317,6 +325,22 @@ pub fn open() -> io::Result<Socket> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_request_keeps_the_errno_callers_match_on() {
+        let refused = |code| super::super::RequestError {
+            seq: Some(3),
+            error: io::Error::from_raw_os_error(code),
+        };
+        // delete_link treats ENODEV as "already gone"; the veth code replaces on EEXIST.
+        assert_eq!(keep_errno(refused(ENODEV)).raw_os_error(), Some(ENODEV));
+        assert_eq!(keep_errno(refused(17)).raw_os_error(), Some(17));
+        let other = super::super::RequestError {
+            seq: None,
+            error: io::Error::other("short read"),
+        };
+        assert!(keep_errno(other).to_string().contains("short read"));
+    }
     use crate::netlink::messages;
 
     #[test]
