@@ -17,7 +17,10 @@ use std::time::Duration;
 use common::apiserver::{ApiServer, raw_request};
 use serde_json::{Value, json};
 
-const FIXTURES: &str = "/work/shared/fixtures/kube-apiserver-v1.20";
+const FIXTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/kube-apiserver-v1.20"
+);
 const TOKEN: &str = "fixture-token";
 
 struct Fixture {

@@ -1,6 +1,6 @@
 //! A fake kube-apiserver for tests: real HTTP/1.1 on 127.0.0.1 (keep-alive, chunked watch
 //! streams), in-memory objects with resourceVersions, and fault hooks. It answers as the
-//! recorded v1.20 transcripts in `/work/shared/fixtures/kube-apiserver-v1.20/` do (see
+//! recorded v1.20 transcripts in `tests/fixtures/kube-apiserver-v1.20/` do (see
 //! `tests/api_fixtures.rs`, which replays them against it).
 //!
 //! What it implements:

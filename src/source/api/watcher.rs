@@ -412,10 +412,10 @@ pub(crate) mod tests {
         }
     }
 
-    /// The recorded transcripts of a real kube-apiserver (shared/ beside the repository).
+    /// The recorded transcripts of a real kube-apiserver (`tests/fixtures/`).
     pub(crate) fn transcript(name: &str) -> String {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/fixtures/kube-apiserver-v1.20")
+            .join("tests/fixtures/kube-apiserver-v1.20")
             .join(name);
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
