@@ -27,8 +27,8 @@
 //! a corrupted blob is named as such, not as a broken gzip stream.
 
 use super::digest::{self, Digest, Verifier};
-use super::import::{Importer, blob_path, image_config};
-use super::oci::{Compression, Descriptor, Manifest};
+use super::import::{Importer, image_config};
+use super::oci::{Compression, Descriptor};
 use super::pull::Progress;
 use super::registry::Registry;
 use super::source::Source;
@@ -71,22 +71,8 @@ pub(super) fn import_pulled(
     if let Some(existing) = importer.known(&desc.digest)? {
         return store.record(&Image { names, ..existing });
     }
-    let object = format!("manifest {}", desc.digest);
-    let bytes = importer.read_document(&image, &object, &blob_path(&desc.digest), Some(desc))?;
-    let manifest = Manifest::parse(&bytes).map_err(|source| Error::Document {
-        image: image.clone(),
-        object: object.clone(),
-        source,
-    })?;
-    let config_object = format!("config {}", manifest.config.digest);
-    let config_bytes = importer.read_document(
-        &image,
-        &config_object,
-        &blob_path(&manifest.config.digest),
-        Some(&manifest.config),
-    )?;
-    let config =
-        importer.check_config(&image, &config_object, &config_bytes, manifest.layers.len())?;
+    let docs = importer.read_documents(&image, desc)?;
+    let (manifest, config) = (&docs.manifest, &docs.config);
     let mut layers = Vec::new();
     for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
         // Refuses media types we cannot read; the content itself is sniffed when unpacked.
@@ -114,8 +100,7 @@ pub(super) fn import_pulled(
         progress,
     )
     .and_then(|()| {
-        importer.put_document(&image, &config_object, &config_bytes)?;
-        importer.put_document(&image, &object, &bytes)?;
+        importer.put_documents(&image, &docs)?;
         match &tmp_rootfs {
             Some(tmp) => store.commit_rootfs(tmp, &dir),
             None => Ok(()),
@@ -133,7 +118,7 @@ pub(super) fn import_pulled(
         names,
         manifest_digest: desc.digest.clone(),
         config_digest: manifest.config.digest.clone(),
-        config: image_config(config.config.unwrap_or_default()),
+        config: image_config(config.config.clone().unwrap_or_default()),
         size,
     })
 }

@@ -194,22 +194,8 @@ impl Importer<'_> {
         if let Some(existing) = self.known(&desc.digest)? {
             return self.store.record(&Image { names, ..existing });
         }
-        let object = format!("manifest {}", desc.digest);
-        let bytes = self.read_document(&image, &object, &blob_path(&desc.digest), Some(desc))?;
-        let manifest = Manifest::parse(&bytes).map_err(|source| Error::Document {
-            image: image.clone(),
-            object: object.clone(),
-            source,
-        })?;
-        let config_object = format!("config {}", manifest.config.digest);
-        let config_bytes = self.read_document(
-            &image,
-            &config_object,
-            &blob_path(&manifest.config.digest),
-            Some(&manifest.config),
-        )?;
-        let config =
-            self.check_config(&image, &config_object, &config_bytes, manifest.layers.len())?;
+        let docs = self.read_documents(&image, desc)?;
+        let (manifest, config) = (&docs.manifest, &docs.config);
         let mut size = manifest.config.size;
         for (layer, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
             let compression =
@@ -232,13 +218,12 @@ impl Importer<'_> {
             })?;
             size += layer.size;
         }
-        self.put_document(&image, &config_object, &config_bytes)?;
-        self.put_document(&image, &object, &bytes)?;
+        self.put_documents(&image, &docs)?;
         self.store.record(&Image {
             names,
             manifest_digest: desc.digest.clone(),
             config_digest: manifest.config.digest.clone(),
-            config: image_config(config.config.unwrap_or_default()),
+            config: image_config(config.config.clone().unwrap_or_default()),
             size,
         })
     }
@@ -307,6 +292,51 @@ impl Importer<'_> {
             })?);
         }
         Ok(images)
+    }
+
+    /// Reads the manifest `desc` names and its config, each verified against its descriptor;
+    /// the config is checked as [`Importer::check_config`] says.
+    pub(super) fn read_documents(
+        &self,
+        image: &str,
+        desc: &Descriptor,
+    ) -> Result<Documents, Error> {
+        let manifest_object = format!("manifest {}", desc.digest);
+        let manifest_bytes = self.read_document(
+            image,
+            &manifest_object,
+            &blob_path(&desc.digest),
+            Some(desc),
+        )?;
+        let manifest = Manifest::parse(&manifest_bytes).map_err(|source| Error::Document {
+            image: image.to_string(),
+            object: manifest_object.clone(),
+            source,
+        })?;
+        let config_object = format!("config {}", manifest.config.digest);
+        let config_bytes = self.read_document(
+            image,
+            &config_object,
+            &blob_path(&manifest.config.digest),
+            Some(&manifest.config),
+        )?;
+        let config =
+            self.check_config(image, &config_object, &config_bytes, manifest.layers.len())?;
+        Ok(Documents {
+            manifest,
+            manifest_object,
+            manifest_bytes,
+            config,
+            config_object,
+            config_bytes,
+        })
+    }
+
+    /// Stores an image's config and manifest (after its layers: a manifest in the store means
+    /// everything it names is there).
+    pub(super) fn put_documents(&self, image: &str, docs: &Documents) -> Result<(), Error> {
+        self.put_document(image, &docs.config_object, &docs.config_bytes)?;
+        self.put_document(image, &docs.manifest_object, &docs.manifest_bytes)
     }
 
     /// Parses the config, checks its platform and that it has one diff_id per layer.
@@ -672,6 +702,16 @@ impl DiffHasher {
             DiffHasher::Zstd => Ok(None),
         }
     }
+}
+
+/// An image's manifest and config as read and verified, with the bytes the store keeps.
+pub(super) struct Documents {
+    pub manifest: Manifest,
+    manifest_object: String,
+    manifest_bytes: Vec<u8>,
+    pub config: oci::Config,
+    config_object: String,
+    config_bytes: Vec<u8>,
 }
 
 pub(super) fn blob_path(d: &Digest) -> String {
