@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use lab::{Error, Lab, is_gone, is_running, pod_manifest, pod_name};
+use lab::{Error, Lab, pod_manifest};
 use report::{median, millis};
 
 const COMMAND: &str = "echo started; exec sleep 1000";
@@ -118,18 +118,5 @@ fn start_and_stop(lab: &Lab, name: &str, host_network: bool) -> Result<Duration,
     if host_network {
         manifest = manifest.replace("spec:\n", "spec:\n  hostNetwork: true\n");
     }
-    let pod = pod_name(name);
-    let at = lab.add_manifest(name, &manifest)?;
-    let running = lab.wait_for(
-        &format!("pod {pod} running"),
-        Duration::from_secs(60),
-        |s| is_running(s, &pod),
-    )?;
-    lab.remove_manifest(name)?;
-    lab.wait_for(
-        &format!("pod {pod} removed"),
-        Duration::from_secs(60),
-        |s| is_gone(s, &pod),
-    )?;
-    Ok(running - at)
+    lab.start_and_stop(name, &manifest)
 }

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use lab::{Error, Lab, is_gone, is_running, pod_name};
+use lab::{Error, Lab};
 use report::{Row, median, millis};
 
 const ITERATIONS: usize = 10;
@@ -64,20 +64,7 @@ fn manifest(name: &str, with_volumes: bool) -> String {
 }
 
 fn start_and_stop(lab: &Lab, name: &str, with_volumes: bool) -> Result<Duration, Error> {
-    let pod = pod_name(name);
-    let at = lab.add_manifest(name, &manifest(name, with_volumes))?;
-    let running = lab.wait_for(
-        &format!("pod {pod} running"),
-        Duration::from_secs(60),
-        |s| is_running(s, &pod),
-    )?;
-    lab.remove_manifest(name)?;
-    lab.wait_for(
-        &format!("pod {pod} removed"),
-        Duration::from_secs(60),
-        |s| is_gone(s, &pod),
-    )?;
-    Ok(running - at)
+    lab.start_and_stop(name, &manifest(name, with_volumes))
 }
 
 fn bench() -> Result<Row, Error> {

@@ -294,6 +294,25 @@ impl Lab {
         fs::remove_file(&path).map_err(io_err(format!("removing {}", path.display())))
     }
 
+    /// Adds the static pod `name` from `yaml`, waits until it is running, removes it and waits
+    /// until it is gone. Returns manifest rename → running.
+    pub fn start_and_stop(&self, name: &str, yaml: &str) -> Result<Duration, Error> {
+        let pod = pod_name(name);
+        let at = self.add_manifest(name, yaml)?;
+        let running = self.wait_for(
+            &format!("pod {pod} running"),
+            Duration::from_secs(60),
+            |s| is_running(s, &pod),
+        )?;
+        self.remove_manifest(name)?;
+        self.wait_for(
+            &format!("pod {pod} removed"),
+            Duration::from_secs(60),
+            |s| is_gone(s, &pod),
+        )?;
+        Ok(running - at)
+    }
+
     /// The runc root of the baseline containers.
     pub fn baseline_root(&self) -> PathBuf {
         self.base.join("baseline/runc")

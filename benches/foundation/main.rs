@@ -48,7 +48,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use baseline::Baseline;
-use lab::{Error, Lab, is_gone, is_running, pod_manifest, pod_name};
+use lab::{Error, Lab, is_running, pod_manifest, pod_name};
 use report::{Row, mebibytes, median, millis};
 
 /// The container command of every pod and of the baseline.
@@ -192,20 +192,7 @@ fn bench(rows: &mut Vec<Row>) -> Result<(), Error> {
 /// Starts the static pod `name`, waits until it is running, removes it and waits until it is
 /// gone. Returns manifest rename → running.
 fn start_and_stop(lab: &Lab, name: &str) -> Result<Duration, Error> {
-    let pod = pod_name(name);
-    let at = lab.add_manifest(name, &pod_manifest(name, COMMAND))?;
-    let running = lab.wait_for(
-        &format!("pod {pod} running"),
-        Duration::from_secs(60),
-        |s| is_running(s, &pod),
-    )?;
-    lab.remove_manifest(name)?;
-    lab.wait_for(
-        &format!("pod {pod} removed"),
-        Duration::from_secs(60),
-        |s| is_gone(s, &pod),
-    )?;
-    Ok(running - at)
+    lab.start_and_stop(name, &pod_manifest(name, COMMAND))
 }
 
 /// The image store's one unpacked rootfs (`<dataDir>/images/rootfs/<hex>`).
