@@ -150,7 +150,6 @@ pub fn run(config_dir: &Path) -> Result<(), Error> {
             config_maps: config.config_maps_path.clone(),
             secrets: config.secrets_path.clone(),
         }),
-        host_ips: crate::pod::worker::host_ips(),
         events,
         config: config.clone(),
     });

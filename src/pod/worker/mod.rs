@@ -76,20 +76,6 @@ pub struct Context {
     pub network: crate::net::Network,
     /// Where ConfigMaps and Secrets come from (files for static pods).
     pub objects: Box<dyn ObjectSource>,
-    /// The node's addresses, for `status.hostIP(s)` (and `status.podIP(s)` of hostNetwork pods).
-    pub host_ips: Vec<String>,
-}
-
-/// The node's primary address: the source address the kernel picks for a route to a
-/// documentation address (TEST-NET-1). A UDP `connect` only looks up the route; nothing is
-/// sent. Empty when the node has no route (then `status.hostIP` is empty, not wrong).
-pub fn host_ips() -> Vec<String> {
-    let probe = || -> std::io::Result<std::net::IpAddr> {
-        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
-        socket.connect("192.0.2.1:9")?;
-        Ok(socket.local_addr()?.ip())
-    };
-    probe().map(|ip| vec![ip.to_string()]).unwrap_or_default()
 }
 
 /// Orders for a worker.
@@ -370,14 +356,17 @@ impl Worker {
         }
     }
 
-    /// The pod's addresses for field references. A hostNetwork pod has the node's; others
-    /// have none until pod networking provides them.
+    /// The pod's addresses for field references: the node's (`nodeIP`, or the source address
+    /// of the host's route out, as [`crate::net::Network`] found it) and the pod's own, which a
+    /// hostNetwork pod shares with the node.
     fn addresses(&self) -> Addresses {
-        // nodeIP (or the route lookup the network made) wins over the agent's own lookup.
-        let host_ips = match self.ctx.network.host_ip {
-            Some(ip) => vec![ip.to_string()],
-            None => self.ctx.host_ips.clone(),
-        };
+        let host_ips: Vec<String> = self
+            .ctx
+            .network
+            .host_ip
+            .iter()
+            .map(|ip| ip.to_string())
+            .collect();
         Addresses {
             pod_ips: if self.pod.spec.host_network {
                 host_ips.clone()
