@@ -161,7 +161,6 @@ pub fn run(config_dir: &Path) -> Result<(), Error> {
         let facts_client = client.clone();
         let facts = Rc::new(move || NodeFacts {
             host_ip: facts_client.local_ip().map(|ip| ip.to_string()),
-            pod_ip: None,
         });
         agent.proxy_api = Some(client.clone());
         agent.connect_api(client, facts);

@@ -17,9 +17,9 @@ use crate::runtime::logs::civil_time;
 /// What the node adds to a pod's status.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeFacts {
+    /// The node's address as the API server sees it (the local end of the API connection);
+    /// used when the pod worker has none of its own.
     pub host_ip: Option<String>,
-    /// The pod's IP; `None` before the sandbox has one. Host-network pods get the host IP.
-    pub pod_ip: Option<String>,
 }
 
 /// `metav1.Time`: RFC 3339, UTC, whole seconds.
@@ -49,12 +49,13 @@ pub fn status_patch(status: &PodStatus, qos_class: &str, node: &NodeFacts) -> Va
     let host_ip = (!status.host_ip.is_empty())
         .then(|| status.host_ip.clone())
         .or_else(|| node.host_ip.clone());
+    // The pod's own address once its sandbox has one; a hostNetwork pod has the node's.
     let pod_ip = if !status.pod_ip.is_empty() {
         Some(status.pod_ip.clone())
     } else if status.host_network {
         host_ip.clone()
     } else {
-        node.pod_ip.clone()
+        None
     };
     if let Some(ip) = &host_ip {
         s.insert("hostIP".into(), json!(ip));
@@ -241,9 +242,10 @@ mod tests {
         let recorded: Value = serde_json::from_str(&body).unwrap();
         let facts = NodeFacts {
             host_ip: Some("192.0.2.10".into()),
-            pod_ip: Some("10.88.0.5".into()),
         };
-        let ours = status_patch(&running(), "BestEffort", &facts);
+        let mut status = running();
+        status.pod_ip = "10.88.0.5".into();
+        let ours = status_patch(&status, "BestEffort", &facts);
         // Every field the recorded patch sets, ours sets to the same value.
         for pointer in [
             "/metadata/uid",
@@ -303,7 +305,6 @@ mod tests {
         c.restart_count = 3;
         let facts = NodeFacts {
             host_ip: Some("192.0.2.10".into()),
-            pod_ip: None,
         };
         let p = status_patch(&status, "Burstable", &facts);
         let cs = &p["status"]["containerStatuses"][0];
