@@ -17,6 +17,7 @@
 pub mod backoff;
 pub mod board;
 pub mod config;
+pub mod events;
 pub mod images;
 pub mod lifecycle;
 pub mod probe;
