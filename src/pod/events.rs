@@ -442,15 +442,10 @@ mod tests {
                 "Back-off restarting failed container app in pod web_default(u-1)".into()
             )
         );
+        let mount = "MountVolume.SetUp failed for volume \"cfg\" : hostPath type check failed";
         assert_eq!(
-            one(
-                "app",
-                Transition::MountFailed {
-                    message: "MountVolume.SetUp failed for volume \"cfg\" : hostPath type check failed: /x is not a file"
-                }
-            )
-            .0,
-            false,
+            one("app", Transition::MountFailed { message: mount }),
+            (false, Warning, "FailedMount", mount.to_string()),
             "FailedMount is about the pod"
         );
         assert_eq!(one("app", Transition::Stopping).3, "Stopping container app");
