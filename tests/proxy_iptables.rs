@@ -514,3 +514,115 @@ fn iptables_mode_nodeports_answer_and_session_affinity_sticks() {
         Err(std::io::ErrorKind::ConnectionRefused)
     );
 }
+
+#[test]
+fn iptables_mode_flushes_udp_flows_to_a_removed_endpoint() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut w = World::new();
+    w.start_servers();
+    w.write_services(
+        "dns.yaml",
+        &format!(
+            "{}---\n{}",
+            service("dns", "10.96.0.10", ""),
+            slice("dns", &["10.201.1.2", "10.201.2.2"])
+        ),
+    );
+    w.start_agent();
+    // Every datagram from one client port shares one conntrack entry, so one endpoint.
+    let port = 40_000 + (std::process::id() % 20_000) as u16 + 1;
+    w.wait_until("the clusterIP answers UDP", || {
+        w.udp_from(port, "10.96.0.10:53").is_some()
+    });
+    let first = w.udp_from(port, "10.96.0.10:53").unwrap();
+    let (gone, stays, want) = if first == "ep1" {
+        ("10.201.1.2", "10.201.2.2", "ep2")
+    } else {
+        ("10.201.2.2", "10.201.1.2", "ep1")
+    };
+    w.write_services(
+        "dns.yaml",
+        &format!(
+            "{}---\n{}",
+            service("dns", "10.96.0.10", ""),
+            slice("dns", &[stays])
+        ),
+    );
+    w.wait_until("the endpoint left the rules", || {
+        !w.save().contains(&format!("--to-destination {gone}:8080"))
+    });
+    // The removed endpoint's server still runs: only the flush moves the flow.
+    w.wait_until("the same flow reaches the other endpoint", || {
+        w.udp_from(port, "10.96.0.10:53").as_deref() == Some(want)
+    });
+}
+
+/// Every golden shape (`tests/golden/proxy-iptables/`) loads into a fresh namespace with the
+/// legacy programs of its family, and the kernel then lists exactly the rules of the golden.
+#[test]
+fn every_golden_loads_and_saves_as_rendered() {
+    if !root_or_skip() {
+        return;
+    }
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/proxy-iptables");
+    let mut names: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    assert!(names.len() >= 10, "{names:?}");
+    for path in names {
+        let text = fs::read_to_string(&path).unwrap();
+        let ns = format!(
+            "ipg{}{}",
+            std::process::id() % 100_000,
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        sh(&["ip", "netns", "add", &ns]);
+        let result = std::panic::catch_unwind(|| {
+            for part in text.split("# IPv").skip(1) {
+                let part = format!("# IPv{part}");
+                let (tool, save) = if part.starts_with("# IPv6") {
+                    ("ip6tables-legacy-restore", "ip6tables-legacy-save")
+                } else {
+                    ("iptables-legacy-restore", "iptables-legacy-save")
+                };
+                let mut child = Command::new("ip")
+                    .args(["netns", "exec", &ns, tool, "-w", "5", "--noflush"])
+                    .stdin(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(part.as_bytes())
+                    .unwrap();
+                let out = child.wait_with_output().unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}: {tool}: {}",
+                    path.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let saved = Command::new("ip")
+                    .args(["netns", "exec", &ns, save])
+                    .output()
+                    .unwrap();
+                assert_eq!(
+                    nanolet_rules(&String::from_utf8_lossy(&saved.stdout)),
+                    nanolet_rules(&part),
+                    "{}",
+                    path.display()
+                );
+            }
+        });
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        if let Err(e) = result {
+            std::panic::resume_unwind(e);
+        }
+    }
+}
