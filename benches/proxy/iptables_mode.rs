@@ -12,7 +12,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nanolet::proxy::build::build;
-use nanolet::proxy::iptables::{parse_save, render, restore_input};
+use nanolet::proxy::iptables::render;
+use nanolet::proxy::iptables_text::{parse_save, restore_input};
 use nanolet::proxy::model::{EndpointSlice, Service};
 use nanolet::proxy::nft_text::render_replace;
 

@@ -24,18 +24,18 @@
 //! rules it writes elsewhere are the jumps from the built-in chains, so it never collides
 //! with a real kube-proxy or anything else in the tables.
 //!
-//! Rules are written in the canonical form `iptables-save` prints, so what the kernel holds
-//! can be compared with what was rendered, line by line.
+//! Rules are written in the canonical form `iptables-save` prints ([`super::iptables_text`]),
+//! so what the kernel holds can be compared with what was rendered, line by line.
 //!
 //! This module must never do I/O: [`super::iptables_apply`] runs the programs.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use sha2::{Digest, Sha256};
 
 use super::build::{Backend, BuildError, backends, usable};
+use super::iptables_text::{Rule, host};
 use super::model::{
     Cidr, EndpointSlice, IpFamily, NodeConfig, Protocol, Service, ServicePort, TrafficPolicy,
 };
@@ -167,94 +167,6 @@ pub fn endpoint_chain(port_name: &str, proto: Protocol, addr: &SocketAddr) -> St
     )
 }
 
-/// An address as a one-host prefix, as `iptables-save` prints it.
-fn host(ip: &IpAddr) -> String {
-    match ip {
-        IpAddr::V4(a) => format!("{a}/32"),
-        IpAddr::V6(a) => format!("{a}/128"),
-    }
-}
-
-/// One rule in `iptables-save`'s canonical order: source, destination, protocol, then the
-/// matches in the order given, then the target.
-#[derive(Debug, Default)]
-struct Rule {
-    src: Option<(bool, String)>,
-    dst: Option<String>,
-    proto: Option<Protocol>,
-    comment: Option<String>,
-    dport: Option<u16>,
-    matches: Vec<String>,
-}
-
-impl Rule {
-    fn new() -> Rule {
-        Rule::default()
-    }
-
-    fn src(mut self, negated: bool, prefix: String) -> Rule {
-        self.src = Some((negated, prefix));
-        self
-    }
-
-    fn dst(mut self, prefix: String) -> Rule {
-        self.dst = Some(prefix);
-        self
-    }
-
-    fn port(mut self, proto: Protocol, dport: u16) -> Rule {
-        self.proto = Some(proto);
-        self.dport = Some(dport);
-        self
-    }
-
-    fn proto(mut self, proto: Protocol) -> Rule {
-        self.proto = Some(proto);
-        self
-    }
-
-    fn comment(mut self, c: &str) -> Rule {
-        self.comment = Some(c.to_string());
-        self
-    }
-
-    fn matching(mut self, m: String) -> Rule {
-        self.matches.push(m);
-        self
-    }
-
-    /// The rule with its target (`-j` and the target's options).
-    fn to(self, target: &str) -> String {
-        let mut s = String::new();
-        let mut word = |w: &str| {
-            if !s.is_empty() {
-                s.push(' ');
-            }
-            s.push_str(w);
-        };
-        if let Some((negated, prefix)) = &self.src {
-            word(&format!("{}-s {prefix}", if *negated { "! " } else { "" }));
-        }
-        if let Some(d) = &self.dst {
-            word(&format!("-d {d}"));
-        }
-        if let Some(p) = self.proto {
-            word(&format!("-p {}", p.as_nft()));
-        }
-        if let Some(c) = &self.comment {
-            word(&format!("-m comment --comment \"{c}\""));
-        }
-        if let (Some(p), Some(port)) = (self.proto, self.dport) {
-            word(&format!("-m {} --dport {port}", p.as_nft()));
-        }
-        for m in &self.matches {
-            word(m);
-        }
-        word(&format!("-j {target}"));
-        s
-    }
-}
-
 /// The nft maps' "first Service wins" claims, one namespace per map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Claim {
@@ -262,6 +174,14 @@ enum Claim {
     NodePorts,
     NoEndpointServices,
     NoEndpointNodePorts,
+}
+
+/// The names of one Service port: `ns/name:port` and its three chains.
+struct PortChains<'n> {
+    spn: &'n str,
+    svc: &'n str,
+    svl: &'n str,
+    ext: &'n str,
 }
 
 struct FamilyBuilder<'a> {
@@ -481,39 +401,72 @@ impl<'a> FamilyBuilder<'a> {
         if !is_external {
             return;
         }
-        // External traffic: externalIPs and NodePorts.
-        let node_ips = self.node_ips();
+        let names = PortChains {
+            spn: &spn,
+            svc: &svc_chain,
+            svl: &svl_chain,
+            ext: &ext_chain,
+        };
         if external.is_empty() {
-            for ip in external_ips {
-                let key = format!("{ip} {proto:?} {}", port.port);
-                let what = format!("externalIP {ip} {}/{}", port.port, proto.as_kubernetes());
-                if self.claim(Claim::NoEndpointServices, key, svc, &what, problems) {
-                    let to = Rule::new().dst(host(ip));
-                    let rule = self.no_endpoints(to, &spn, port, port.port, etp_local);
-                    Self::push(&mut self.filter, SERVICES, rule);
-                }
-            }
-            if let Some(np) = port.node_port {
-                let key = format!("{proto:?} {np}");
-                let what = format!("nodePort {np}/{}", proto.as_kubernetes());
-                if self.claim(Claim::NoEndpointNodePorts, key, svc, &what, problems) {
-                    for ip in &node_ips {
-                        let to = Rule::new().dst(host(ip));
-                        let rule = self.no_endpoints(to, &spn, port, np, etp_local);
-                        Self::push(&mut self.filter, NODEPORTS, rule);
-                    }
-                }
-            }
-            return;
+            self.add_external_without_endpoints(svc, port, external_ips, &names, problems);
+        } else {
+            self.add_external(svc, port, external_ips, &names, problems);
         }
+    }
+
+    /// externalIPs and the NodePort of a port without usable endpoints: REJECT or DROP in
+    /// the filter table.
+    fn add_external_without_endpoints(
+        &mut self,
+        svc: &Service,
+        port: &ServicePort,
+        external_ips: &[IpAddr],
+        names: &PortChains,
+        problems: &mut Vec<BuildError>,
+    ) {
+        let proto = port.protocol;
+        let etp_local = svc.external_traffic_policy == TrafficPolicy::Local;
+        for ip in external_ips {
+            let key = format!("{ip} {proto:?} {}", port.port);
+            let what = format!("externalIP {ip} {}/{}", port.port, proto.as_kubernetes());
+            if self.claim(Claim::NoEndpointServices, key, svc, &what, problems) {
+                let to = Rule::new().dst(host(ip));
+                let rule = self.no_endpoints(to, names.spn, port, port.port, etp_local);
+                Self::push(&mut self.filter, SERVICES, rule);
+            }
+        }
+        if let Some(np) = port.node_port {
+            let key = format!("{proto:?} {np}");
+            let what = format!("nodePort {np}/{}", proto.as_kubernetes());
+            if self.claim(Claim::NoEndpointNodePorts, key, svc, &what, problems) {
+                for ip in &self.node_ips() {
+                    let to = Rule::new().dst(host(ip));
+                    let rule = self.no_endpoints(to, names.spn, port, np, etp_local);
+                    Self::push(&mut self.filter, NODEPORTS, rule);
+                }
+            }
+        }
+    }
+
+    /// externalIPs and the NodePort of a port with endpoints: through its `NANOLET-EXT-…`
+    /// chain, which applies the external traffic policy.
+    fn add_external(
+        &mut self,
+        svc: &Service,
+        port: &ServicePort,
+        external_ips: &[IpAddr],
+        names: &PortChains,
+        problems: &mut Vec<BuildError>,
+    ) {
+        let proto = port.protocol;
         let mut rules = Vec::new();
-        if etp_local {
+        if svc.external_traffic_policy == TrafficPolicy::Local {
             for cidr in self.cluster_cidrs() {
                 rules.push(
                     Rule::new()
                         .src(false, cidr.to_string())
                         .comment("pod traffic goes to the whole cluster")
-                        .to(&svc_chain),
+                        .to(names.svc),
                 );
             }
             let from_host = "-m addrtype --src-type LOCAL".to_string();
@@ -527,14 +480,14 @@ impl<'a> FamilyBuilder<'a> {
                 Rule::new()
                     .comment("traffic from this host goes to the whole cluster")
                     .matching(from_host)
-                    .to(&svc_chain),
+                    .to(names.svc),
             );
-            rules.push(format!("-j {svl_chain}"));
+            rules.push(format!("-j {}", names.svl));
         } else {
             rules.push(format!("-j {MARK_MASQ}"));
-            rules.push(format!("-j {svc_chain}"));
+            rules.push(format!("-j {}", names.svc));
         }
-        self.nat.insert(ext_chain.clone(), rules);
+        self.nat.insert(names.ext.to_string(), rules);
         for ip in external_ips {
             let key = format!("{ip} {proto:?} {}", port.port);
             let what = format!("externalIP {ip} {}/{}", port.port, proto.as_kubernetes());
@@ -542,8 +495,8 @@ impl<'a> FamilyBuilder<'a> {
                 let rule = Rule::new()
                     .dst(host(ip))
                     .port(proto, port.port)
-                    .comment(&format!("{spn} external IP"))
-                    .to(&ext_chain);
+                    .comment(&format!("{} external IP", names.spn))
+                    .to(names.ext);
                 Self::push(&mut self.nat, SERVICES, rule);
             }
         }
@@ -551,7 +504,7 @@ impl<'a> FamilyBuilder<'a> {
             let key = format!("{proto:?} {np}");
             let what = format!("nodePort {np}/{}", proto.as_kubernetes());
             if self.claim(Claim::NodePorts, key, svc, &what, problems) {
-                let rule = Rule::new().port(proto, np).comment(&spn).to(&ext_chain);
+                let rule = Rule::new().port(proto, np).comment(names.spn).to(names.ext);
                 Self::push(&mut self.nat, NODEPORTS, rule);
             }
         }
@@ -711,140 +664,6 @@ impl<'a> FamilyBuilder<'a> {
             udp_backends: self.udp_backends,
         }
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// What the kernel holds, and the restore input that replaces it
-
-/// What one table of the kernel holds that concerns nanolet, read from `iptables-save`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Existing {
-    /// nanolet's chains (named [`PREFIX`]…).
-    pub chains: BTreeSet<String>,
-    /// Rules in built-in chains that jump to one of nanolet's chains: (chain, rule spec).
-    pub jumps: Vec<(String, String)>,
-    /// Every rule of nanolet's chains, as saved (`-A CHAIN …`), for comparisons.
-    pub rules: Vec<String>,
-}
-
-/// Parses `iptables-save` output into what each table (`nat`, `filter`, …) holds of nanolet.
-pub fn parse_save(text: &str) -> BTreeMap<String, Existing> {
-    let mut out: BTreeMap<String, Existing> = BTreeMap::new();
-    let mut table: Option<String> = None;
-    let mut builtin: BTreeSet<String> = BTreeSet::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if let Some(name) = line.strip_prefix('*') {
-            table = Some(name.to_string());
-            builtin.clear();
-            out.entry(name.to_string()).or_default();
-            continue;
-        }
-        let Some(t) = table.as_ref().and_then(|t| out.get_mut(t)) else {
-            continue;
-        };
-        if let Some(decl) = line.strip_prefix(':') {
-            let mut words = decl.split_whitespace();
-            let (Some(name), Some(policy)) = (words.next(), words.next()) else {
-                continue;
-            };
-            if policy != "-" {
-                builtin.insert(name.to_string());
-            } else if name.starts_with(PREFIX) {
-                t.chains.insert(name.to_string());
-            }
-        } else if let Some(rule) = line.strip_prefix("-A ") {
-            let Some((chain, spec)) = rule.split_once(' ') else {
-                continue;
-            };
-            if chain.starts_with(PREFIX) {
-                t.rules.push(line.to_string());
-            } else if builtin.contains(chain) && jumps_to_nanolet(spec) {
-                t.jumps.push((chain.to_string(), spec.to_string()));
-            }
-        } else if line == "COMMIT" {
-            table = None;
-        }
-    }
-    out
-}
-
-fn jumps_to_nanolet(spec: &str) -> bool {
-    let words: Vec<&str> = spec.split_whitespace().collect();
-    words
-        .windows(2)
-        .any(|w| (w[0] == "-j" || w[0] == "-g") && w[1].starts_with(PREFIX))
-}
-
-/// The `iptables-restore --noflush` input that makes `table` hold exactly `want` of nanolet,
-/// whatever it held before (`have`): every chain of nanolet is declared (which flushes it),
-/// the old jumps from built-in chains are deleted and the new ones inserted at their tops,
-/// and chains nanolet no longer wants are deleted. The kernel commits one table at once.
-pub fn restore_table(table: &str, want: &TableRules, have: &Existing) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "*{table}");
-    let stale: Vec<&String> = have
-        .chains
-        .iter()
-        .filter(|c| !want.chains.contains_key(*c))
-        .collect();
-    for chain in want.chains.keys().chain(stale.iter().copied()) {
-        let _ = writeln!(s, ":{chain} - [0:0]");
-    }
-    for (chain, spec) in &have.jumps {
-        let _ = writeln!(s, "-D {chain} {spec}");
-    }
-    let mut position: BTreeMap<&str, usize> = BTreeMap::new();
-    for (chain, spec) in &want.jumps {
-        let n = position.entry(chain).or_insert(0);
-        *n += 1;
-        let _ = writeln!(s, "-I {chain} {n} {spec}");
-    }
-    for (chain, rules) in &want.chains {
-        for r in rules {
-            let _ = writeln!(s, "-A {chain} {r}");
-        }
-    }
-    for chain in stale {
-        let _ = writeln!(s, "-X {chain}");
-    }
-    s.push_str("COMMIT\n");
-    s
-}
-
-/// The whole `iptables-restore --noflush` input of one family.
-pub fn restore_input(rules: &FamilyRules, have: &BTreeMap<String, Existing>) -> String {
-    let empty = Existing::default();
-    let mut s = restore_table("nat", &rules.nat, have.get("nat").unwrap_or(&empty));
-    s.push_str(&restore_table(
-        "filter",
-        &rules.filter,
-        have.get("filter").unwrap_or(&empty),
-    ));
-    s
-}
-
-/// What a table should list in `iptables-save` once written: nanolet's rules, `-A CHAIN …`.
-pub fn saved_rules(t: &TableRules) -> Vec<String> {
-    t.chains
-        .iter()
-        .flat_map(|(c, rules)| rules.iter().map(move |r| format!("-A {c} {r}")))
-        .collect()
-}
-
-/// The rules as text (`nanolet proxy dump --mode iptables`, goldens): each family's restore
-/// input for tables that hold nothing of nanolet yet.
-pub fn render_text(r: &Rendered) -> String {
-    let mut s = String::new();
-    for f in &r.families {
-        let tool = match f.family {
-            IpFamily::V4 => "iptables-restore",
-            IpFamily::V6 => "ip6tables-restore",
-        };
-        let _ = writeln!(s, "# {}: {tool} --noflush", f.family.as_kubernetes());
-        s.push_str(&restore_input(f, &BTreeMap::new()));
-    }
-    s
 }
 
 #[cfg(test)]

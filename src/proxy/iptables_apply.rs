@@ -23,7 +23,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::iptables::{FamilyRules, Rendered, parse_save, render, restore_input};
+use super::iptables::{FamilyRules, Rendered, render};
+use super::iptables_text::{parse_save, restore_input};
 use super::model::{IpFamily, NodeConfig};
 use super::state::ProxyState;
 

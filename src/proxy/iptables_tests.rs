@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use super::super::iptables_text::*;
 use super::super::tests::{SHAPES, flows_world, shape};
 use super::*;
 

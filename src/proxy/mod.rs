@@ -18,7 +18,7 @@
 //! - [`lower`]: the ruleset as nf_tables netlink messages (pure).
 //! - [`source`]: Services and EndpointSlices as events: the standalone `services/` folder.
 //! - [`apply`]: the one file of kernel I/O: a transaction as one atomic netlink batch.
-//! - [`iptables`] (pure) and [`iptables_apply`]: the fallback for kernels without nf_tables:
+//! - [`iptables`], [`iptables_text`] (pure) and [`iptables_apply`]: the fallback for kernels without nf_tables:
 //!   the same Services as `iptables-restore` input in kube-proxy's iptables shape, written by
 //!   `iptables-restore --noflush` children; [`backend`]: `proxy.mode` picks one at start.
 //! - [`run`]: the loop on the agent's thread: sources in, transactions out, periodic resync.
@@ -35,6 +35,7 @@ pub mod build;
 pub mod convert;
 pub mod iptables;
 pub mod iptables_apply;
+pub mod iptables_text;
 pub mod lower;
 pub mod model;
 pub mod nft_text;
@@ -91,7 +92,7 @@ pub fn dump_iptables(
     let slices: Vec<&model::EndpointSlice> = slices.iter().collect();
     let rendered = iptables::render(&services, &slices, node);
     problems.extend(rendered.problems.iter().map(ToString::to_string));
-    (iptables::render_text(&rendered), problems)
+    (iptables_text::render_text(&rendered), problems)
 }
 
 /// The valid objects, and one line per invalid one; `None` when the node config is invalid.
