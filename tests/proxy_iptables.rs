@@ -626,3 +626,92 @@ fn every_golden_loads_and_saves_as_rendered() {
         }
     }
 }
+
+#[test]
+fn iptables_mode_sigkill_mid_sync_leaves_old_or_new_rules_and_flows_survive_a_restart() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut w = World::new();
+    w.start_servers();
+    w.write_services(
+        "web.yaml",
+        &format!(
+            "{}---\n{}",
+            service("web", "10.96.0.10", ""),
+            slice("web", &["10.201.1.2", "10.201.2.2"])
+        ),
+    );
+    w.start_agent();
+    w.wait_until("the clusterIP answers", || w.tcp("10.96.0.10:80").is_ok());
+
+    // An established flow, held open across a SIGKILL and a restart of nanolet.
+    let (tx, rx) = mpsc::channel::<&'static str>();
+    let (done_tx, done_rx) = mpsc::channel::<Result<(), String>>();
+    let node = w.node.clone();
+    std::thread::spawn(move || {
+        let fd = fs::File::open(format!("/var/run/netns/{node}")).unwrap();
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&fd),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .unwrap();
+        let mut s = TcpStream::connect("10.96.0.10:80").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        let _ = s.read(&mut buf).unwrap();
+        while let Ok(line) = rx.recv() {
+            let r = s
+                .write_all(line.as_bytes())
+                .and_then(|()| s.read(&mut buf).map(|_| ()))
+                .map_err(|e| e.to_string());
+            done_tx.send(r).unwrap();
+        }
+    });
+    tx.send("before\n").unwrap();
+    done_rx.recv().unwrap().unwrap();
+
+    // SIGKILL while a large change is on its way: each table is the old or the new one (the
+    // restore child, if it was running, finishes on its own), never a mix.
+    let many: String = (0..300)
+        .map(|i| {
+            format!(
+                "{}---\n{}---\n",
+                service(
+                    &format!("s{i}"),
+                    &format!("10.96.{}.{}", 1 + i / 250, i % 250 + 1),
+                    ""
+                ),
+                slice(&format!("s{i}"), &["10.201.1.2"])
+            )
+        })
+        .collect();
+    w.write_services("many.yaml", &many);
+    std::thread::sleep(Duration::from_millis(30));
+    w.kill_agent();
+    std::thread::sleep(Duration::from_millis(500));
+    let save = w.save();
+    let nat = save.split("*nat").nth(1).unwrap_or_default();
+    // Two ports per Service, one SVC chain each.
+    let chains = nat.matches(":NANOLET-SVC-").count();
+    assert!(
+        chains == 2 || chains == 602,
+        "old (2) or new (602) chains, got {chains}\n{}",
+        w.log()
+    );
+    tx.send("after kill\n").unwrap();
+    done_rx.recv().unwrap().unwrap();
+
+    // Restart: the full sync rewrites the rules; the established flow carries on.
+    fs::remove_file(w.path("services/many.yaml")).unwrap();
+    w.start_agent();
+    w.wait_until("the restarted agent wrote its rules", || {
+        let save = w.save();
+        let nat = save.split("*nat").nth(1).unwrap_or_default().to_string();
+        nat.matches(":NANOLET-SVC-").count() == 2
+    });
+    assert_eq!(jumps(&w.save()), 9);
+    tx.send("after restart\n").unwrap();
+    done_rx.recv().unwrap().unwrap();
+    assert!(w.tcp("10.96.0.10:80").is_ok());
+}
