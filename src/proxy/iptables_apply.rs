@@ -208,3 +208,84 @@ pub fn sync(
 pub fn forget_udp_flows(backend: SocketAddr) -> Result<usize, String> {
     crate::netlink::conntrack::delete_udp_to(backend).map_err(|e| format!("conntrack: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::state::Event;
+    use serde_json::json;
+
+    /// A writer whose "iptables-save" and "iptables-restore" are `program`.
+    fn writer(program: &str) -> Iptables {
+        let tools = Tools {
+            restore: program.into(),
+            save: program.into(),
+        };
+        Iptables {
+            v4: Some(tools.clone()),
+            v6: Some(tools),
+            last: None,
+            failures: 0,
+        }
+    }
+
+    fn node() -> NodeConfig {
+        NodeConfig {
+            node_name: "node-a".into(),
+            node_ips: vec!["192.168.1.10".parse().unwrap()],
+            cluster_cidrs: vec![],
+            service_cidrs: vec![],
+            masquerade_bit: 0x4000,
+        }
+    }
+
+    fn synced_state() -> ProxyState {
+        let mut state = ProxyState::default();
+        let web = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": { "name": "web", "namespace": "default" },
+            "spec": { "clusterIP": "10.96.0.10", "ports": [{ "port": 80 }] }
+        });
+        for e in [
+            Event::ServiceApplied(web),
+            Event::ServicesSynced,
+            Event::EndpointSlicesSynced,
+        ] {
+            state.apply(e).unwrap();
+        }
+        state
+    }
+
+    fn no_flush(_: SocketAddr) -> Result<usize, String> {
+        Ok(0)
+    }
+
+    #[test]
+    fn nothing_runs_until_both_sources_synced() {
+        // A program that does not exist would fail any write: none is attempted.
+        let mut ipt = writer("/nonexistent/iptables-restore");
+        let state = ProxyState::default();
+        assert!(!sync(&mut ipt, &state, &node(), true, no_flush));
+        assert_eq!(ipt.failures, 0);
+    }
+
+    #[test]
+    fn writes_when_changed_and_on_full_syncs_and_retries_after_a_refusal() {
+        let state = synced_state();
+        let mut ipt = writer("/bin/false");
+        assert!(!sync(&mut ipt, &state, &node(), false, no_flush), "refused");
+        assert_eq!(ipt.failures, 1);
+        ipt.v4 = writer("/bin/true").v4;
+        assert!(
+            sync(&mut ipt, &state, &node(), false, no_flush),
+            "retried whole"
+        );
+        assert!(ipt.last.is_some());
+        // Unchanged: nothing is run (a failing program would say otherwise)...
+        ipt.v4 = writer("/bin/false").v4;
+        assert!(sync(&mut ipt, &state, &node(), false, no_flush));
+        // ...but a full sync rewrites, and its refusal is reported and forgotten.
+        assert!(!sync(&mut ipt, &state, &node(), true, no_flush));
+        assert!(ipt.last.is_none());
+    }
+}
