@@ -13,7 +13,10 @@
 //! 5. `shapes` (only when named): `nft -f` of three ruleset shapes of the same Services, to see
 //!    which one the kernel commits in near-linear time (see `proxy/shapes.rs`).
 //!
-//! Parts can be picked: `cargo bench --bench proxy -- cold add rss latency shapes`.
+//! 6. `iptables` (only when named): the iptables fallback vs the nftables mode (see
+//!    `proxy/iptables_mode.rs`).
+//!
+//! Parts can be picked: `cargo bench --bench proxy -- cold add rss latency shapes iptables`.
 //! Medians of several runs (one run for the 10 000-Service cold loads); ratios against the baselines measured in the same run. No
 //! assertions: the numbers are for the reader. Targets (issue #6): cold sync <= 0.5x nft;
 //! adding one Service <= 5 ms and flat; RSS <= 16 MiB; latency at 10 000 within 10 % of 100.
@@ -36,6 +39,9 @@ use serde_json::{Value, json};
 
 #[path = "proxy/shapes.rs"]
 mod shapes;
+
+#[path = "proxy/iptables_mode.rs"]
+mod iptables_mode;
 
 const ENDPOINTS: u32 = 10;
 
@@ -503,6 +509,10 @@ fn main() {
         println!("== ruleset shapes through `nft -f` (ratio to kube-proxy's shape)");
         // kube-proxy's shape takes minutes at 10 000 on this kernel: stop at 4 000.
         shapes::shapes(&[1_000, 4_000]);
+    }
+    if args.iter().any(|a| a == "iptables") {
+        println!("== iptables fallback (ratios to the nftables mode in the same run)");
+        iptables_mode::iptables_mode(1_000, 3);
     }
     if want("latency") {
         println!("== connection latency (target: 10 000 within 10 % of 100)");

@@ -28,7 +28,9 @@ commands:
   pull IMAGE                  pull an image from its registry into the store
   rmi IMAGE                   remove an image (a name; the image goes with its last name)
   shutdown                    node shutdown: the agent stops every pod gracefully, then exits
-  proxy dump                  the Services' nftables ruleset as nft text (from proxy.servicesPath)
+  proxy dump [--mode iptables]
+                              the Services' nftables ruleset as nft text (from proxy.servicesPath),
+                              or the iptables fallback's iptables-restore input
   version                     print the version
 ";
 
@@ -46,6 +48,8 @@ pub enum Command {
     Images,
     /// `proxy dump`: the desired nftables ruleset.
     ProxyDump,
+    /// `proxy dump --mode iptables`: the iptables fallback's restore input.
+    ProxyDumpIptables,
     Version,
     Shutdown,
     Help,
@@ -84,6 +88,7 @@ pub fn parse(args: Vec<String>) -> Result<(Command, PathBuf), lexopt::Error> {
     let mut logs = ctl::logs::Options::default();
     let mut host_network = false;
     let mut sandbox_link: Option<String> = None;
+    let mut mode: Option<String> = None;
     while let Some(arg) = parser.next()? {
         match arg {
             Long("config-dir") => config_dir = parser.value()?.into(),
@@ -103,6 +108,7 @@ pub fn parse(args: Vec<String>) -> Result<(Command, PathBuf), lexopt::Error> {
             Long("tail") => logs.tail = Some(parser.value()?.parse()?),
             Long("host-network") => host_network = true,
             Long("link") => sandbox_link = Some(parser.value()?.string()?),
+            Long("mode") => mode = Some(parser.value()?.string()?),
             Value(v) if verb.is_none() => verb = Some(v.string()?),
             Value(v) => positional.push(v.string()?),
             _ => return Err(arg.unexpected()),
@@ -118,8 +124,12 @@ pub fn parse(args: Vec<String>) -> Result<(Command, PathBuf), lexopt::Error> {
             Command::Logs(logs)
         }
         Some("images") => Command::Images,
-        Some("proxy") if positional == ["dump"] => Command::ProxyDump,
-        Some("proxy") => return Err("usage: nanolet proxy dump".into()),
+        Some("proxy") if positional == ["dump"] => match mode.as_deref() {
+            None | Some("nftables") => Command::ProxyDump,
+            Some("iptables") => Command::ProxyDumpIptables,
+            Some(m) => return Err(format!("--mode {m}: expected nftables or iptables").into()),
+        },
+        Some("proxy") => return Err("usage: nanolet proxy dump [--mode iptables]".into()),
         Some("version") => Command::Version,
         Some("shutdown") => Command::Shutdown,
         Some("internal-sandbox") if positional.len() == 2 => Command::Sandbox {
@@ -178,7 +188,8 @@ fn run(command: Command, config_dir: &Path) -> Result<(), Box<dyn std::error::Er
             std::env::consts::ARCH
         ),
         Command::Agent => crate::agent::run(config_dir)?,
-        Command::ProxyDump => proxy_dump(config_dir)?,
+        Command::ProxyDump => proxy_dump(config_dir, false)?,
+        Command::ProxyDumpIptables => proxy_dump(config_dir, true)?,
         Command::Ps { json } => {
             let cfg = config::load(config_dir)?;
             let snapshot = ctl::ps::read_snapshot(&cfg.run_dir)?;
@@ -449,7 +460,7 @@ fn shutdown(cfg: &config::NodeConfig) -> Result<(), Box<dyn std::error::Error>> 
 }
 
 /// `nanolet proxy dump`: prints the ruleset; problems go to stderr, one per line.
-fn proxy_dump(config_dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+fn proxy_dump(config_dir: &Path, iptables: bool) -> Result<(), Box<dyn std::error::Error>> {
     let cfg = config::load(config_dir)?;
     let Some(proxy) = cfg.proxy else {
         return Err(format!(
@@ -461,7 +472,11 @@ fn proxy_dump(config_dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let snap = crate::proxy::source::scan_dir(&proxy.services_path);
     let services: Vec<_> = snap.services.into_values().collect();
     let slices: Vec<_> = snap.slices.into_values().collect();
-    let (text, problems) = crate::proxy::dump(&services, &slices, &proxy.node);
+    let (text, problems) = if iptables {
+        crate::proxy::dump_iptables(&services, &slices, &proxy.node)
+    } else {
+        crate::proxy::dump(&services, &slices, &proxy.node)
+    };
     for p in snap.problems.iter().chain(&problems) {
         eprintln!("{p}");
     }
@@ -510,6 +525,11 @@ mod tests {
     #[test]
     fn proxy_dump_parses_and_other_proxy_verbs_are_errors() {
         assert_eq!(parse(args("proxy dump")).unwrap().0, Command::ProxyDump);
+        assert_eq!(
+            parse(args("proxy dump --mode iptables")).unwrap().0,
+            Command::ProxyDumpIptables
+        );
+        assert!(parse(args("proxy dump --mode ipvs")).is_err());
         assert!(
             parse(args("proxy flush"))
                 .unwrap_err()

@@ -9,6 +9,7 @@
 //!   nodeIPs: [192.168.1.10]         # addresses NodePorts answer on
 //!   masqueradeBit: 14               # kube-proxy's default: mark 0x4000
 //!   syncPeriod: 30s                 # the periodic full resync
+//!   mode: auto                      # auto | nftables | iptables (the fallback)
 //! ```
 //!
 //! Without a `proxy:` section nanolet leaves nftables alone.
@@ -33,6 +34,18 @@ pub(super) struct RawProxy {
     node_ips: Option<Vec<String>>,
     masquerade_bit: Option<u32>,
     sync_period: Option<String>,
+    mode: Option<String>,
+}
+
+/// `proxy.mode`: which kernel interface the proxy programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProxyMode {
+    /// nftables when the kernel answers for nf_tables, else iptables (said once in the log).
+    #[default]
+    Auto,
+    Nftables,
+    /// `iptables-restore` (the legacy variant when installed), for kernels without nf_tables.
+    Iptables,
 }
 
 /// The proxy settings, resolved and checked.
@@ -43,6 +56,8 @@ pub struct ProxyConfig {
     pub services_path: PathBuf,
     /// `proxy.syncPeriod`: how often the whole table is rewritten. Default: `30s`.
     pub sync_period: Duration,
+    /// `proxy.mode`. Default: `auto`.
+    pub mode: ProxyMode,
     /// What the ruleset builder needs to know about this node.
     pub node: ProxyNode,
 }
@@ -70,6 +85,17 @@ impl RawProxy {
         if sync_period.is_zero() {
             return Err(("proxy.syncPeriod", "must be positive".into()));
         }
+        let mode = match self.mode.as_deref() {
+            None | Some("auto") => ProxyMode::Auto,
+            Some("nftables") => ProxyMode::Nftables,
+            Some("iptables") => ProxyMode::Iptables,
+            Some(other) => {
+                return Err((
+                    "proxy.mode",
+                    format!("{other:?}: must be auto, nftables or iptables"),
+                ));
+            }
+        };
         let bit = self.masquerade_bit.unwrap_or(14);
         if bit > 31 {
             return Err(("proxy.masqueradeBit", format!("{bit}: must be 0 to 31")));
@@ -91,6 +117,7 @@ impl RawProxy {
         Ok(ProxyConfig {
             services_path,
             sync_period,
+            mode,
             node,
         })
     }
@@ -115,6 +142,9 @@ mod tests {
         assert_eq!(c.node.cluster_cidrs.len(), 2);
         assert_eq!(c.node.masquerade_bit, 0x4000);
         assert_eq!(c.node.node_name, "node-a");
+        assert_eq!(c.mode, ProxyMode::Auto);
+        assert_eq!(resolve("mode: iptables").unwrap().mode, ProxyMode::Iptables);
+        assert_eq!(resolve("mode: nftables").unwrap().mode, ProxyMode::Nftables);
     }
 
     #[test]
@@ -126,6 +156,9 @@ mod tests {
         let e = resolve("nodeIPs: [127.0.0.1]").unwrap_err();
         assert_eq!(e.0, "proxy");
         assert!(e.1.contains("loopback"), "{}", e.1);
+        let e = resolve("mode: ipvs").unwrap_err();
+        assert_eq!(e.0, "proxy.mode");
+        assert!(e.1.contains("auto, nftables or iptables"), "{}", e.1);
         assert_eq!(
             resolve("masqueradeBit: 32").unwrap_err().0,
             "proxy.masqueradeBit"

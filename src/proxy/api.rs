@@ -18,7 +18,7 @@ use std::time::Instant;
 use async_io::Timer;
 use futures_lite::FutureExt;
 
-use super::apply::Netlink;
+use super::backend::Backend;
 use super::convert::{Feed, Kind, SliceApi};
 use super::run::Proxy;
 use super::state::Event;
@@ -172,12 +172,10 @@ async fn send(
 
 /// Runs the proxy on Services and EndpointSlices from the API server.
 pub async fn run(cfg: ProxyConfig, client: Rc<Client>) {
-    let writer = match Netlink::open() {
+    let writer = match Backend::open(cfg.mode) {
         Ok(w) => w,
         Err(e) => {
-            log::error!(
-                "proxy: cannot open a netfilter netlink socket: {e}; Services are not proxied"
-            );
+            log::error!("proxy: {e}; Services are not proxied");
             return;
         }
     };

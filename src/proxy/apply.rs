@@ -24,6 +24,11 @@ pub trait Writer {
     /// Deletes the UDP conntrack entries translated to `backend`, a backend that went away.
     /// Returns how many there were.
     fn forget_udp_flows(&mut self, backend: std::net::SocketAddr) -> Result<usize, String>;
+
+    /// The iptables fallback renders the proxy's store itself instead of taking operations.
+    fn iptables(&mut self) -> Option<&mut super::iptables_apply::Iptables> {
+        None
+    }
 }
 
 /// The kernel's nf_tables, over netlink, in the caller's network namespace.

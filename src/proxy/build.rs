@@ -129,9 +129,9 @@ pub fn build(services: &[Service], slices: &[EndpointSlice], node: &NodeConfig) 
 
 /// One usable endpoint of one Service port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Backend {
-    addr: SocketAddr,
-    is_local: bool,
+pub(crate) struct Backend {
+    pub(crate) addr: SocketAddr,
+    pub(crate) is_local: bool,
 }
 
 /// The chain names of one Service port.
@@ -633,7 +633,7 @@ fn no_endpoints_verdict(is_local_policy: bool) -> MapVerdict {
 
 /// All endpoints of one Service port in one family, deduplicated by address and port, in
 /// slice-name order. Endpoints that are neither ready nor serving+terminating are kept out.
-fn backends(
+pub(crate) fn backends(
     svc: &Service,
     port: &ServicePort,
     slices: &[&EndpointSlice],
@@ -669,7 +669,7 @@ fn backends(
 }
 
 /// kube-proxy's rule: the ready endpoints; if there are none, the serving+terminating ones.
-fn usable(all: &[(Backend, bool)], only_local: bool) -> Vec<Backend> {
+pub(crate) fn usable(all: &[(Backend, bool)], only_local: bool) -> Vec<Backend> {
     let candidates = all.iter().filter(|(b, _)| !only_local || b.is_local);
     let ready: Vec<Backend> = candidates
         .clone()

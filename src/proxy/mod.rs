@@ -18,17 +18,24 @@
 //! - [`lower`]: the ruleset as nf_tables netlink messages (pure).
 //! - [`source`]: Services and EndpointSlices as events: the standalone `services/` folder.
 //! - [`apply`]: the one file of kernel I/O: a transaction as one atomic netlink batch.
+//! - [`iptables`], [`iptables_text`] (pure) and [`iptables_apply`]: the fallback for kernels without nf_tables:
+//!   the same Services as `iptables-restore` input in kube-proxy's iptables shape, written by
+//!   `iptables-restore --noflush` children; [`backend`]: `proxy.mode` picks one at start.
 //! - [`run`]: the loop on the agent's thread: sources in, transactions out, periodic resync.
 //! - [`convert`] (pure): API objects (v1 and v1beta1 EndpointSlices, core/v1 Endpoints) as the
 //!   proxy's events; [`api`]: Services and EndpointSlices listed and watched from the API server.
 //!
-//! Everything but `api`, `apply`, `run` and `source`'s folder scan is pure: no sockets, no files,
+//! Everything but `api`, `apply`, `backend`, `iptables_apply`, `run` and `source`'s folder scan is pure: no sockets, no files,
 //! no clock.
 
 pub mod api;
 pub mod apply;
+pub mod backend;
 pub mod build;
 pub mod convert;
+pub mod iptables;
+pub mod iptables_apply;
+pub mod iptables_text;
 pub mod lower;
 pub mod model;
 pub mod nft_text;
@@ -50,10 +57,50 @@ pub fn dump(
     slices: &[Value],
     node: &model::NodeConfig,
 ) -> (String, Vec<String>) {
+    let Some((services, slices, mut problems)) = decode(services, slices, node) else {
+        return (
+            String::new(),
+            node.validate()
+                .err()
+                .map(|e| e.to_string())
+                .into_iter()
+                .collect(),
+        );
+    };
+    let built = build::build(&services, &slices, node);
+    problems.extend(built.problems.iter().map(ToString::to_string));
+    (nft_text::render(&built.ruleset), problems)
+}
+
+/// `nanolet proxy dump --mode iptables`: the same, as `iptables-restore` input per family.
+pub fn dump_iptables(
+    services: &[Value],
+    slices: &[Value],
+    node: &model::NodeConfig,
+) -> (String, Vec<String>) {
+    let Some((services, slices, mut problems)) = decode(services, slices, node) else {
+        return (
+            String::new(),
+            node.validate()
+                .err()
+                .map(|e| e.to_string())
+                .into_iter()
+                .collect(),
+        );
+    };
+    let services: Vec<&model::Service> = services.iter().collect();
+    let slices: Vec<&model::EndpointSlice> = slices.iter().collect();
+    let rendered = iptables::render(&services, &slices, node);
+    problems.extend(rendered.problems.iter().map(ToString::to_string));
+    (iptables_text::render_text(&rendered), problems)
+}
+
+/// The valid objects, and one line per invalid one; `None` when the node config is invalid.
+type Decoded = (Vec<model::Service>, Vec<model::EndpointSlice>, Vec<String>);
+
+fn decode(services: &[Value], slices: &[Value], node: &model::NodeConfig) -> Option<Decoded> {
+    node.validate().ok()?;
     let mut problems = Vec::new();
-    if let Err(e) = node.validate() {
-        return (String::new(), vec![e.to_string()]);
-    }
     let services: Vec<model::Service> = services
         .iter()
         .filter_map(|v| {
@@ -72,7 +119,5 @@ pub fn dump(
                 .flatten()
         })
         .collect();
-    let built = build::build(&services, &slices, node);
-    problems.extend(built.problems.iter().map(ToString::to_string));
-    (nft_text::render(&built.ruleset), problems)
+    Some((services, slices, problems))
 }

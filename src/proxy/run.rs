@@ -18,7 +18,8 @@ use std::path::PathBuf;
 use async_io::Timer;
 use futures_lite::FutureExt;
 
-use super::apply::{Netlink, Writer};
+use super::apply::Writer;
+use super::backend::Backend;
 use super::model::{NodeConfig, Protocol};
 use super::ruleset::{Action, Ruleset};
 use super::source::{Snapshot, events, scan_dir};
@@ -73,6 +74,10 @@ impl<W: Writer> Proxy<W> {
     /// Writes what changed (everything when `full`). Returns whether the kernel now holds
     /// the desired ruleset (false while waiting for the sources, or after a refused write).
     pub fn sync(&mut self, full: bool) -> bool {
+        if let Some(ipt) = self.writer.iptables() {
+            let forget = super::iptables_apply::forget_udp_flows;
+            return super::iptables_apply::sync(ipt, &self.state, &self.node, full, forget);
+        }
         if full {
             self.state.forget_applied();
         }
@@ -116,12 +121,10 @@ impl<W: Writer> Proxy<W> {
 
 /// Runs the standalone proxy: Services and EndpointSlices from `cfg.services_path`.
 pub async fn run(cfg: ProxyConfig) {
-    let writer = match Netlink::open() {
+    let writer = match Backend::open(cfg.mode) {
         Ok(w) => w,
         Err(e) => {
-            log::error!(
-                "proxy: cannot open a netfilter netlink socket: {e}; Services are not proxied"
-            );
+            log::error!("proxy: {e}; Services are not proxied");
             return;
         }
     };

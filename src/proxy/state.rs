@@ -179,6 +179,17 @@ impl ProxyState {
             *applied = None;
         }
     }
+
+    /// The Services and EndpointSlices in the store, once both have synced (`None` before):
+    /// the iptables backend renders them itself instead of taking a transaction.
+    pub fn objects(&self) -> Option<(Vec<&Service>, Vec<&EndpointSlice>)> {
+        self.is_synced().then(|| {
+            (
+                self.services.values().collect(),
+                self.slices.values().collect(),
+            )
+        })
+    }
 }
 
 fn key_of(v: &Value) -> String {

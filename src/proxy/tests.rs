@@ -108,7 +108,7 @@ fn http_8080() -> Value {
 // Goldens
 
 /// One Service shape: its objects and the node it is built for.
-fn shape(name: &str) -> (Vec<Service>, Vec<EndpointSlice>, NodeConfig) {
+pub(super) fn shape(name: &str) -> (Vec<Service>, Vec<EndpointSlice>, NodeConfig) {
     let two = || {
         vec![
             ep("10.244.1.5", "node-a", "R"),
@@ -232,7 +232,7 @@ fn shape(name: &str) -> (Vec<Service>, Vec<EndpointSlice>, NodeConfig) {
     }
 }
 
-const SHAPES: &[&str] = &[
+pub(super) const SHAPES: &[&str] = &[
     "clusterip",
     "multi-port",
     "nodeport",
@@ -294,7 +294,7 @@ fn build_is_deterministic_whatever_the_input_order() {
 // Packet flows
 
 /// One ruleset with every shape, each Service at its own clusterIP.
-fn flows_world() -> (Vec<Service>, Vec<EndpointSlice>, NodeConfig) {
+pub(super) fn flows_world() -> (Vec<Service>, Vec<EndpointSlice>, NodeConfig) {
     let np = |port: u16| json!([{ "name": "http", "port": 80, "nodePort": port }]);
     let services = vec![
         svc("web", "10.96.0.10", http(), json!({})),
