@@ -137,7 +137,8 @@ mod tests {
         let mut c = ContainerStatus::new("app", "busybox");
         c.state = ContainerState::Waiting {
             reason: "CrashLoopBackOff".into(),
-            message: "back-off 20s restarting failed container=app pod=crash-edge".into(),
+            message: "back-off 20s restarting failed container=app pod=crash-edge_default(u-1)"
+                .into(),
         };
         c.last_state = Some(Terminated {
             exit_code: 3,

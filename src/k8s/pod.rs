@@ -68,6 +68,13 @@ pub struct ObjectMeta {
     pub self_link: Option<String>,
 }
 
+impl ObjectMeta {
+    /// How kubelet names a pod in messages (its `format.Pod`): `name_namespace(uid)`.
+    pub fn kubelet_ref(&self) -> String {
+        format!("{}_{}({})", self.name, self.namespace, self.uid)
+    }
+}
+
 impl Default for ObjectMeta {
     fn default() -> Self {
         ObjectMeta {

@@ -239,7 +239,8 @@ pub fn phase(restart: RestartPolicy, slots: &[Slot]) -> Phase {
     }
 }
 
-/// The message kubelet shows while a container waits for its back-off.
+/// The waiting message of a container in CrashLoopBackOff, as kubelet writes it; `pod` is
+/// kubelet's `name_namespace(uid)`.
 pub fn backoff_message(delay: Duration, container: &str, pod: &str) -> String {
     format!(
         "back-off {}s restarting failed container={container} pod={pod}",

@@ -335,10 +335,7 @@ pub fn verify_run_as_non_root(
     if !sec.run_as_non_root {
         return Ok(());
     }
-    let pod_name = format!(
-        "{}_{}({})",
-        pod.metadata.name, pod.metadata.namespace, pod.metadata.uid
-    );
+    let pod_name = pod.metadata.kubelet_ref();
     if let Some(uid) = sec.run_as_user {
         if uid == 0 {
             return Err(ConfigError(format!(

@@ -398,7 +398,7 @@ impl Worker {
     }
 
     fn show_backoff(&mut self, i: usize, left: Duration) {
-        let pod = self.pod.metadata.name.clone();
+        let pod = self.pod.metadata.kubelet_ref();
         let slot = &mut self.slots[i];
         if let ContainerState::Terminated(t) = &slot.status.state {
             slot.status.last_state = Some(t.clone());
