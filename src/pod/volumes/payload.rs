@@ -93,10 +93,19 @@ pub fn payload(source: Source, i: &Inputs) -> Result<Option<Payload>, String> {
                     }
                 } else if let Some(d) = &s.downward_api {
                     downward(&mut out, &d.items, mode, i)?;
-                } else if s.service_account_token.is_some() {
-                    return Err(
-                        "serviceAccountToken projections need the API server (not yet in nanolet)"
-                            .into(),
+                } else if let Some(t) = &s.service_account_token {
+                    let t = crate::k8s::volume::TokenProjection::of(t);
+                    let token = i.objects.service_account_token(
+                        i.pod,
+                        &t.audience,
+                        t.expiration_seconds,
+                    )?;
+                    out.insert(
+                        t.path,
+                        FileProjection {
+                            data: token.into_bytes(),
+                            mode: mode as u32,
+                        },
                     );
                 } else {
                     return Err("this projection needs the API server (not in nanolet)".into());
