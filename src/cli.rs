@@ -293,6 +293,7 @@ fn run(command: Command, config_dir: &Path) -> Result<(), Box<dyn std::error::Er
                 let mut options = pull_options(config_dir, &cfg, &reference)?;
                 if credentials_stdin {
                     options.credentials = Some(credentials_from_stdin()?);
+                    options.credentials_origin = "the pod's imagePullSecrets";
                 }
                 let report = |digest: &crate::image::digest::Digest, done: u64, total: u64| {
                     let layer = digest.clone();
@@ -385,6 +386,7 @@ fn pull_options(
         platform: crate::image::Platform::host(),
         insecure_registries: cfg.insecure_registries.clone(),
         credentials: crate::image::pull::credentials_in(config_dir, &r.domain)?,
+        credentials_origin: "config.json",
         retry: Default::default(),
     })
 }
