@@ -14,13 +14,20 @@
 //!
 //! Nothing destructive happens before the first full scan: a container whose pod is no longer
 //! desired is stopped only after the manifests folder has been read completely once.
+//!
+//! This file is the wiring and the main loop; the chores live beside it: `api_link` (joining
+//! a cluster: the API pod source and the tasks it spawns), `images` (re-import, image GC),
+//! `leftovers` (what the last boot or the last nanolet left behind).
+
+mod api_link;
+mod images;
+mod leftovers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::process::Command as ProcessCommand;
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_executor::LocalExecutor;
 use async_io::Timer;
@@ -29,27 +36,20 @@ use futures_lite::{FutureExt, StreamExt};
 
 use crate::config::{self, NodeConfig};
 use crate::ctl::ps::SNAPSHOT_FILE;
-use crate::image::gc::{self, Thresholds, UseLog};
-use crate::image::{Image, ImageStore};
+use crate::image::ImageStore;
+use crate::image::gc::UseLog;
 use crate::k8s::Pod;
 use crate::pod::backoff::BackoffPolicy;
 use crate::pod::board::Board;
-use crate::pod::config::ANNOTATION_POD_UID;
 use crate::pod::status::SourceError;
 use crate::pod::worker::{self, Adopted, Command, Context, Handle};
-use crate::report::{self, status::NodeFacts};
-use crate::runtime::bundle::Bundle;
 use crate::runtime::runc::Runc;
 use crate::runtime::spec::HostLimits;
-use crate::source::api::client::PodApi;
-use crate::source::api::set::Terminating;
-use crate::source::api::{ApiPods, confirm_deletion};
 use crate::source::{self, StaticPodSet, watch::DirWatch};
-use crate::state::pods::PodStore;
 use crate::state::{self, boot};
 use crate::sys::reaper::Reaper;
-use crate::sys::sandbox::Sandbox;
-use crate::sys::{cgroup, process};
+use api_link::ApiLink;
+use leftovers::clear_stale_state;
 
 /// Why the agent could not start.
 #[derive(Debug)]
@@ -164,64 +164,10 @@ pub fn run(config_dir: &Path) -> Result<(), Error> {
     let mut agent = Agent::new(ctx.clone(), config_dir.to_path_buf(), pulled_rx);
     if let Some(api) = api {
         // Pods bound to this node by the API server run beside the static pods.
-        let client = api.client();
-        let facts_client = client.clone();
-        let facts = Rc::new(move || NodeFacts {
-            host_ip: facts_client.local_ip().map(|ip| ip.to_string()),
-        });
-        agent.proxy_api = Some(client.clone());
-        agent.connect_api(client, facts);
-        // The API tasks never hold up pods: they start beside them and only log their trouble.
-        let ctx = ctx.clone();
-        executor
-            .spawn(async move {
-                let version = ctx.runc.version().await.unwrap_or_else(|e| {
-                    log::warn!("runc --version: {e}");
-                    "unknown".into()
-                });
-                api.run(version).await;
-            })
-            .detach();
+        agent.join_cluster(api);
     }
     async_io::block_on(executor.run(agent.run(stop_signals)));
     Ok(())
-}
-
-/// After a reboot nothing of the last boot runs: remove its bundles, runc state, namespace
-/// files and writable layers (the run dir may not be on tmpfs in every setup).
-fn clear_stale_state(config: &NodeConfig) {
-    let pods = config.run_dir.join("pods");
-    if let Ok(entries) = std::fs::read_dir(&pods) {
-        for entry in entries.flatten() {
-            let _ = Sandbox {
-                dir: entry.path().join("ns"),
-                host_network: false,
-            }
-            .destroy();
-        }
-    }
-    if let Ok(entries) = std::fs::read_dir(config.run_dir.join("containers")) {
-        for entry in entries.flatten() {
-            let _ = crate::sys::mount::unmount(&entry.path().join("rootfs"));
-        }
-    }
-    // Volumes' tmpfs and subPath binds belong to the last boot; emptyDir content on disk
-    // stays for the pod's next start, as kubelet keeps it.
-    let _ = crate::sys::volume_mount::unmount_below(&config.data_dir.join("pods"));
-    for dir in [
-        pods,
-        config.run_dir.join("containers"),
-        config.data_dir.join("containers"),
-    ] {
-        if let Err(e) = state::remove_tree(&dir) {
-            log::warn!("removing stale {}: {e}", dir.display());
-        }
-    }
-    if let Ok(entries) = std::fs::read_dir(&config.runc_root) {
-        for entry in entries.flatten() {
-            let _ = state::remove_tree(&entry.path());
-        }
-    }
 }
 
 /// What this host lets a container ask for (see the runtime spec's clamping).
@@ -270,13 +216,6 @@ struct Agent {
     proxy_api: Option<Rc<crate::api::Client>>,
 }
 
-/// The agent's side of the API pod source (see [`crate::source::api`]).
-struct ApiLink {
-    pods: Rc<ApiPods>,
-    /// Starts the final DELETE of a terminated pod (on a task of its own).
-    confirm: Rc<dyn Fn(Terminating)>,
-}
-
 impl Agent {
     fn new(
         ctx: Rc<Context>,
@@ -300,52 +239,6 @@ impl Agent {
             api: None,
             proxy_api: None,
         }
-    }
-
-    /// Makes this agent a node of a cluster: pods bound to it by the API server run next to the
-    /// static pods (stored ones at once, before the API server answers), their status is
-    /// reported, static pods get mirror pods. `facts` tells the node's host IP.
-    fn connect_api<A: PodApi + 'static>(&mut self, api: Rc<A>, facts: Rc<dyn Fn() -> NodeFacts>) {
-        let cfg = self.config();
-        let store = match PodStore::open(&cfg.data_dir.join("api-pods")) {
-            Ok(store) => store,
-            Err(e) => {
-                log::error!(
-                    "pod store {}: {e}; API pods are not run",
-                    cfg.data_dir.display()
-                );
-                return;
-            }
-        };
-        let pods = Rc::new(ApiPods::new(
-            cfg.node_name.clone(),
-            store,
-            self.reconcile_tx.clone(),
-        ));
-        let executor = &self.ctx.executor;
-        executor
-            .spawn(crate::source::api::run_watch(api.clone(), pods.clone()))
-            .detach();
-        executor
-            .spawn(report::sync::run_status(
-                api.clone(),
-                self.ctx.board.clone(),
-                pods.clone(),
-                facts,
-            ))
-            .detach();
-        executor
-            .spawn(report::sync::run_mirrors(api.clone(), pods.clone()))
-            .detach();
-        let confirm_pods = pods.clone();
-        let confirm_executor = executor.clone();
-        let confirm = Rc::new(move |t: Terminating| {
-            let (api, pods) = (api.clone(), confirm_pods.clone());
-            confirm_executor
-                .spawn(async move { confirm_deletion(&*api, &pods, t).await })
-                .detach();
-        });
-        self.api = Some(ApiLink { pods, confirm });
     }
 
     fn config(&self) -> &NodeConfig {
@@ -604,287 +497,12 @@ impl Agent {
             }
         }
     }
-
-    /// Containers under nanolet's runc root, by pod uid, with their records.
-    async fn adoptable(&self) -> BTreeMap<String, Vec<Adopted>> {
-        let mut by_pod: BTreeMap<String, Vec<Adopted>> = BTreeMap::new();
-        let list = match self.ctx.runc.list().await {
-            Ok(list) => list,
-            Err(e) => {
-                log::error!("listing containers to adopt: {e}");
-                return by_pod;
-            }
-        };
-        for state in list {
-            let bundle = Bundle {
-                id: state.id.clone(),
-                dir: state.bundle.clone(),
-                layer: PathBuf::new(),
-            };
-            let uid = state
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(ANNOTATION_POD_UID))
-                .cloned();
-            match (uid, bundle.read_record()) {
-                (Some(uid), Ok(record)) if record.pod_uid == uid => by_pod
-                    .entry(uid)
-                    .or_default()
-                    .push(Adopted { record, state }),
-                _ => {
-                    log::warn!(
-                        "container {}: not nanolet's or its record is missing; removing it",
-                        state.id
-                    );
-                    let _ = self.ctx.runc.delete(&state.id).await;
-                }
-            }
-        }
-        by_pod
-    }
-
-    /// Stops containers whose pod is no longer desired (removed while nanolet was away), and
-    /// removes pod folders nothing uses.
-    fn stop_orphans(&self, orphans: BTreeMap<String, Vec<Adopted>>) {
-        let ctx = self.ctx.clone();
-        let live: std::collections::HashSet<String> = self.workers.keys().cloned().collect();
-        // All orphan pods stop at once, each as its spec said (recorded with each container).
-        let stops: Vec<_> = orphans
-            .into_iter()
-            .map(|(uid, containers)| {
-                self.ctx
-                    .executor
-                    .spawn(stop_orphan(ctx.clone(), uid, containers))
-            })
-            .collect();
-        self.ctx
-            .executor
-            .spawn(async move {
-                for stop in stops {
-                    stop.await;
-                }
-                remove_unused_pod_dirs(&ctx, &live);
-            })
-            .detach();
-    }
-
-    /// Imports `images/` again when its listing changed (names, sizes, times), in a child process.
-    async fn import_images_if_changed(&mut self) {
-        let dir = self.config().images_path.clone();
-        let signature = dir_signature(&dir);
-        if signature == self.images_signature {
-            return;
-        }
-        self.images_signature = signature;
-        if self.images_signature.is_empty() {
-            return;
-        }
-        let mut cmd = ProcessCommand::new(&self.ctx.exe);
-        cmd.arg("internal-import")
-            .arg("--config-dir")
-            .arg(&self.config_dir);
-        match process::output(&self.ctx.reaper, cmd).await {
-            Ok(out) => {
-                for line in String::from_utf8_lossy(&out.stdout).lines() {
-                    log::info!("images: {line}");
-                }
-                for line in String::from_utf8_lossy(&out.stderr).lines() {
-                    log::warn!("images: {line}");
-                }
-            }
-            Err(e) => log::error!("importing images from {}: {e}", dir.display()),
-        }
-        self.tell_images_changed();
-    }
-
-    fn tell_images_changed(&self) {
-        for handle in self.workers.values() {
-            let _ = handle.commands.try_send(Command::ImagesChanged);
-        }
-    }
-
-    /// Image GC, as kubelet does it (see [`gc`]): decides now, removes in `nanolet rmi`
-    /// children on a task of its own. One round at a time.
-    fn collect_images(&mut self) {
-        if self.image_gc.as_ref().is_some_and(|t| !t.is_finished()) {
-            return;
-        }
-        let cfg = self.config();
-        let thresholds = Thresholds {
-            high_percent: cfg.image_gc_high_threshold_percent,
-            low_percent: cfg.image_gc_low_threshold_percent,
-            minimum_age: cfg.image_minimum_gc_age,
-        };
-        if thresholds.high_percent >= 100 {
-            return; // imageGCHighThresholdPercent: 100 disables image GC.
-        }
-        let store_dir = cfg.data_dir.join("images");
-        let images = match self.ctx.images.list() {
-            Ok(images) => images,
-            Err(e) => return log::warn!("image gc: listing images: {e}"),
-        };
-        let in_use = self.images_in_use(&images);
-        let now = unix_now();
-        // Every tick, so an image's first detection is known before the disk fills up.
-        let candidates = self.ctx.images_used.borrow_mut().candidates(
-            images
-                .iter()
-                .map(|i| (i.manifest_digest.to_string(), i.names.clone(), i.size)),
-            &in_use,
-            now,
-        );
-        let usage = match gc::disk_usage(&store_dir) {
-            Ok(usage) => usage,
-            Err(e) => return log::warn!("image gc: {e}"),
-        };
-        let Some(plan) = gc::plan(usage, &candidates, now, &thresholds) else {
-            self.image_gc_stuck = false;
-            return;
-        };
-        let why = format!(
-            "disk of {} is {}% used (imageGCHighThresholdPercent {}%); freeing {} to reach {}%",
-            store_dir.display(),
-            plan.used_percent,
-            thresholds.high_percent,
-            gc::mib(plan.bytes_to_free),
-            thresholds.low_percent
-        );
-        if plan.remove.is_empty() {
-            // Once per episode: the tick comes back every fileCheckFrequency.
-            if !std::mem::replace(&mut self.image_gc_stuck, true) {
-                log::warn!("image gc: {why}: no unused image is old enough to remove");
-            }
-            return;
-        }
-        self.image_gc_stuck = false;
-        log::info!("image gc: {why}: removing {} image(s)", plan.remove.len());
-        if plan.shortfall > 0 {
-            log::warn!(
-                "image gc: removing every unused image old enough still leaves {} to free",
-                gc::mib(plan.shortfall)
-            );
-        }
-        let ctx = self.ctx.clone();
-        let config_dir = self.config_dir.clone();
-        self.image_gc = Some(self.ctx.executor.spawn(async move {
-            for image in plan.remove {
-                remove_image(&ctx, &config_dir, &image, now).await;
-            }
-        }));
-    }
-
-    /// The images (by manifest digest) a container of a pod nanolet runs, stops or wants to
-    /// run uses: by the references in the desired pods and the pods on the board, and by the
-    /// image IDs of the containers on the board.
-    fn images_in_use(&self, images: &[Image]) -> std::collections::HashSet<String> {
-        let snapshot = self.ctx.board.snapshot(0, "", 0);
-        let statuses = snapshot.pods.iter().flat_map(|p| {
-            p.init_container_statuses
-                .iter()
-                .chain(&p.container_statuses)
-        });
-        let mut references: std::collections::BTreeSet<&str> = self
-            .set
-            .desired()
-            .into_iter()
-            .flat_map(|pod| pod.spec.init_containers.iter().chain(&pod.spec.containers))
-            .map(|c| c.image.as_str())
-            .collect();
-        let mut image_ids = std::collections::HashSet::new();
-        for s in statuses {
-            references.insert(s.image.as_str());
-            if !s.image_id.is_empty() {
-                image_ids.insert(s.image_id.as_str());
-            }
-        }
-        let mut in_use: std::collections::HashSet<String> = images
-            .iter()
-            .filter(|i| image_ids.contains(i.config_digest.to_string().as_str()))
-            .map(|i| i.manifest_digest.to_string())
-            .collect();
-        for reference in references {
-            if let Ok(Some(image)) = self.ctx.images.resolve(reference) {
-                in_use.insert(image.manifest_digest.to_string());
-            }
-        }
-        in_use
-    }
-}
-
-/// Removes one image chosen by image GC, in a `nanolet rmi` child (removal deletes trees).
-async fn remove_image(ctx: &Context, config_dir: &Path, image: &gc::Candidate, now: i64) {
-    let name = image.names.first().unwrap_or(&image.id);
-    if ctx.images_used.borrow().is_used_since(&image.id, now) {
-        return log::info!("image gc: keeping image {name}: a container started with it just now");
-    }
-    log::info!(
-        "image gc: removing image {name} ({}, unused for {}s)",
-        gc::mib(image.size),
-        now - image.last_used
-    );
-    let mut cmd = ProcessCommand::new(&ctx.exe);
-    cmd.arg("rmi")
-        .arg("--config-dir")
-        .arg(config_dir)
-        .arg(&image.id);
-    match process::output(&ctx.reaper, cmd).await {
-        Ok(out) if out.is_success() => {}
-        Ok(out) => log::warn!("image gc: removing image {name}: {}", out.stderr_tail()),
-        Err(e) => log::warn!("image gc: removing image {name}: running rmi: {e}"),
-    }
 }
 
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// Stops the containers of a pod that no manifest defines any more: stop signal, grace period,
-/// then `runc delete --force` (SIGKILL).
-async fn stop_orphan(ctx: Rc<Context>, uid: String, containers: Vec<Adopted>) {
-    log::info!(
-        "pod uid {uid}: no manifest defines it any more; stopping its {} container(s)",
-        containers.len()
-    );
-    for a in &containers {
-        if let Err(e) = ctx.runc.kill(&a.state.id, &a.record.stop_signal).await {
-            log::warn!("pod uid {uid}: {e}");
-        }
-    }
-    let grace = containers
-        .iter()
-        .map(|a| a.record.grace_period_seconds)
-        .max()
-        .unwrap_or(0);
-    let deadline = Instant::now() + Duration::from_secs(grace);
-    for a in &containers {
-        // Not our children (an earlier nanolet started them): a pidfd tells their end.
-        let exited = async {
-            let _ = crate::sys::reaper::wait_foreign(a.state.pid).await;
-        };
-        exited
-            .or(async {
-                Timer::at(deadline).await;
-            })
-            .await;
-        if let Err(e) = ctx.runc.delete(&a.state.id).await {
-            log::warn!("pod uid {uid}: {e}");
-        }
-        let layer = ctx.config.data_dir.join("containers").join(&a.state.id);
-        let bundle = Bundle {
-            id: a.state.id.clone(),
-            dir: a.state.bundle.clone(),
-            layer,
-        };
-        if let Err(e) = bundle.remove() {
-            log::warn!("pod uid {uid}: removing {}: {e}", bundle.dir.display());
-        }
-        log::info!(
-            "pod uid {uid}: container {} stopped and removed",
-            a.state.id
-        );
-    }
 }
 
 enum Wake {
@@ -896,61 +514,6 @@ enum Wake {
     Stop,
     /// SIGUSR1 (`nanolet shutdown`): the node goes down; stop every pod first.
     Shutdown,
-}
-
-fn dir_signature(dir: &Path) -> Vec<(String, u64, i64)> {
-    use std::os::unix::fs::MetadataExt;
-    let mut sig: Vec<_> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| {
-                    e.metadata().ok().map(|m| {
-                        (
-                            e.file_name().to_string_lossy().into_owned(),
-                            m.size(),
-                            m.mtime(),
-                        )
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    sig.sort();
-    sig
-}
-
-fn remove_unused_pod_dirs(ctx: &Context, live: &std::collections::HashSet<String>) {
-    // Volumes (in the data dir) of pods that are gone.
-    if let Ok(entries) = std::fs::read_dir(ctx.config.data_dir.join("pods")) {
-        for entry in entries.flatten() {
-            let uid = entry.file_name().to_string_lossy().into_owned();
-            if !live.contains(&uid) {
-                let volumes = crate::pod::volumes::PodVolumes::new(&ctx.config.data_dir, &uid);
-                if let Err(e) = volumes.tear_down() {
-                    log::warn!("removing volumes of gone pod {uid}: {e}");
-                }
-            }
-        }
-    }
-    let Ok(entries) = std::fs::read_dir(ctx.config.run_dir.join("pods")) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let uid = entry.file_name().to_string_lossy().into_owned();
-        if live.contains(&uid) {
-            continue;
-        }
-        let _ = Sandbox {
-            dir: entry.path().join("ns"),
-            host_network: false,
-        }
-        .destroy();
-        for relative in crate::pod::resources::pod_cgroup_paths(&ctx.config.cgroup_parent, &uid) {
-            let _ = cgroup::remove(Path::new(cgroup::CGROUP_ROOT), &relative);
-        }
-        let _ = state::remove_tree(&entry.path());
-    }
 }
 
 fn write_snapshot(ctx: &Context) {

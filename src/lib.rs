@@ -27,7 +27,8 @@
 //! - [`runtime`]: containers: OCI `config.json` generation (pure), bundles and rootfs mounts,
 //!   the `runc` driver, CRI-format logs.
 //! - [`pod`]: pod lifecycle with kubelet's semantics: the per-container state machine, restart
-//!   back-off (pure), and the pod worker that drives the runtime.
+//!   back-off and the Events of each transition (pure), and the pod worker that drives the
+//!   runtime.
 //! - [`prober`]: probe and hook I/O: exec (runc exec), httpGet, tcpSocket, grpc; one file each.
 //! - [`net`]: pod networking: the built-in bridge (rtnetlink) with host-local style IPAM, CNI
 //!   plugins, hostPorts, and each pod's resolv.conf and hosts file (pure parts apart).

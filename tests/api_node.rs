@@ -361,6 +361,7 @@ fn container_starts_become_events_and_repeats_count_up() {
             .method
             == "PATCH"
             && r.path.contains("/events/")
+            && r.body["message"] == "Started container app"
             && r.body["count"] == 2)),
         "{}",
         node.agent_log()
@@ -368,7 +369,11 @@ fn container_starts_become_events_and_repeats_count_up() {
     let requests = server.requests();
     let created = requests
         .iter()
-        .find(|r| r.method == "POST" && r.path == "/api/v1/namespaces/default/events")
+        .find(|r| {
+            r.method == "POST"
+                && r.path == "/api/v1/namespaces/default/events"
+                && r.body["reason"] == "Started"
+        })
         .unwrap();
     assert_eq!(created.status, 201);
     let event = &created.body;

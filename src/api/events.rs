@@ -1,5 +1,7 @@
 //! Kubernetes Events (`v1` Event) for what users look for in `kubectl describe pod`: Pulling,
-//! Pulled, Created, Started, Killing, BackOff, Unhealthy, FailedMount.
+//! Pulled, Created, Started, Killing, BackOff, Unhealthy, FailedMount. Which event a pod's
+//! transition makes, and its words, is decided in [`crate::pod::events`] (pure); this module
+//! only queues, correlates and sends.
 //!
 //! ```text
 //!  pod code ── Recorder::record() ──► bounded channel ──► run(): Correlator::observe() ──► POST / PATCH

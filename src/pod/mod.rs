@@ -4,6 +4,7 @@
 //! - [`backoff`] (pure): CrashLoopBackOff timing.
 //! - [`probe`] (pure): liveness, readiness and startup probes of a container: when, and what
 //!   a run of results means (ready, started, kill).
+//! - [`events`] (pure): which Kubernetes Event each transition makes, in kubelet's words.
 //! - [`status`]: Kubernetes-shaped pod and container status, and the snapshot `ps` reads.
 //! - [`config`] (pure): a container of a Pod plus its image → the runtime configuration.
 //! - [`resources`] (pure): QoS class, cgroup values, `oom_score_adj`, `resourceFieldRef`.
@@ -18,6 +19,7 @@
 pub mod backoff;
 pub mod board;
 pub mod config;
+pub mod events;
 pub mod images;
 pub mod lifecycle;
 pub mod probe;

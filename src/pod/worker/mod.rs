@@ -32,11 +32,13 @@ use futures_lite::{AsyncReadExt, FutureExt};
 use super::backoff::BackoffPolicy;
 use super::board::Board;
 use super::config::{self, Addresses, PodFiles};
+use super::events::{self, Transition};
 use super::images::{self, PullAction, Puller};
 use super::lifecycle::{self, RestartPolicy, Slot};
 use super::resources::{PodResources, QosClass};
 use super::status::{Condition, ContainerState, Phase, PodIp, PodStatus, Terminated};
 use super::volumes::{self, PodVolumes};
+use crate::api::events::ObjectRef;
 use crate::config::NodeConfig;
 use crate::image::gc::UseLog;
 use crate::image::{Image, ImageStore};
@@ -246,17 +248,17 @@ impl Worker {
         k8s::pod_full_name(&self.pod)
     }
 
-    /// Records a Kubernetes Event about this pod (or one of its containers).
-    fn record_event(
-        &self,
-        container: Option<&str>,
-        event_type: crate::api::events::EventType,
-        reason: &str,
-        message: String,
-    ) {
-        let m = &self.pod.metadata;
-        let object = crate::api::events::ObjectRef::pod(&m.namespace, &m.name, &m.uid, container);
-        self.ctx.events.record(&object, event_type, reason, message);
+    /// Records the Events kubelet records for transition `t` of container slot `i` (which
+    /// ones is decided in [`events`], pure; the recorder's task sends them).
+    fn record(&self, i: usize, t: &Transition<'_>) {
+        let slot = &self.slots[i];
+        for e in events::events(&slot.status.name, t) {
+            let container = e.about_container.then_some(&*slot.status.name);
+            let object = event_object(&self.pod, container, slot.is_init);
+            self.ctx
+                .events
+                .record(&object, e.event_type, e.reason, e.message);
+        }
     }
 
     fn container(&self, slot: usize) -> &k8s::Container {
@@ -423,10 +425,21 @@ impl Worker {
             slot.status.last_state = Some(t.clone());
         }
         let delay = slot.backoff.delay().unwrap_or(left);
+        let entering = !matches!(&slot.status.state,
+            ContainerState::Waiting { reason, .. } if reason == "CrashLoopBackOff");
         slot.status.state = ContainerState::Waiting {
             reason: "CrashLoopBackOff".to_string(),
             message: lifecycle::backoff_message(delay, &slot.status.name, &pod),
         };
+        if entering {
+            let m = &self.pod.metadata;
+            let transition = Transition::BackOff {
+                namespace: &m.namespace,
+                pod: &m.name,
+                uid: &m.uid,
+            };
+            self.record(i, &transition);
+        }
     }
 
     fn create_error(&mut self, i: usize, reason: &str, message: String) {
@@ -435,6 +448,17 @@ impl Worker {
             self.name(),
             self.slots[i].status.name
         );
+        // The container keeps waiting as ContainerCreating while a volume cannot be set up.
+        let transition = match reason {
+            "ContainerCreating" => Transition::MountFailed { message: &message },
+            "CreatePodSandboxError" => Transition::SandboxFailed { message: &message },
+            _ => Transition::CreateFailed {
+                image: &self.container(i).image,
+                reason,
+                message: &message,
+            },
+        };
+        self.record(i, &transition);
         self.slots[i].record_create_error(reason, message, Instant::now());
     }
 
@@ -506,6 +530,17 @@ impl Worker {
         }
         self.ctx.board.publish(status);
     }
+}
+
+/// The `involvedObject` of an event about `pod`, or about one of its containers
+/// (`spec.containers{app}`, `spec.initContainers{setup}`).
+fn event_object(pod: &Pod, container: Option<&str>, is_init: bool) -> ObjectRef {
+    let m = &pod.metadata;
+    let mut object = ObjectRef::pod(&m.namespace, &m.name, &m.uid, container);
+    if let Some(name) = container.filter(|_| is_init) {
+        object.field_path = format!("spec.initContainers{{{name}}}");
+    }
+    object
 }
 
 /// Copies a container's stdout and stderr into its CRI log file until both reach end-of-file.

@@ -18,6 +18,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use super::*;
+use crate::api::events::Recorder;
 use crate::k8s::probe::{Action, ProbeKind, Timing};
 use crate::pod::probe::{ContainerProbes, Effect, Outcome};
 use crate::prober::{self, Target};
@@ -34,6 +35,8 @@ pub(super) enum Verdict {
     Kill {
         message: String,
         grace_seconds: Option<u64>,
+        /// The probe that failed; `None`: the postStart hook did.
+        probe: Option<ProbeKind>,
     },
 }
 
@@ -139,6 +142,9 @@ impl Worker {
                 events: self.events.clone(),
                 slot: i,
                 label: format!("pod {}: container {:?}", self.name(), c.name),
+                recorder: self.ctx.events.clone(),
+                object: event_object(&self.pod, Some(&c.name), self.slots[i].is_init),
+                container: c.name.clone(),
             };
             self.ctx.executor.spawn(run.run(plan, machine))
         });
@@ -175,7 +181,12 @@ impl Worker {
             Verdict::Kill {
                 message,
                 grace_seconds,
+                probe,
             } => {
+                if let Some(kind) = probe {
+                    let restarts = self.restart != RestartPolicy::Never;
+                    self.record(i, &Transition::ProbeKill { kind, restarts });
+                }
                 let name = self.slots[i].status.name.clone();
                 log::warn!(
                     "pod {}: container {name:?}: {message}; killing it (restartPolicy decides a restart)",
@@ -260,6 +271,10 @@ struct ProbeTask {
     events: async_channel::Sender<Event>,
     slot: usize,
     label: String,
+    /// Where this container's Unhealthy and FailedPostStartHook events go.
+    recorder: Recorder,
+    object: ObjectRef,
+    container: String,
 }
 
 impl ProbeTask {
@@ -272,6 +287,14 @@ impl ProbeTask {
                 verdict,
             })
             .await;
+    }
+
+    /// Records the Events of transition `t` of this container (see [`events`]).
+    fn record(&self, t: &Transition<'_>) {
+        for e in events::events(&self.container, t) {
+            self.recorder
+                .record(&self.object, e.event_type, e.reason, e.message);
+        }
     }
 
     /// `pid_file`: one per concurrent exec (probes of different kinds run at once).
@@ -291,9 +314,11 @@ impl ProbeTask {
             let pid_file = self.dir.join("post-start.pid");
             let target = self.target(&pid_file);
             if let Err(e) = Box::pin(prober::run(hook, &target, HOOK_TIMEOUT)).await {
+                self.record(&Transition::PostStartFailed { output: &e });
                 self.send(Verdict::Kill {
                     message: format!("FailedPostStartHook: {e}"),
                     grace_seconds: None,
+                    probe: None,
                 })
                 .await;
                 return;
@@ -339,6 +364,7 @@ impl ProbeTask {
                     Ok(()) => Outcome::Success,
                     Err(e) => {
                         log::debug!("{}: {} probe failed: {e}", self.label, kind.word());
+                        self.record(&Transition::Unhealthy { kind, output: &e });
                         Outcome::Failure(e)
                     }
                 };
@@ -346,11 +372,12 @@ impl ProbeTask {
                     Some(Effect::Kill {
                         message,
                         grace_seconds,
-                        ..
+                        kind,
                     }) => {
                         self.send(Verdict::Kill {
                             message,
                             grace_seconds,
+                            probe: Some(kind),
                         })
                         .await;
                         return;

@@ -39,7 +39,7 @@ struct Limits {
     security: Security,
     seccomp: Option<serde_json::Value>,
 }
-use crate::api::events::{EventType, reason};
+use crate::pod::events::Transition;
 
 impl Worker {
     /// Container `c`'s resources and security, the user it runs as, and its pod's cgroup
@@ -141,7 +141,12 @@ impl Worker {
         };
         let present = lookup(&self.ctx)?;
         let image = match images::decide(c.image_pull_policy(), present.is_some()) {
-            PullAction::Use => present,
+            PullAction::Use => {
+                if present.is_some() {
+                    self.record(i, &Transition::AlreadyPresent { image: &c.image });
+                }
+                present
+            }
             PullAction::Missing => None,
             PullAction::Pull { fallback } => {
                 self.slots[i].status.state = ContainerState::Waiting {
@@ -153,8 +158,30 @@ impl Worker {
                 for note in &notes {
                     log::warn!("pod {}: {note}", self.name());
                 }
-                match self.pull_showing_progress(i, &c.image, credentials).await {
-                    Ok(()) => lookup(&self.ctx)?,
+                self.record(i, &Transition::Pulling { image: &c.image });
+                let began = Instant::now();
+                let pulled = self.pull_showing_progress(i, &c.image, credentials).await;
+                if let Err(error) = &pulled {
+                    let image = &c.image;
+                    self.record(i, &Transition::PullFailed { image, error });
+                }
+                match pulled {
+                    Ok(()) => {
+                        let found = lookup(&self.ctx)?;
+                        if let Some(image) = &found {
+                            // One pull per reference at a time: a pull this worker joined
+                            // counts from when it asked, as kubelet's "including waiting".
+                            let took = began.elapsed();
+                            let transition = Transition::Pulled {
+                                image: &c.image,
+                                pull: took,
+                                total: took,
+                                size: image.size,
+                            };
+                            self.record(i, &transition);
+                        }
+                        found
+                    }
                     Err(e) if fallback => {
                         log::warn!(
                             "pod {}: container {:?}: pulling {:?} failed ({e}); using the image already in the store",
@@ -413,12 +440,7 @@ impl Worker {
                     self.name(),
                     c.name
                 );
-                self.record_event(
-                    Some(&c.name),
-                    EventType::Normal,
-                    reason::STARTED,
-                    format!("Started container {}", c.name),
-                );
+                self.record(i, &Transition::Started);
                 let record = Record {
                     pod_uid: self.pod.metadata.uid.clone(),
                     container: c.name.clone(),
@@ -460,12 +482,8 @@ impl Worker {
             }
             Err(e) => {
                 log::warn!("pod {}: container {:?}: {e}", self.name(), c.name);
-                self.record_event(
-                    Some(&c.name),
-                    EventType::Warning,
-                    reason::FAILED,
-                    format!("Error: {e}"),
-                );
+                let error = e.to_string();
+                self.record(i, &Transition::StartFailed { error: &error });
                 let _ = self.ctx.runc.delete(&id).await;
                 let _ = bundle.remove();
                 let now_wall = unix_now();

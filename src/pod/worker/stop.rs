@@ -123,13 +123,7 @@ impl Worker {
         for i in 0..self.running.len() {
             self.probing[i] = None;
             if self.running[i].is_some() {
-                let name = self.container(i).name.clone();
-                self.record_event(
-                    Some(&name),
-                    crate::api::events::EventType::Normal,
-                    crate::api::events::reason::KILLING,
-                    format!("Stopping container {name}"),
-                );
+                self.record(i, &crate::pod::events::Transition::Stopping);
             }
             if let Some(kill) = self.kill_task(i, grace) {
                 self.ctx.executor.spawn(kill).detach();
