@@ -345,11 +345,11 @@ impl ApiObjects {
         let now = unix_now();
         let current = self.tokens.borrow().get(key).cloned();
         let current = current.or_else(|| self.load_token(key).map(Ok));
-        if let Some(Ok(t)) = &current {
-            if !token_due(t, now) {
-                self.tokens.borrow_mut().insert(key.clone(), Ok(t.clone()));
-                return;
-            }
+        if let Some(Ok(t)) = &current
+            && !token_due(t, now)
+        {
+            self.tokens.borrow_mut().insert(key.clone(), Ok(t.clone()));
+            return;
         }
         if let Some(at) = self.token_errors.borrow().get(key)
             && at.elapsed() < ERROR_RETRY
