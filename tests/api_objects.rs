@@ -234,7 +234,10 @@ fn config_maps_secrets_and_tokens_from_the_api_fill_volumes_and_env_and_follow_e
     let kept = node.path("state/data/api-objects");
     let mode = fs::metadata(&kept).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
-    let copy = fs::read_to_string(kept.join("secrets/default_creds.json")).unwrap();
+    let copy_path = kept.join("secrets/default_creds.json");
+    let mode = fs::metadata(&copy_path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let copy = fs::read_to_string(&copy_path).unwrap();
     assert!(copy.contains(&b64("correct-horse")), "{copy}");
 
     // The pod goes: its tokens' copies go with it.

@@ -13,7 +13,7 @@
 //! unless the reference is optional) and is asked again at the next need; an `immutable` object
 //! is never fetched again; a token is requested again when 80 % of its lifetime has passed or
 //! it is 24 h old. Edge autonomy: every object and token fetched is kept in
-//! `<dataDir>/api-objects/` (atomic writes, the folder 0700: it holds Secrets), loaded when the
+//! `<dataDir>/api-objects/` (atomic writes, files 0600 in a 0700 folder: it holds Secrets), loaded when the
 //! agent starts without the API server, and used while the API server cannot be reached; a
 //! failed fetch is retried at most every [`ERROR_RETRY`] so an outage does not slow every start.
 //!
@@ -481,7 +481,7 @@ impl ApiObjects {
         let path = self.path(key);
         let written = self.ensure_dir(key.kind.folder()).and_then(|_| {
             let bytes = serde_json::to_vec(raw).map_err(std::io::Error::other)?;
-            crate::state::write_atomic(&path, &bytes)
+            crate::state::write_atomic_mode(&path, &bytes, 0o600)
         });
         if let Err(e) = written {
             log::warn!("keeping a copy in {}: {e}", path.display());
@@ -497,9 +497,9 @@ impl ApiObjects {
     fn save_token(&self, key: &TokenKey, t: &Token) {
         let path = self.token_path(key);
         let body = json!({"token": t.token, "issued": t.issued, "expires": t.expires});
-        let written = self
-            .ensure_dir("tokens")
-            .and_then(|_| crate::state::write_atomic(&path, body.to_string().as_bytes()));
+        let written = self.ensure_dir("tokens").and_then(|_| {
+            crate::state::write_atomic_mode(&path, body.to_string().as_bytes(), 0o600)
+        });
         if let Err(e) = written {
             log::warn!("keeping a copy in {}: {e}", path.display());
         }
