@@ -304,7 +304,7 @@ impl Agent {
             };
             let reconcile = async {
                 let _ = self.reconcile_rx.recv().await;
-                Wake::Changed
+                Wake::Reconcile
             };
             let pulled = async {
                 match self.pulled.recv().await {
@@ -331,6 +331,12 @@ impl Agent {
                     self.collect_images();
                 }
                 Wake::Changed => {}
+                Wake::Reconcile => {
+                    // API pods changed or a pod finished stopping: the manifests folder has
+                    // its own watch, so it is not read again here.
+                    self.reconcile(&mut BTreeMap::new());
+                    continue;
+                }
                 Wake::Pulled(reference) => {
                     log::debug!("image {reference:?} pulled: telling every pod");
                     self.tell_images_changed();
@@ -507,7 +513,10 @@ fn unix_now() -> i64 {
 
 enum Wake {
     Tick,
+    /// The manifests folder changed.
     Changed,
+    /// API pods changed, or a pod finished stopping: reconcile, without reading manifests/.
+    Reconcile,
     /// An image was pulled: containers waiting for it retry now.
     Pulled(String),
     /// SIGTERM or SIGINT: nanolet exits, its pods keep running.

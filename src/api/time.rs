@@ -1,14 +1,26 @@
 //! Kubernetes time formats: `metav1.Time` (RFC 3339, whole seconds, UTC: `2026-11-28T01:49:25Z`)
-//! and `metav1.MicroTime` (six fractional digits, used by Lease `renewTime` and Events).
+//! and `metav1.MicroTime` (six fractional digits, used by Lease `renewTime` and Events), and
+//! RFC 3339 with nine fractional digits (CRI log records, as containerd writes them).
 //! Pure conversions; no clock is read here.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// `metav1.Time`: `2026-11-28T01:49:25Z`.
 pub fn format_time(t: SystemTime) -> String {
-    let (secs, _) = unix(t);
+    format_unix_time(unix(t).0)
+}
+
+/// `metav1.Time` of whole seconds since the Unix epoch.
+pub fn format_unix_time(secs: i64) -> String {
     let (y, mo, d, h, mi, s) = civil(secs);
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
+/// RFC 3339 in UTC with exactly nine fractional digits: `2016-10-06T00:17:09.669794202Z`.
+pub fn format_nano_time(t: SystemTime) -> String {
+    let (secs, nanos) = unix(t);
+    let (y, mo, d, h, mi, s) = civil(secs);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{nanos:09}Z")
 }
 
 /// `metav1.MicroTime`: `2026-11-28T01:49:25.123456Z`.
@@ -69,7 +81,8 @@ pub fn parse_time(text: &str) -> Option<SystemTime> {
     Some(base + Duration::from_nanos(u64::from(nanos)))
 }
 
-fn unix(t: SystemTime) -> (i64, u32) {
+/// Seconds (floored) and nanoseconds since the Unix epoch; works before 1970 too.
+pub fn unix(t: SystemTime) -> (i64, u32) {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => (
             i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
@@ -86,8 +99,9 @@ fn unix(t: SystemTime) -> (i64, u32) {
     }
 }
 
-/// (year, month, day, hour, minute, second) of a Unix time (Howard Hinnant's algorithm).
-fn civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
+/// (year, month, day, hour, minute, second) of a Unix time, in the proleptic Gregorian calendar
+/// (Howard Hinnant's algorithm).
+pub fn civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     let z = days + 719_468;

@@ -503,36 +503,25 @@ fn absolute(dir: &Path) -> PathBuf {
     std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
-/// Parses a Kubernetes quantity of bytes: plain digits, or digits with `Ki`, `Mi`, `Gi`, `Ti`
-/// (powers of 1024) or `K`/`k`, `M`, `G`, `T` (powers of 1000). Must be positive.
+/// Parses a byte size as kubelet parses `containerLogMaxSize`: a Kubernetes quantity
+/// ([`crate::k8s::quantity`]: `10Mi`, `1.5Gi`, `500k`, `1e6`, `1048576`), rounded up to whole
+/// bytes. Must be positive.
 pub fn parse_quantity(text: &str) -> Result<u64, String> {
-    const SUFFIXES: &[(&str, u64)] = &[
-        ("Ki", 1 << 10),
-        ("Mi", 1 << 20),
-        ("Gi", 1 << 30),
-        ("Ti", 1 << 40),
-        ("k", 1_000),
-        ("K", 1_000),
-        ("M", 1_000_000),
-        ("G", 1_000_000_000),
-        ("T", 1_000_000_000_000),
-    ];
-    let bad = || format!("{text:?}: expected a byte quantity such as 10Mi, 500Ki, 1G or 1048576");
-    let (digits, multiplier) = SUFFIXES
-        .iter()
-        .find_map(|(suffix, m)| text.strip_suffix(suffix).map(|d| (d, *m)))
-        .unwrap_or((text, 1));
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let bytes = n
-        .checked_mul(multiplier)
-        .ok_or_else(|| format!("{text:?}: too large"))?;
-    if bytes == 0 {
+    let parsed = crate::k8s::quantity::Quantity::from(text)
+        .parse()
+        .map_err(|e| {
+            format!(
+                "{text:?}: {}; expected e.g. 10Mi, 500Ki, 1G or 1048576",
+                e.problem
+            )
+        })?;
+    if parsed.is_negative() || parsed.is_zero() {
         return Err(format!("{text:?}: must be positive"));
     }
-    Ok(bytes)
+    let bytes = parsed
+        .value()
+        .ok_or_else(|| format!("{text:?}: too large"))?;
+    u64::try_from(bytes).map_err(|_| format!("{text:?}: must be positive"))
 }
 
 /// Parses a Go duration (`time.ParseDuration`): a sequence of decimal numbers with a unit
@@ -805,14 +794,16 @@ logLevel: debug
             ("10Mi", Some(10 << 20)),
             ("2Ki", Some(2048)),
             ("1Gi", Some(1 << 30)),
-            ("5K", Some(5000)),
             ("5k", Some(5000)),
+            ("1.5Mi", Some(3 << 19)),
+            ("1e3", Some(1000)),
+            ("5K", None),
             ("3M", Some(3_000_000)),
             ("1G", Some(1_000_000_000)),
             ("", None),
             ("Mi", None),
-            ("1.5Mi", None),
             ("-1", None),
+            ("0", None),
             ("10MB", None),
             ("99999999999999999999", None),
         ];

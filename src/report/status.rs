@@ -10,9 +10,9 @@
 
 use serde_json::{Map, Value, json};
 
+pub use crate::api::time::format_unix_time as rfc3339;
 use crate::k8s::Pod;
 use crate::pod::status::{ContainerState, ContainerStatus, PodStatus, Terminated};
-use crate::runtime::logs::civil_time;
 
 /// What the node adds to a pod's status.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -20,12 +20,6 @@ pub struct NodeFacts {
     /// The node's address as the API server sees it (the local end of the API connection);
     /// used when the pod worker has none of its own.
     pub host_ip: Option<String>,
-}
-
-/// `metav1.Time`: RFC 3339, UTC, whole seconds.
-pub fn rfc3339(secs: i64) -> String {
-    let (y, mo, d, h, mi, s) = civil_time(secs);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
 }
 
 /// The pod's QoS class, as the API server computes it (the same rules the pod worker uses for

@@ -35,7 +35,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
+
+use crate::api::time::{civil, format_nano_time, unix};
 
 /// The longest content of one record, containerd's default `max_container_log_line_size`.
 pub const MAX_RECORD_CONTENT: usize = 16 * 1024;
@@ -63,59 +65,10 @@ impl Stream {
     }
 }
 
-/// Formats `t` as RFC 3339 in UTC with exactly 9 fractional digits, as containerd does.
-pub fn format_timestamp(t: SystemTime) -> String {
-    let (secs, nanos) = unix_time(t);
-    let (y, mo, d, h, mi, s) = civil_time(secs);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{nanos:09}Z")
-}
-
 /// The suffix of a rotated log file, `YYYYMMDD-HHMMSS` in UTC (kubelet's format).
 pub fn rotation_suffix(t: SystemTime) -> String {
-    let (y, mo, d, h, mi, s) = civil_time(unix_time(t).0);
+    let (y, mo, d, h, mi, s) = civil(unix(t).0);
     format!("{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}")
-}
-
-/// Seconds (floored) and nanoseconds since the Unix epoch; works before 1970 too.
-fn unix_time(t: SystemTime) -> (i64, u32) {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => (
-            i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-            d.subsec_nanos(),
-        ),
-        Err(e) => {
-            let d = e.duration();
-            let secs = -i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-            match d.subsec_nanos() {
-                0 => (secs, 0),
-                n => (secs - 1, 1_000_000_000 - n),
-            }
-        }
-    }
-}
-
-/// (year, month, day, hour, minute, second) of a Unix time, in the proleptic Gregorian calendar.
-pub(crate) fn civil_time(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = secs.div_euclid(86_400);
-    // rem_euclid(86_400) is in 0..86_400, so the casts below cannot truncate.
-    let sod = secs.rem_euclid(86_400) as u32;
-    let (y, m, d) = civil_from_days(days);
-    (y, m, d, sod / 3600, sod / 60 % 60, sod % 60)
-}
-
-/// Howard Hinnant's `civil_from_days`: days since 1970-01-01 to (year, month, day). Works in
-/// 400-year eras (146097 days) starting on March 1st, so the leap day is the era-year's last.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468; // shift the epoch to 0000-03-01
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // day of era, 0..=146096
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // year of era, 0..=399
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of the March-based year, 0..=365
-    let mp = (5 * doy + 2) / 153; // March = 0 … February = 11
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Appends CRI-format records for one container to `<dir>/N.log`, rotating it by size.
@@ -214,7 +167,7 @@ impl LogWriter {
         now: SystemTime,
     ) -> io::Result<()> {
         let tag = if partial { "P" } else { "F" };
-        let header = format!("{} {} {tag} ", format_timestamp(now), stream.as_str());
+        let header = format!("{} {} {tag} ", format_nano_time(now), stream.as_str());
         let mut record = Vec::with_capacity(header.len() + content.len() + 1);
         record.extend_from_slice(header.as_bytes());
         record.extend_from_slice(content);
@@ -587,7 +540,7 @@ pub fn write_contents(
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     fn at(secs: i64, nanos: u32) -> SystemTime {
         if secs >= 0 {
@@ -615,7 +568,7 @@ mod tests {
         ];
         for (secs, nanos, want) in cases {
             assert_eq!(
-                format_timestamp(at(secs, nanos)),
+                format_nano_time(at(secs, nanos)),
                 want,
                 "unix time {secs}.{nanos:09}"
             );

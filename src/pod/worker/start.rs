@@ -158,20 +158,12 @@ impl Worker {
                 for note in &notes {
                     log::warn!("pod {}: {note}", self.name());
                 }
-                self.record(i, &Transition::Pulling { image: &c.image });
-                let began = Instant::now();
-                let pulled = self.pull_showing_progress(i, &c.image, credentials).await;
-                if let Err(error) = &pulled {
-                    let image = &c.image;
-                    self.record(i, &Transition::PullFailed { image, error });
-                }
-                match pulled {
-                    Ok(()) => {
+                match self.pull_recording_events(i, &c.image, credentials).await {
+                    Ok(took) => {
                         let found = lookup(&self.ctx)?;
                         if let Some(image) = &found {
-                            // One pull per reference at a time: a pull this worker joined
-                            // counts from when it asked, as kubelet's "including waiting".
-                            let took = began.elapsed();
+                            // A pull this worker joined counts from when it asked, which is
+                            // kubelet's "including waiting"; there is no queue before it.
                             let transition = Transition::Pulled {
                                 image: &c.image,
                                 pull: took,
@@ -241,6 +233,33 @@ impl Worker {
                     c.image
                 ),
             )),
+        }
+    }
+
+    /// Pulls `reference` for container `i` as [`Self::pull_showing_progress`] does, with
+    /// kubelet's Pulling event before and its Failed event after a failure; returns how long
+    /// the pull took.
+    async fn pull_recording_events(
+        &mut self,
+        i: usize,
+        reference: &str,
+        credentials: Option<crate::image::auth::Credentials>,
+    ) -> Result<Duration, String> {
+        self.record(i, &Transition::Pulling { image: reference });
+        let began = Instant::now();
+        match self.pull_showing_progress(i, reference, credentials).await {
+            Ok(()) => Ok(began.elapsed()),
+            Err(error) => {
+                let image = reference;
+                self.record(
+                    i,
+                    &Transition::PullFailed {
+                        image,
+                        error: &error,
+                    },
+                );
+                Err(error)
+            }
         }
     }
 

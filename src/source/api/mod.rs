@@ -122,8 +122,8 @@ impl ApiPods {
                 log::warn!("{w}");
                 continue;
             }
-            any = true;
             let changes = self.set.borrow_mut().apply(output);
+            any |= changes.changed;
             log_changes(&changes);
             let mut dirty = self.dirty.borrow_mut();
             for (uid, object) in changes.store {

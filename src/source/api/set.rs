@@ -33,6 +33,10 @@ pub struct Changes {
     pub errors: Vec<String>,
     /// Unknown fields dropped from pods (for a debug line).
     pub dropped: Vec<String>,
+    /// Whether the set changed in a way the agent or the reporters act on. The echo of the
+    /// node's own status patch (a MODIFIED event with only a new resourceVersion, status and
+    /// managedFields) does not: nothing is woken, nothing is written.
+    pub changed: bool,
 }
 
 /// A pod the API server wants stopped and then deleted.
@@ -74,6 +78,8 @@ impl ApiPodSet {
         let mut changes = Changes::default();
         match output {
             Output::Snapshot(items) => {
+                // A relist is rare (start, 410): whatever it brings is looked at.
+                changes.changed = true;
                 let before: Vec<String> = self.pods.keys().cloned().collect();
                 self.mirrors.clear();
                 self.broken.clear();
@@ -95,11 +101,13 @@ impl ApiPodSet {
             Output::Applied(object) => self.upsert(object, &mut changes, true),
             Output::Deleted(object) => {
                 if let Some(uid) = object_uid(&object) {
-                    self.mirrors.remove(uid);
-                    self.broken.remove(uid);
-                    if self.pods.remove(uid).is_some() {
+                    let mirror = self.mirrors.remove(uid).is_some();
+                    let broken = self.broken.remove(uid).is_some();
+                    let pod = self.pods.remove(uid).is_some();
+                    if pod {
                         changes.unstore.push(uid.to_string());
                     }
+                    changes.changed |= mirror || broken || pod;
                 }
             }
             Output::Warning(_) => {}
@@ -109,7 +117,10 @@ impl ApiPodSet {
 
     fn upsert(&mut self, object: Value, changes: &mut Changes, persist: bool) {
         if let Some(mirror) = Mirror::of(&object) {
-            self.mirrors.insert(mirror.uid.clone(), mirror);
+            if self.mirrors.get(&mirror.uid) != Some(&mirror) {
+                changes.changed = true;
+                self.mirrors.insert(mirror.uid.clone(), mirror);
+            }
             return;
         }
         let key = object_uid(&object)
@@ -134,8 +145,18 @@ impl ApiPodSet {
                         .iter()
                         .map(|f| format!("pod {}: {f}", pod_full_name(&decoded.pod))),
                 );
-                self.broken.remove(&key);
+                let was_broken = self.broken.remove(&key).is_some();
+                let relevant = was_broken
+                    || self
+                        .pods
+                        .get(&key)
+                        .is_none_or(|old| is_relevant_change(old, &decoded.pod));
+                // The newer copy is kept either way (its resourceVersion, its status).
                 self.pods.insert(key.clone(), decoded.pod);
+                if !relevant {
+                    return;
+                }
+                changes.changed = true;
                 if let Some(object) = stored {
                     changes.store.push((key, object));
                 }
@@ -144,6 +165,7 @@ impl ApiPodSet {
                 let error = format!("pod {pod}: {message}");
                 if self.broken.get(&key) != Some(&error) {
                     changes.errors.push(error.clone());
+                    changes.changed = true;
                 }
                 self.broken.insert(key, error);
             }
@@ -200,6 +222,20 @@ impl ApiPodSet {
     }
 }
 
+/// Whether `new` differs from `old` in what nanolet acts on or must keep across a reboot:
+/// anything but the resourceVersion, managedFields and status, or whether the status says the
+/// pod has ended (it is not run again, also after a reboot from the store).
+fn is_relevant_change(old: &Pod, new: &Pod) -> bool {
+    if is_finished(old) != is_finished(new) {
+        return true;
+    }
+    let mut same = new.clone();
+    same.metadata.resource_version = old.metadata.resource_version.clone();
+    same.metadata.managed_fields = old.metadata.managed_fields.clone();
+    same.status = old.status.clone();
+    same != *old
+}
+
 /// Whether the API status says the pod has run to its end.
 fn is_finished(pod: &Pod) -> bool {
     pod.status
@@ -244,18 +280,61 @@ mod tests {
         assert_eq!(c.unstore, ["ug"]);
         assert_eq!(c.store.len(), 1, "only b is new: {c:?}");
 
-        // The same resourceVersion again changes nothing; a new one is stored.
+        // The same resourceVersion again changes nothing; a new one with a change is stored.
         assert_eq!(
             set.apply(Output::Applied(pod("b", "ub", "5"))),
             Changes::default()
         );
-        assert_eq!(
-            set.apply(Output::Applied(pod("b", "ub", "6"))).store.len(),
-            1
-        );
+        let mut changed = pod("b", "ub", "6");
+        changed["metadata"]["labels"] = json!({"app": "b"});
+        assert_eq!(set.apply(Output::Applied(changed)).store.len(), 1);
         let c = set.apply(Output::Deleted(pod("b", "ub", "7")));
         assert_eq!(c.unstore, ["ub"]);
         assert_eq!(names(set.desired()), ["default/a"]);
+    }
+
+    #[test]
+    fn the_echo_of_a_status_patch_changes_nothing_but_a_spec_phase_or_label_change_does() {
+        let mut set = ApiPodSet::new();
+        set.apply(Output::Snapshot(vec![pod("web", "u1", "1")]));
+        // The node's own status patch comes back: new resourceVersion, status, managedFields.
+        let mut echo = pod("web", "u1", "2");
+        echo["status"] = json!({"phase": "Pending", "conditions": [{"type": "Ready"}]});
+        echo["metadata"]["managedFields"] = json!([{"manager": "nanolet"}]);
+        let c = set.apply(Output::Applied(echo.clone()));
+        assert!(!c.changed && c.store.is_empty(), "{c:?}");
+        echo["metadata"]["resourceVersion"] = json!("3");
+        echo["status"]["podIP"] = json!("10.0.0.2");
+        assert!(!set.apply(Output::Applied(echo.clone())).changed);
+        assert_eq!(
+            set.get("u1").unwrap().metadata.resource_version.as_deref(),
+            Some("3"),
+            "the newer copy is kept"
+        );
+
+        // The pod ended: stored, so that it is not run again after a reboot.
+        echo["metadata"]["resourceVersion"] = json!("4");
+        echo["status"]["phase"] = json!("Succeeded");
+        let c = set.apply(Output::Applied(echo.clone()));
+        assert!(c.changed && c.store.len() == 1, "{c:?}");
+        assert!(set.desired().is_empty());
+
+        // Labels (downward API), deletion and spec changes are acted on.
+        let mut labelled = pod("web", "u1", "5");
+        labelled["metadata"]["labels"] = json!({"tier": "front"});
+        labelled["status"] = echo["status"].clone();
+        assert!(set.apply(Output::Applied(labelled.clone())).changed);
+        labelled["metadata"]["resourceVersion"] = json!("6");
+        labelled["metadata"]["deletionTimestamp"] = json!("2026-11-28T01:49:57Z");
+        assert!(set.apply(Output::Applied(labelled)).changed);
+
+        // A mirror pod's own status echo changes nothing either.
+        let mut mirror = pod("static-n", "um", "7");
+        mirror["metadata"]["annotations"] = json!({"kubernetes.io/config.mirror": "abc"});
+        assert!(set.apply(Output::Applied(mirror.clone())).changed);
+        mirror["metadata"]["resourceVersion"] = json!("8");
+        mirror["status"] = json!({"phase": "Running"});
+        assert!(!set.apply(Output::Applied(mirror)).changed);
     }
 
     #[test]

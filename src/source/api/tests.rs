@@ -308,3 +308,36 @@ fn status_changes_are_patched_once_and_retried_after_failures() {
     assert_eq!(fake.patches.borrow()[1]["metadata"]["uid"], "uid-web");
     assert!(fake.log.borrow().iter().all(|l| !l.contains("static")));
 }
+
+#[test]
+fn the_echo_of_our_own_status_patch_wakes_nobody_and_writes_nothing() {
+    let (tmp, pods, woken) = setup();
+    let reporters = pods.subscribe();
+    pods.apply(vec![Output::Snapshot(vec![pod("a", 1)])]);
+    assert!(woken.try_recv().is_ok() && reporters.try_recv().is_ok());
+    pods.flush();
+    let file = tmp.path().join("api-pods/uid-a.json");
+    let written = std::fs::read(&file).unwrap();
+
+    // What the API server sends back after the node patched the pod's status.
+    let mut echo = pod("a", 2);
+    echo["status"] = json!({"phase": "Running", "podIP": "10.0.0.2"});
+    echo["metadata"]["managedFields"] = json!([{"manager": "nanolet", "subresource": "status"}]);
+    pods.apply(vec![Output::Applied(echo.clone())]);
+    assert!(woken.try_recv().is_err(), "the agent is not woken");
+    assert!(reporters.try_recv().is_err(), "the reporters are not woken");
+    pods.flush();
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        written,
+        "the store is not rewritten"
+    );
+
+    // A real change still gets through.
+    echo["metadata"]["resourceVersion"] = json!("3");
+    echo["metadata"]["deletionTimestamp"] = json!("2026-11-28T01:49:57Z");
+    pods.apply(vec![Output::Applied(echo)]);
+    assert!(woken.try_recv().is_ok());
+    pods.flush();
+    assert_ne!(std::fs::read(&file).unwrap(), written);
+}
