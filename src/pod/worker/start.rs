@@ -154,11 +154,7 @@ impl Worker {
                     message: format!("pulling image {:?}", c.image),
                 };
                 self.publish();
-                let (credentials, notes) = self.pull_credentials(&c.image);
-                for note in &notes {
-                    log::warn!("pod {}: {note}", self.name());
-                }
-                match self.pull_recording_events(i, &c.image, credentials).await {
+                match self.pull_recording_events(i, &c.image).await {
                     Ok(took) => {
                         let found = lookup(&self.ctx)?;
                         if let Some(image) = &found {
@@ -191,12 +187,7 @@ impl Worker {
                         } else {
                             "ErrImagePull"
                         };
-                        let mut message = format!("image {:?}: {e}", c.image);
-                        for note in notes {
-                            message.push_str("; ");
-                            message.push_str(&note);
-                        }
-                        return Err((reason, message));
+                        return Err((reason, format!("image {:?}: {e}", c.image)));
                     }
                 }
             }
@@ -243,13 +234,21 @@ impl Worker {
         &mut self,
         i: usize,
         reference: &str,
-        credentials: Option<crate::image::auth::Credentials>,
     ) -> Result<Duration, String> {
+        let (credentials, notes) = self.pull_credentials(reference);
+        for note in &notes {
+            log::warn!("pod {}: {note}", self.name());
+        }
         self.record(i, &Transition::Pulling { image: reference });
         let began = Instant::now();
         match self.pull_showing_progress(i, reference, credentials).await {
             Ok(()) => Ok(began.elapsed()),
-            Err(error) => {
+            Err(mut error) => {
+                // The pull secrets that could not be used may be why it failed.
+                for note in notes {
+                    error.push_str("; ");
+                    error.push_str(&note);
+                }
                 let image = reference;
                 self.record(
                     i,
