@@ -150,6 +150,13 @@ pub fn run(config_dir: &Path) -> Result<(), Error> {
             config_maps: config.config_maps_path.clone(),
             secrets: config.secrets_path.clone(),
         }),
+        api_objects: api.as_ref().map(|api| {
+            Rc::new(crate::source::api::objects::ApiObjects::new(
+                api.client(),
+                config.data_dir.join("api-objects"),
+                config.sync_frequency,
+            ))
+        }),
         events,
         config: config.clone(),
     });

@@ -68,6 +68,9 @@ pub enum Command {
     /// `internal-pull REF`: progress as JSON lines, for the agent.
     InternalPull {
         reference: String,
+        /// `--credentials-stdin`: `{"username":…,"password":…}` on stdin (a pod's
+        /// imagePullSecrets), used before `config.json`.
+        credentials_stdin: bool,
     },
     /// `internal-unpack DIGEST`: unpack a stored image's rootfs, for the agent.
     InternalUnpack {
@@ -87,6 +90,7 @@ pub fn parse(args: Vec<String>) -> Result<(Command, PathBuf), lexopt::Error> {
     let mut json = false;
     let mut logs = ctl::logs::Options::default();
     let mut host_network = false;
+    let mut credentials_stdin = false;
     let mut sandbox_link: Option<String> = None;
     let mut mode: Option<String> = None;
     while let Some(arg) = parser.next()? {
@@ -107,6 +111,7 @@ pub fn parse(args: Vec<String>) -> Result<(Command, PathBuf), lexopt::Error> {
             Short('p') | Long("previous") => logs.previous = true,
             Long("tail") => logs.tail = Some(parser.value()?.parse()?),
             Long("host-network") => host_network = true,
+            Long("credentials-stdin") => credentials_stdin = true,
             Long("link") => sandbox_link = Some(parser.value()?.string()?),
             Long("mode") => mode = Some(parser.value()?.string()?),
             Value(v) if verb.is_none() => verb = Some(v.string()?),
@@ -146,7 +151,10 @@ pub fn parse(args: Vec<String>) -> Result<(Command, PathBuf), lexopt::Error> {
                 "pull" => Command::Pull { reference },
                 "rmi" => Command::Rmi { reference },
                 "internal-unpack" => Command::InternalUnpack { reference },
-                _ => Command::InternalPull { reference },
+                _ => Command::InternalPull {
+                    reference,
+                    credentials_stdin,
+                },
             }
         }
         None => Command::Help,
@@ -284,13 +292,20 @@ fn run(command: Command, config_dir: &Path) -> Result<(), Box<dyn std::error::Er
                 human_size(image.size)
             );
         }
-        Command::InternalPull { reference } => {
+        Command::InternalPull {
+            reference,
+            credentials_stdin,
+        } => {
             // The agent reads the JSON lines on stdout; log lines would repeat them.
             log::set_max_level(log::LevelFilter::Warn);
             report_result((|| {
                 let cfg = config::load(config_dir)?;
                 let store = open_store(&cfg)?;
-                let options = pull_options(config_dir, &cfg, &reference)?;
+                let mut options = pull_options(config_dir, &cfg, &reference)?;
+                if credentials_stdin {
+                    options.credentials = Some(credentials_from_stdin()?);
+                    options.credentials_origin = "the pod's imagePullSecrets";
+                }
                 let report = |digest: &crate::image::digest::Digest, done: u64, total: u64| {
                     let layer = digest.clone();
                     let event = crate::image::pull::Event::Layer { layer, done, total };
@@ -353,6 +368,25 @@ fn report_result(
 }
 
 /// Pull options from the node config and `<config-dir>/config.json`.
+/// The credentials the agent hands to `internal-pull --credentials-stdin`.
+fn credentials_from_stdin() -> Result<crate::image::auth::Credentials, Box<dyn std::error::Error>> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::io::stdin().take(64 * 1024).read_to_string(&mut text)?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("--credentials-stdin: invalid json: {e}"))?;
+    let field = |k: &str| {
+        v.get(k)
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| format!("--credentials-stdin: no {k:?}"))
+    };
+    Ok(crate::image::auth::Credentials {
+        username: field("username")?,
+        password: field("password")?,
+    })
+}
+
 fn pull_options(
     config_dir: &Path,
     cfg: &config::NodeConfig,
@@ -363,6 +397,7 @@ fn pull_options(
         platform: crate::image::Platform::host(),
         insecure_registries: cfg.insecure_registries.clone(),
         credentials: crate::image::pull::credentials_in(config_dir, &r.domain)?,
+        credentials_origin: "config.json",
         retry: Default::default(),
     })
 }
@@ -573,7 +608,13 @@ mod tests {
         let cases = [
             ("pull", Command::Pull { reference: r() }),
             ("rmi", Command::Rmi { reference: r() }),
-            ("internal-pull", Command::InternalPull { reference: r() }),
+            (
+                "internal-pull",
+                Command::InternalPull {
+                    reference: r(),
+                    credentials_stdin: false,
+                },
+            ),
             (
                 "internal-unpack",
                 Command::InternalUnpack { reference: r() },

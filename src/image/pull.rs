@@ -96,6 +96,8 @@ pub struct Options {
     pub insecure_registries: Vec<String>,
     /// From [`credentials_in`].
     pub credentials: Option<Credentials>,
+    /// Where `credentials` came from, for messages: `config.json` or the pod's imagePullSecrets.
+    pub credentials_origin: &'static str,
     pub retry: Retry,
 }
 
@@ -167,7 +169,8 @@ pub fn pull(
         options.credentials.clone(),
         &options.insecure_registries,
         options.retry,
-    );
+    )
+    .with_origin(options.credentials_origin);
     let (desc, bytes, manifest) = resolve(&registry, &name, &r, &options.platform)?;
     let mut sizes = HashMap::new();
     for d in std::iter::once(&manifest.config).chain(&manifest.layers) {

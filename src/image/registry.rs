@@ -155,6 +155,9 @@ pub struct Registry {
     /// because a pull downloads several layers at once, each on its own thread.
     authorization: Mutex<Option<String>>,
     retry: Retry,
+    /// Where the credentials came from, for messages (`config.json`, or a pod's
+    /// imagePullSecrets).
+    origin: &'static str,
 }
 
 impl fmt::Debug for Registry {
@@ -201,7 +204,14 @@ impl Registry {
             credentials,
             authorization: Mutex::new(None),
             retry,
+            origin: "config.json",
         }
+    }
+
+    /// Names where the credentials came from in error messages (default `config.json`).
+    pub fn with_origin(mut self, origin: &'static str) -> Registry {
+        self.origin = origin;
+        self
     }
 
     /// The manifest or index named by a tag or a digest, at most
@@ -423,16 +433,22 @@ impl Registry {
     fn no_credentials(&self) -> Error {
         Error::Unauthorized {
             registry: self.domain.clone(),
-            reason: "authentication required and no credentials for it in config.json".into(),
+            reason: format!(
+                "authentication required and no credentials for it in {}",
+                self.origin
+            ),
         }
     }
 
     fn unauthorized(&self, response: ureq::http::Response<ureq::Body>) -> Error {
         let message = error_message(response);
         let reason = if self.credentials.is_some() {
-            format!("credentials from config.json refused ({message})")
+            format!("credentials from {} refused ({message})", self.origin)
         } else {
-            format!("authentication required and no credentials for it in config.json ({message})")
+            format!(
+                "authentication required and no credentials for it in {} ({message})",
+                self.origin
+            )
         };
         Error::Unauthorized {
             registry: self.domain.clone(),

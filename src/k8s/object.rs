@@ -1,6 +1,6 @@
 //! The `v1` ConfigMap and Secret, decoded to their data, and [`ObjectSource`]: where the pod
-//! code looks them up (for static pods, files in the configuration directory; later the API
-//! server).
+//! code looks them up (for static pods, files in the configuration directory; for API pods the
+//! API server, through a cache filled before the pod code reads it).
 //!
 //! A ConfigMap's `data` (text) and `binaryData` (base64); a Secret's `data` (base64) and
 //! `stringData` (text, which wins over `data` for the same key, as the API server merges it).
@@ -30,6 +30,19 @@ pub struct DataObject {
 pub trait ObjectSource {
     fn config_map(&self, namespace: &str, name: &str) -> Result<Option<DataObject>, String>;
     fn secret(&self, namespace: &str, name: &str) -> Result<Option<DataObject>, String>;
+    /// The current token of the pod's service account for a projected `serviceAccountToken`
+    /// (only the API server issues them).
+    fn service_account_token(
+        &self,
+        _pod: &super::Pod,
+        _audience: &str,
+        _expiration_seconds: i64,
+    ) -> Result<String, String> {
+        Err(
+            "serviceAccountToken projections need the API server (a pod from the API server)"
+                .into(),
+        )
+    }
 }
 
 /// No objects at all (tests, and nodes without the folders).

@@ -143,6 +143,14 @@ fn projected(p: &str, pr: &ProjectedVolumeSource, problem: Problem) {
             downward_files(&format!("{sp}.downwardAPI"), &d.items, problem);
             files.extend(d.items.iter().map(|f| f.path.as_str()));
         }
+        let token = s
+            .service_account_token
+            .as_ref()
+            .map(crate::k8s::volume::TokenProjection::of);
+        if let Some(t) = &token {
+            file_path(&format!("{sp}.serviceAccountToken.path"), &t.path, problem);
+            files.push(&t.path);
+        }
         for f in files {
             if !paths.insert(f.to_string()) {
                 problem(sp.clone(), format!("{f:?}: conflicting duplicate paths"));

@@ -247,6 +247,38 @@ pub struct VolumeProjection {
     pub pod_certificate: Option<Value>,
 }
 
+/// `projected.sources[].serviceAccountToken`, read from its JSON (kept as a `Value` in the pod so
+/// that odd fields never reject a pod): `audience` (empty: the API server's own),
+/// `expirationSeconds` (default 3600, at least 600 as the API server validates), `path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenProjection {
+    pub audience: String,
+    pub expiration_seconds: i64,
+    pub path: String,
+}
+
+impl TokenProjection {
+    pub fn of(v: &Value) -> TokenProjection {
+        TokenProjection {
+            audience: v
+                .get("audience")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            expiration_seconds: v
+                .get("expirationSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(3600)
+                .max(600),
+            path: v
+                .get("path")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+        }
+    }
+}
+
 /// `projected.sources[].configMap`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]

@@ -28,6 +28,7 @@ use async_io::Async;
 use futures_lite::io::BufReader;
 use futures_lite::{AsyncBufReadExt, AsyncReadExt, StreamExt, future};
 
+use crate::image::auth::Credentials;
 use crate::image::digest::Digest;
 use crate::image::pull::Event;
 use crate::k8s::PullPolicy;
@@ -131,7 +132,20 @@ impl Puller {
 
     /// Pulls `reference` into the store; `Err` carries the pull's own message.
     pub async fn pull(&self, reference: &str) -> Result<(), String> {
-        let result = self.run_shared("internal-pull", reference).await;
+        self.pull_with(reference, None).await
+    }
+
+    /// Pulls `reference` with `credentials` (a pod's imagePullSecrets; they take precedence
+    /// over the node's `config.json`). They reach the child on its stdin, never its arguments.
+    /// Pulls share a child only when their credentials are the same.
+    pub async fn pull_with(
+        &self,
+        reference: &str,
+        credentials: Option<Credentials>,
+    ) -> Result<(), String> {
+        let result = self
+            .run_shared("internal-pull", reference, credentials)
+            .await;
         if result.is_ok() {
             // Unbounded on the agent's side; a closed channel means the agent is stopping.
             let _ = self.pulled.try_send(reference.to_string());
@@ -142,12 +156,24 @@ impl Puller {
     /// Unpacks the rootfs of `image`, which is in the store, in a child process.
     pub async fn unpack(&self, image: &crate::image::Image) -> Result<(), String> {
         let digest = image.manifest_digest.to_string();
-        self.run_shared("internal-unpack", &digest).await
+        self.run_shared("internal-unpack", &digest, None).await
     }
 
     /// Runs `nanolet VERB ARG`, or joins the child already running it.
-    async fn run_shared(&self, verb: &'static str, arg: &str) -> Result<(), String> {
-        let key = format!("{verb} {arg}");
+    async fn run_shared(
+        &self,
+        verb: &'static str,
+        arg: &str,
+        credentials: Option<Credentials>,
+    ) -> Result<(), String> {
+        let key = match &credentials {
+            // The digest tells credentials apart without keeping them in the key.
+            Some(c) => format!(
+                "{verb} {arg} {}",
+                Digest::of(format!("{}\0{}", c.username, c.password).as_bytes()).hex()
+            ),
+            None => format!("{verb} {arg}"),
+        };
         let joined = {
             let mut inflight = self.inflight.borrow_mut();
             match inflight.get_mut(&key) {
@@ -171,7 +197,7 @@ impl Puller {
         self.progress
             .borrow_mut()
             .insert(arg.to_string(), PullProgress::default());
-        let result = self.run_child(verb, arg).await;
+        let result = self.run_child(verb, arg, credentials).await;
         self.progress.borrow_mut().remove(arg);
         let waiters = self.inflight.borrow_mut().remove(&key).unwrap_or_default();
         for w in waiters {
@@ -189,16 +215,34 @@ impl Puller {
     }
 
     /// Runs the child; `reference` is its argument and the key of its progress.
-    async fn run_child(&self, verb: &str, reference: &str) -> Result<(), String> {
+    async fn run_child(
+        &self,
+        verb: &str,
+        reference: &str,
+        credentials: Option<Credentials>,
+    ) -> Result<(), String> {
         let mut cmd = Command::new(&self.exe);
-        cmd.arg(verb)
-            .arg("--config-dir")
-            .arg(&self.config_dir)
-            .arg(reference)
-            .stdin(Stdio::null())
+        cmd.arg(verb).arg("--config-dir").arg(&self.config_dir);
+        if credentials.is_some() {
+            cmd.arg("--credentials-stdin");
+        }
+        cmd.arg(reference)
+            .stdin(if credentials.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|e| format!("running {verb}: {e}"))?;
+        if let (Some(c), Some(mut stdin)) = (credentials, child.stdin.take()) {
+            use std::io::Write;
+            // A few hundred bytes: far below a pipe's buffer, so this write cannot block.
+            let line = serde_json::json!({"username": c.username, "password": c.password});
+            if let Err(e) = stdin.write_all(line.to_string().as_bytes()) {
+                log::warn!("{verb} {reference}: handing over the pull credentials: {e}");
+            }
+        }
         let pid = child.id() as i32;
         let stdout = child
             .stdout

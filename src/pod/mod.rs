@@ -10,6 +10,7 @@
 //! - [`resources`] (pure): QoS class, cgroup values, `oom_score_adj`, `resourceFieldRef`.
 //! - [`security`] (pure): the security contexts → user, capabilities, seccomp, sysctls.
 //! - [`images`]: imagePullPolicy (pure) and pulls in child processes, shared per reference.
+//! - [`pull_secrets`] (pure): a pod's `imagePullSecrets` → credentials for a registry.
 //! - [`volumes`]: a pod's volumes (emptyDir, hostPath, configMap, secret, downwardAPI,
 //!   projected) prepared before its containers start, and their mounts.
 //! - [`board`]: where workers publish status for the snapshot.
@@ -22,6 +23,7 @@ pub mod events;
 pub mod images;
 pub mod lifecycle;
 pub mod probe;
+pub mod pull_secrets;
 pub mod resources;
 pub mod security;
 pub mod status;

@@ -93,10 +93,19 @@ pub fn payload(source: Source, i: &Inputs) -> Result<Option<Payload>, String> {
                     }
                 } else if let Some(d) = &s.downward_api {
                     downward(&mut out, &d.items, mode, i)?;
-                } else if s.service_account_token.is_some() {
-                    return Err(
-                        "serviceAccountToken projections need the API server (not yet in nanolet)"
-                            .into(),
+                } else if let Some(t) = &s.service_account_token {
+                    let t = crate::k8s::volume::TokenProjection::of(t);
+                    let token = i.objects.service_account_token(
+                        i.pod,
+                        &t.audience,
+                        t.expiration_seconds,
+                    )?;
+                    out.insert(
+                        t.path,
+                        FileProjection {
+                            data: token.into_bytes(),
+                            mode: mode as u32,
+                        },
                     );
                 } else {
                     return Err("this projection needs the API server (not in nanolet)".into());
@@ -211,6 +220,20 @@ mod tests {
                 data: Data::from([("k".to_string(), b"secret".to_vec())]),
             }))
         }
+        fn service_account_token(
+            &self,
+            pod: &Pod,
+            audience: &str,
+            expiration_seconds: i64,
+        ) -> Result<String, String> {
+            match audience {
+                "denied" => Err("http 403: forbidden".into()),
+                _ => Ok(format!(
+                    "tok.{}.{audience}.{expiration_seconds}",
+                    pod.metadata.name
+                )),
+            }
+        }
     }
 
     fn run(volume: serde_json::Value) -> Result<Payload, String> {
@@ -232,6 +255,29 @@ mod tests {
         p.iter()
             .map(|(k, f)| (k.clone(), String::from_utf8_lossy(&f.data).into(), f.mode))
             .collect()
+    }
+
+    #[test]
+    fn service_account_tokens_are_files_of_the_projection() {
+        let p = run(json!({"name": "kube-api-access-abc", "projected": {"defaultMode": 0o644, "sources": [
+            {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+            {"serviceAccountToken": {"path": "vault", "audience": "vault", "expirationSeconds": 60}},
+            {"configMap": {"name": "cfg", "items": [{"key": "a", "path": "ca.crt"}]}}
+        ]}}))
+        .unwrap();
+        assert_eq!(
+            files(&p),
+            [
+                ("ca.crt".into(), "one".into(), 0o644),
+                ("token".into(), "tok.web-edge..3607".into(), 0o644),
+                // Below the API server's minimum: 600 s, as it validates.
+                ("vault".into(), "tok.web-edge.vault.600".into(), 0o644),
+            ]
+        );
+        let err = run(json!({"name": "t", "projected": {"sources": [
+            {"serviceAccountToken": {"path": "token", "audience": "denied"}}]}}))
+        .unwrap_err();
+        assert_eq!(err, "http 403: forbidden");
     }
 
     #[test]

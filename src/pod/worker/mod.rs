@@ -78,6 +78,8 @@ pub struct Context {
     pub network: crate::net::Network,
     /// Where ConfigMaps and Secrets come from (files for static pods).
     pub objects: Box<dyn ObjectSource>,
+    /// ConfigMaps, Secrets and tokens of API pods (with a kubeconfig).
+    pub api_objects: Option<Rc<crate::source::api::objects::ApiObjects>>,
 }
 
 /// Orders for a worker.
@@ -301,7 +303,7 @@ impl Worker {
             if let Some(at) = self.next_volume_sync
                 && at <= now
             {
-                self.sync_volumes(now);
+                self.sync_volumes(now).await;
                 continue;
             }
             let wake_at = match (plan.wake_at, self.next_volume_sync) {
@@ -379,17 +381,36 @@ impl Worker {
         }
     }
 
+    /// Where this pod's ConfigMaps, Secrets and tokens come from: the API server's (cached)
+    /// for API pods, the configuration directory's files for static pods.
+    fn objects(&self) -> &dyn ObjectSource {
+        match &self.ctx.api_objects {
+            Some(api) if self.source == "api" => &**api,
+            _ => &*self.ctx.objects,
+        }
+    }
+
+    /// Brings the copies of an API pod's objects and tokens up to date before they are read.
+    async fn fetch_objects(&self) {
+        if let Some(api) = &self.ctx.api_objects
+            && self.source == "api"
+        {
+            api.fetch_for(&self.pod).await;
+        }
+    }
+
     /// kubelet's periodic resync of data volumes: edited ConfigMaps and Secrets reach the
     /// running pod (atomically; an unchanged payload writes nothing).
-    fn sync_volumes(&mut self, now: Instant) {
+    async fn sync_volumes(&mut self, now: Instant) {
         self.next_volume_sync = Some(now + self.ctx.config.sync_frequency);
         if !self.running.iter().any(Option::is_some) {
             return;
         }
+        self.fetch_objects().await;
         let addresses = self.addresses();
         let inputs = volumes::Inputs {
             pod: &self.pod,
-            objects: &*self.ctx.objects,
+            objects: self.objects(),
             addresses: &addresses,
         };
         if let Err(e) = self.volumes.set_up(&self.pod, &inputs) {

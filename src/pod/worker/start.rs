@@ -235,11 +235,20 @@ impl Worker {
         i: usize,
         reference: &str,
     ) -> Result<Duration, String> {
+        let (credentials, notes) = self.pull_credentials(reference);
+        for note in &notes {
+            log::warn!("pod {}: {note}", self.name());
+        }
         self.record(i, &Transition::Pulling { image: reference });
         let began = Instant::now();
-        match self.pull_showing_progress(i, reference).await {
+        match self.pull_showing_progress(i, reference, credentials).await {
             Ok(()) => Ok(began.elapsed()),
-            Err(error) => {
+            Err(mut error) => {
+                // The pull secrets that could not be used may be why it failed.
+                for note in notes {
+                    error.push_str("; ");
+                    error.push_str(&note);
+                }
                 let image = reference;
                 self.record(
                     i,
@@ -259,9 +268,10 @@ impl Worker {
         &mut self,
         i: usize,
         reference: &str,
+        credentials: Option<crate::image::auth::Credentials>,
     ) -> Result<(), String> {
         let puller = self.ctx.puller.clone();
-        let pull = puller.pull(reference);
+        let pull = puller.pull_with(reference, credentials);
         futures_lite::pin!(pull);
         let mut shown = String::new();
         loop {
@@ -298,9 +308,40 @@ impl Worker {
             .join(format!("{attempt}.log"))
     }
 
+    /// The credentials of an API pod's imagePullSecrets for `image`'s registry (none for
+    /// static pods: the node's `config.json` serves them), and notes on unusable secrets.
+    fn pull_credentials(
+        &self,
+        image: &str,
+    ) -> (Option<crate::image::auth::Credentials>, Vec<String>) {
+        let Some(api) = self
+            .ctx
+            .api_objects
+            .as_ref()
+            .filter(|_| self.source == "api")
+        else {
+            return (None, Vec::new());
+        };
+        let names = crate::source::api::objects::pull_secret_names(&self.pod);
+        let Ok(reference) = crate::image::reference::Reference::parse(image) else {
+            return (None, Vec::new());
+        };
+        let ns = &self.pod.metadata.namespace;
+        let fetched: Vec<crate::pod::pull_secrets::Fetched> = names
+            .into_iter()
+            .map(|name| {
+                let found = api.secret_with_type(ns, &name);
+                (name, found)
+            })
+            .collect();
+        crate::pod::pull_secrets::credentials(&fetched, &reference.domain)
+    }
+
     /// Starts container `i`: everything up to `runc run --detach`.
     pub(super) async fn start(&mut self, i: usize) {
         let now = Instant::now();
+        // The copies of the pod's ConfigMaps, Secrets (pull secrets too) and tokens.
+        self.fetch_objects().await;
         let (image, image_rootfs) = match self.image_for(i).await {
             Ok(found) => found,
             Err((reason, message)) => return self.create_error(i, reason, message),
@@ -326,7 +367,7 @@ impl Worker {
         let addresses = self.addresses();
         let volume_inputs = volumes::Inputs {
             pod: &self.pod,
-            objects: &*self.ctx.objects,
+            objects: self.objects(),
             addresses: &addresses,
         };
         // kubelet mounts every volume of the pod before any container starts, and waits
@@ -335,7 +376,7 @@ impl Worker {
             return self.create_error(i, "ContainerCreating", e.to_string());
         }
         let sources = config::EnvSources {
-            objects: &*self.ctx.objects,
+            objects: self.objects(),
             addresses: &addresses,
             node: node_capacity(),
         };

@@ -193,6 +193,9 @@ impl Worker {
                 self.volumes.root.display()
             );
         }
+        if let Some(api) = &self.ctx.api_objects {
+            api.forget_pod(&self.pod.metadata.uid);
+        }
         if let Err(e) = remove_tree(&self.pod_dir) {
             log::warn!("pod {name}: removing {}: {e}", self.pod_dir.display());
         }

@@ -12,6 +12,7 @@
 //! - [`decode`] (pure): API objects → validated pods, unknown fields tolerated.
 //! - [`set`] (pure): which API pods run, which terminate, which are mirrors.
 //! - [`client`]: the API calls, as a trait the loops are written against.
+//! - [`objects`]: ConfigMaps, Secrets and service account tokens for API pods (cache + GETs).
 //! - [`ApiPods`] and [`run_watch`] (I/O): the shared state and the watch loop.
 //!
 //! Edge autonomy: at start the stored pods are loaded before the first reconcile, so pods run
@@ -20,6 +21,7 @@
 pub mod api_client;
 pub mod client;
 pub mod decode;
+pub mod objects;
 pub mod set;
 pub mod watcher;
 
