@@ -862,12 +862,46 @@ pub fn open() -> io::Result<Socket> {
 /// message takes effect or none does.
 pub fn apply(sock: &mut Socket, batch: Batch) -> Result<(), ApplyError> {
     let (bytes, first, last) = batch.finish();
+    commit(sock, &bytes, first, last)
+}
+
+/// The sequence numbers `(first, last)` of a finished batch (as [`Batch::finish`] returns
+/// them), read back from its bytes: the begin marker's, and the one before the end marker's.
+/// `None` unless the bytes are a whole batch (begin marker first, end marker last).
+pub fn batch_bounds(bytes: &[u8]) -> Option<(u32, u32)> {
+    let mut first = None;
+    let mut end = None;
+    for msg in messages(bytes) {
+        let msg = msg.ok()?;
+        if first.is_none() {
+            if msg.kind != NFNL_MSG_BATCH_BEGIN {
+                return None;
+            }
+            first = Some(msg.seq);
+        }
+        end = Some(msg);
+    }
+    let end = end?;
+    if end.kind != NFNL_MSG_BATCH_END {
+        return None;
+    }
+    Some((first?, end.seq.wrapping_sub(1)))
+}
+
+/// Sends a finished batch (`bytes`, numbered `first..=last`) and waits for the verdict.
+///
+/// The kernel does all of the work inside the `sendmsg` call: netlink hands a datagram to
+/// nfnetlink in the sender's context, which checks, applies and commits (or aborts) the whole
+/// batch before the call returns, queueing the answers on this socket. So this call blocks
+/// for as long as the commit takes, whatever the socket's mode: the agent runs it in a child
+/// process (`nanolet internal-nft-commit`, see `proxy::apply`).
+pub fn commit(sock: &mut Socket, bytes: &[u8], first: u32, last: u32) -> Result<(), ApplyError> {
     // The whole batch is one datagram: make room for it (root may exceed wmem_max).
     let want = bytes.len() + 64 * 1024;
     if sock.set_send_buffer(want, true).is_err() {
         sock.set_send_buffer(want, false)?;
     }
-    sock.send(&bytes)?;
+    sock.send(bytes)?;
     let mut buf = vec![0u8; 256 * 1024];
     let mut first_error: Option<ApplyError> = None;
     loop {

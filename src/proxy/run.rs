@@ -3,7 +3,7 @@
 //! ```text
 //!  services/ changed ─► rescan ─► source::events ─► ProxyState::apply ─┐
 //!  syncPeriod tick ───► forget what was applied (full resync) ─────────┴► next_transaction
-//!                                                   Writer::write (one atomic batch) ◄┘
+//!                                  Writer::write (one atomic batch, awaited) ◄┘
 //!                                   committed(ruleset) on success, forget_applied on failure
 //! ```
 //!
@@ -25,6 +25,7 @@ use super::source::{Snapshot, events, scan_dir};
 use super::state::{Event, ProxyState};
 use crate::config::proxy::ProxyConfig;
 use crate::source::DirWatch;
+use crate::sys::reaper::Reaper;
 
 /// The proxy: its store, the node's facts and where it writes.
 pub struct Proxy<W: Writer> {
@@ -72,7 +73,8 @@ impl<W: Writer> Proxy<W> {
 
     /// Writes what changed (everything when `full`). Returns whether the kernel now holds
     /// the desired ruleset (false while waiting for the sources, or after a refused write).
-    pub fn sync(&mut self, full: bool) -> bool {
+    /// Other tasks run while the kernel commits.
+    pub async fn sync(&mut self, full: bool) -> bool {
         if full {
             self.state.forget_applied();
         }
@@ -86,9 +88,13 @@ impl<W: Writer> Proxy<W> {
         if tx.ops.is_empty() {
             return true;
         }
-        match self.writer.write(&tx.ops) {
+        let written = self.writer.write(&tx.ops).await;
+        // The operations hold a copy of every table on a full sync: not kept past the write.
+        let ops = tx.ops.len();
+        drop(tx.ops);
+        match written {
             Ok(()) => {
-                log::debug!("proxy: committed {} operations", tx.ops.len());
+                log::debug!("proxy: committed {ops} operations");
                 self.failures = 0;
                 let now = udp_backends(&tx.desired);
                 for gone in self.udp_backends.difference(&now) {
@@ -114,9 +120,10 @@ impl<W: Writer> Proxy<W> {
     }
 }
 
-/// Runs the standalone proxy: Services and EndpointSlices from `cfg.services_path`.
-pub async fn run(cfg: ProxyConfig) {
-    let writer = match Netlink::open() {
+/// Runs the standalone proxy: Services and EndpointSlices from `cfg.services_path`. Commits
+/// run in children of `exe`, reaped by `reaper`.
+pub async fn run(cfg: ProxyConfig, exe: PathBuf, reaper: Reaper) {
+    let writer = match Netlink::open(exe, reaper) {
         Ok(w) => w,
         Err(e) => {
             log::error!(
@@ -147,7 +154,7 @@ pub async fn run(cfg: ProxyConfig) {
         }
         proxy.feed(events(&prev, &next));
         prev = next;
-        proxy.sync(full);
+        proxy.sync(full).await;
         let tick = async {
             Timer::after(cfg.sync_period).await;
             true
@@ -169,6 +176,7 @@ pub async fn run(cfg: ProxyConfig) {
 mod tests {
     use super::*;
     use crate::proxy::ruleset::Op;
+    use futures_lite::future::block_on;
     use serde_json::json;
 
     #[derive(Default)]
@@ -179,7 +187,7 @@ mod tests {
     }
 
     impl Writer for &mut Recorder {
-        fn write(&mut self, ops: &[Op]) -> Result<(), String> {
+        async fn write(&mut self, ops: &[Op]) -> Result<(), String> {
             self.writes.push(ops.to_vec());
             if self.refuse {
                 return Err("refused".into());
@@ -217,9 +225,9 @@ mod tests {
         }));
         p.feed(vec![dns, dns_slice(&["10.244.1.5", "10.244.2.6"])]);
         p.feed(vec![Event::ServicesSynced, Event::EndpointSlicesSynced]);
-        assert!(p.sync(false));
+        assert!(block_on(p.sync(false)));
         p.feed(vec![dns_slice(&["10.244.2.6"])]);
-        assert!(p.sync(false));
+        assert!(block_on(p.sync(false)));
         drop(p);
         assert_eq!(rec.flushed, vec!["10.244.1.5:53".parse().unwrap()]);
     }
@@ -247,15 +255,15 @@ mod tests {
         let mut rec = Recorder::default();
         let mut p = Proxy::new(node(), &mut rec);
         p.feed(vec![web(), Event::ServicesSynced]);
-        assert!(!p.sync(true));
+        assert!(!block_on(p.sync(true)));
         p.feed(vec![Event::EndpointSlicesSynced]);
-        assert!(p.sync(true));
-        assert!(p.sync(false), "nothing changed: nothing written");
+        assert!(block_on(p.sync(true)));
+        assert!(block_on(p.sync(false)), "nothing changed: nothing written");
         p.feed(vec![Event::ServiceDeleted {
             namespace: "default".into(),
             name: "web".into(),
         }]);
-        assert!(p.sync(false));
+        assert!(block_on(p.sync(false)));
         drop(p);
         assert_eq!(rec.writes.len(), 2);
         assert!(
@@ -283,8 +291,8 @@ mod tests {
             Event::ServicesSynced,
             Event::EndpointSlicesSynced,
         ]);
-        assert!(!p.sync(false));
-        assert!(!p.sync(false));
+        assert!(!block_on(p.sync(false)));
+        assert!(!block_on(p.sync(false)));
         drop(p);
         assert_eq!(rec.writes.len(), 2);
         assert!(matches!(rec.writes[1][0], Op::DeleteTable(_)));
