@@ -462,11 +462,9 @@ fn proxy_dump(config_dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         )
         .into());
     };
-    let snap = crate::proxy::source::scan_dir(&proxy.services_path);
-    let services: Vec<_> = snap.services.into_values().collect();
-    let slices: Vec<_> = snap.slices.into_values().collect();
+    let (services, slices, found) = crate::proxy::source::load_dir(&proxy.services_path);
     let (text, problems) = crate::proxy::dump(&services, &slices, &proxy.node);
-    for p in snap.problems.iter().chain(&problems) {
+    for p in found.iter().chain(&problems) {
         eprintln!("{p}");
     }
     print!("{text}");

@@ -1,8 +1,8 @@
 //! The proxy loop: events in, transactions out, on the agent's one thread.
 //!
 //! ```text
-//!  services/ changed ─► rescan ─► source::events ─► ProxyState::apply ─┐
-//!  syncPeriod tick ───► forget what was applied (full resync) ─────────┴► next_transaction
+//!  services/ changed ─► scan_dir (changed objects, one at a time) ─► ProxyState::apply ─┐
+//!  syncPeriod tick ───► forget what was applied (full resync) ──────────────────────────┴► next_transaction
 //!                                  Writer::write (one atomic batch, awaited) ◄┘
 //!                                   committed(ruleset) on success, forget_applied on failure
 //! ```
@@ -21,7 +21,7 @@ use futures_lite::FutureExt;
 use super::apply::{Netlink, Writer};
 use super::model::{NodeConfig, Protocol};
 use super::ruleset::{Action, Ruleset};
-use super::source::{Snapshot, events, scan_dir};
+use super::source::{Snapshot, scan_dir};
 use super::state::{Event, ProxyState};
 use crate::config::proxy::ProxyConfig;
 use crate::source::DirWatch;
@@ -146,13 +146,14 @@ pub async fn run(cfg: ProxyConfig, exe: PathBuf, reaper: Reaper) {
     let mut prev = Snapshot::default();
     let mut full = true;
     loop {
-        let next = scan_dir(&dir);
+        // Each changed object goes into the store as it is parsed: the folder's JSON is never
+        // held at once.
+        let next = scan_dir(&dir, &prev, &mut |e| proxy.feed(vec![e]));
         for p in &next.problems {
             if !prev.problems.contains(p) {
                 log::warn!("proxy: {p}");
             }
         }
-        proxy.feed(events(&prev, &next));
         prev = next;
         proxy.sync(full).await;
         let tick = async {
