@@ -135,7 +135,7 @@ fn other_tasks_run_while_a_large_batch_commits_and_refusals_are_named() {
             let mut writer = Netlink::open(exe.clone(), reaper).unwrap();
             async_io::block_on(ex.run(async {
                 let before = ticks.get();
-                writer.write(&ops).await.unwrap();
+                writer.write(ops.clone()).await.unwrap();
                 let during = ticks.get() - before;
                 // A rule for a chain that does not exist: the kernel refuses the batch.
                 let bad = match &ops[1] {
@@ -145,7 +145,7 @@ fn other_tasks_run_while_a_large_batch_commits_and_refusals_are_named() {
                     }
                     other => panic!("expected the table after its delete: {other:?}"),
                 };
-                (during, writer.write(&[bad]).await)
+                (during, writer.write(vec![bad]).await)
             }))
         })
         .join()

@@ -39,8 +39,9 @@ use super::ruleset::Op;
 // The agent's executor is single-threaded: these futures need not be `Send`.
 #[allow(async_fn_in_trait)]
 pub trait Writer {
-    /// Commits `ops` atomically; other tasks run while the kernel works.
-    async fn write(&mut self, ops: &[Op]) -> Result<(), String>;
+    /// Commits `ops` atomically; other tasks run while the kernel works. Takes the operations
+    /// so that a writer can let them go once encoded (a full sync's hold every table).
+    async fn write(&mut self, ops: Vec<Op>) -> Result<(), String>;
 
     /// Deletes the UDP conntrack entries translated to `backend`, a backend that went away.
     /// Returns how many there were.
@@ -77,9 +78,10 @@ impl Netlink {
 }
 
 impl Writer for Netlink {
-    async fn write(&mut self, ops: &[Op]) -> Result<(), String> {
+    async fn write(&mut self, ops: Vec<Op>) -> Result<(), String> {
         let mut batch = Batch::new(self.next_seq);
-        lower_ops(ops, &mut batch);
+        lower_ops(&ops, &mut batch);
+        drop(ops);
         self.next_seq = self.next_seq.wrapping_add(batch.len() + 1);
         let (bytes, _, _) = batch.finish();
         commit_in_child(&self.exe, &self.reaper, bytes).await

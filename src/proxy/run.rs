@@ -88,11 +88,10 @@ impl<W: Writer> Proxy<W> {
         if tx.ops.is_empty() {
             return true;
         }
-        let written = self.writer.write(&tx.ops).await;
-        // The operations hold a copy of every table on a full sync: not kept past the write.
+        // The operations hold a copy of every table on a full sync: the writer lets them go
+        // once they are encoded, before the kernel's commit.
         let ops = tx.ops.len();
-        drop(tx.ops);
-        match written {
+        match self.writer.write(tx.ops).await {
             Ok(()) => {
                 log::debug!("proxy: committed {ops} operations");
                 self.failures = 0;
@@ -188,8 +187,8 @@ mod tests {
     }
 
     impl Writer for &mut Recorder {
-        async fn write(&mut self, ops: &[Op]) -> Result<(), String> {
-            self.writes.push(ops.to_vec());
+        async fn write(&mut self, ops: Vec<Op>) -> Result<(), String> {
+            self.writes.push(ops);
             if self.refuse {
                 return Err("refused".into());
             }
