@@ -4,7 +4,8 @@
 //!
 //! Phases as the standalone agent runs them: the `services/` text; the folder parsed into the
 //! store (the validated model) one document at a time; the transaction (desired ruleset +
-//! operations, a full sync); the encoded batch. For comparison, the folder held as JSON
+//! operations, a full sync); the encoded batch, as the agent makes it (handed on in parts) and
+//! whole (as the commit child holds it). For comparison, the folder held as JSON
 //! documents at once, as the source did before (its snapshot kept them between scans).
 //!
 //! Then, as root in a network namespace: where a commit's time goes, in `sendmsg` (the kernel
@@ -101,7 +102,13 @@ pub fn memory(n: u32, dir: &std::path::Path, node: &nanolet::proxy::model::NodeC
         "transaction (desired ruleset + full-sync operations)",
         || state.next_transaction(node).unwrap(),
     );
-    let bytes = phase("encoded batch", || {
+    phase("encoded batch, handed on in 1 MiB parts (the agent)", || {
+        let mut batch = Batch::new(1);
+        batch.spill_to(Box::new(std::io::sink()), 1 << 20);
+        lower_ops(&tx.ops, &mut batch);
+        batch.finish_spilled().unwrap()
+    });
+    let bytes = phase("encoded batch, whole (the commit child holds this)", || {
         let mut batch = Batch::new(1);
         lower_ops(&tx.ops, &mut batch);
         batch.finish().0

@@ -6,9 +6,9 @@
 //! their own writer to record transactions.
 //!
 //! ```text
-//!  agent (executor thread)                          child: nanolet internal-nft-commit
-//!  lower ops ─► batch bytes ─► stdin pipe (async) ─► read all ─► sendmsg (the kernel
-//!  await stdout/stderr EOF and the reaper's exit ◄── exit 0, or 1 + "nftables: …"  commits here)
+//!  agent (executor thread)                              child: nanolet internal-nft-commit
+//!  lower ops ─► 1 MiB of messages at a time ─► stdin ─► read all ─► sendmsg (the kernel
+//!  await stderr EOF and the reaper's exit ◄──────────── exit 0, or 1 + "nftables: …"   commits here)
 //! ```
 //!
 //! Not blocking: the kernel checks and commits a batch inside the `sendmsg` that carries it
@@ -27,7 +27,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use async_io::{Async, Timer};
-use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt, future};
+use futures_lite::{AsyncReadExt, FutureExt};
 
 use crate::netlink::nftables::{self, Batch};
 use crate::sys::reaper::{Exit, Reaper};
@@ -79,12 +79,42 @@ impl Netlink {
 
 impl Writer for Netlink {
     async fn write(&mut self, ops: Vec<Op>) -> Result<(), String> {
-        let mut batch = Batch::new(self.next_seq);
-        lower_ops(&ops, &mut batch);
-        drop(ops);
-        self.next_seq = self.next_seq.wrapping_add(batch.len() + 1);
-        let (bytes, _, _) = batch.finish();
-        commit_in_child(&self.exe, &self.reaper, bytes).await
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg(CHILD_VERB)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("running {} {CHILD_VERB}: {e}", self.exe.display()))?;
+        let pid = child.id() as i32;
+        let stdin = child.stdin.take();
+        let stderr = child
+            .stderr
+            .take()
+            .map(|p| Async::new(File::from(OwnedFd::from(p))));
+        // `child` is dropped without `wait`: the reaper owns the exit status.
+        drop(child);
+        // Encoding is the agent's work (pure, about a second at 10 000 Services); the
+        // messages go down the pipe as they are made, so the batch is never held whole here.
+        // The child does nothing but read until the end, so these writes do not wait long.
+        let sent = match stdin {
+            Some(pipe) => {
+                let mut batch = Batch::new(self.next_seq);
+                batch.spill_to(Box::new(pipe), SPILL_CHUNK);
+                lower_ops(&ops, &mut batch);
+                drop(ops);
+                self.next_seq = self.next_seq.wrapping_add(batch.len() + 1);
+                batch.finish_spilled()
+            }
+            None => Err(io::Error::other("no stdin pipe")),
+        };
+        let verdict = await_child(&self.reaper, pid, stderr).await;
+        match (sent, verdict) {
+            (_, Err(e)) => Err(e),
+            (Err(e), Ok(())) => Err(format!("writing the batch to the commit child: {e}")),
+            (Ok(_), Ok(())) => Ok(()),
+        }
     }
 
     fn forget_udp_flows(&mut self, backend: std::net::SocketAddr) -> Result<usize, String> {
@@ -92,49 +122,25 @@ impl Writer for Netlink {
     }
 }
 
+/// How much of a batch the agent holds before handing it to the commit child.
+const SPILL_CHUNK: usize = 1 << 20;
+
 /// Most of the child's stderr kept (its last line is the error).
 const MAX_STDERR: u64 = 64 * 1024;
 
-/// Runs `exe internal-nft-commit` with the batch on its stdin and awaits its verdict. The
-/// bytes are dropped as soon as the child has them all.
-async fn commit_in_child(exe: &PathBuf, reaper: &Reaper, bytes: Vec<u8>) -> Result<(), String> {
-    let mut cmd = Command::new(exe);
-    cmd.arg(CHILD_VERB)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("running {} {CHILD_VERB}: {e}", exe.display()))?;
-    let pid = child.id() as i32;
-    let stdin = child
-        .stdin
-        .take()
-        .map(|p| Async::new(File::from(OwnedFd::from(p))));
-    let stderr = child
-        .stderr
-        .take()
-        .map(|p| Async::new(File::from(OwnedFd::from(p))));
-    // `child` is dropped without `wait`: the reaper owns the exit status.
-    drop(child);
-    let write = async move {
-        if let Some(Ok(mut pipe)) = stdin {
-            // A child that dies before reading everything says why on stderr and in its exit.
-            let _ = pipe.write_all(&bytes).await;
-            let _ = pipe.close().await;
-        }
-        drop(bytes);
-    };
-    let read = async {
+/// Awaits the commit child `pid` (its stdin already closed): its verdict, or a timeout after
+/// which it is killed.
+async fn await_child(
+    reaper: &Reaper,
+    pid: i32,
+    stderr: Option<io::Result<Async<File>>>,
+) -> Result<(), String> {
+    let run = async {
         let mut buf = Vec::new();
         if let Some(Ok(pipe)) = stderr {
             let _ = pipe.take(MAX_STDERR).read_to_end(&mut buf).await;
         }
-        buf
-    };
-    let run = async {
-        let ((), stderr) = future::zip(write, read).await;
-        Some((reaper.wait(pid).await, stderr))
+        Some((reaper.wait(pid).await, buf))
     };
     let timeout = async {
         Timer::after(COMMIT_TIMEOUT).await;
