@@ -522,6 +522,8 @@ fn main() {
         let (services, slices) = world(1_000);
         let ops = replace_ops(&ruleset(&services, &slices));
         Netns::new("split").run(|| phases::commit_split(&ops, 1_000));
+        let exe = env!("CARGO_BIN_EXE_nanolet");
+        Netns::new("child").run(|| phases::child_overhead(exe, 21));
     }
     if want("rss") {
         println!("== agent memory (target <= 16 MiB)");

@@ -102,12 +102,15 @@ pub fn memory(n: u32, dir: &std::path::Path, node: &nanolet::proxy::model::NodeC
         "transaction (desired ruleset + full-sync operations)",
         || state.next_transaction(node).unwrap(),
     );
-    phase("encoded batch, handed on in 1 MiB parts (the agent)", || {
-        let mut batch = Batch::new(1);
-        batch.spill_to(Box::new(std::io::sink()), 1 << 20);
-        lower_ops(&tx.ops, &mut batch);
-        batch.finish_spilled().unwrap()
-    });
+    phase(
+        "encoded batch, handed on in 1 MiB parts (the agent)",
+        || {
+            let mut batch = Batch::new(1);
+            batch.spill_to(Box::new(std::io::sink()), 1 << 20);
+            lower_ops(&tx.ops, &mut batch);
+            batch.finish_spilled().unwrap()
+        },
+    );
     let bytes = phase("encoded batch, whole (the commit child holds this)", || {
         let mut batch = Batch::new(1);
         lower_ops(&tx.ops, &mut batch);
@@ -148,5 +151,45 @@ pub fn commit_split(ops: &[nanolet::proxy::ruleset::Op], n: u32) {
         "commit of {n} Services: sendmsg returned after {:.1} ms; the answer was there {:.3} ms later",
         sent.as_secs_f64() * 1000.0,
         (total - sent).as_secs_f64() * 1000.0
+    );
+}
+
+/// What the commit child costs: a one-table batch committed inline against through
+/// `nanolet internal-nft-commit` (spawn, pipe, exit), median of `runs` each (run inside a
+/// fresh network namespace).
+pub fn child_overhead(exe: &str, runs: usize) {
+    use std::io::Write;
+    let tiny = || {
+        let mut b = Batch::new(1);
+        b.add_table(nftables::Family::Ipv4, "nanolet-bench-tiny");
+        b.finish().0
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut inline = Vec::new();
+    let mut child = Vec::new();
+    for _ in 0..runs {
+        let start = Instant::now();
+        let mut sock = nftables::open().unwrap();
+        let bytes = tiny();
+        let (first, last) = nftables::batch_bounds(&bytes).unwrap();
+        nftables::commit(&mut sock, &bytes, first, last).unwrap();
+        inline.push(start.elapsed().as_secs_f64() * 1000.0);
+        let start = Instant::now();
+        let mut c = std::process::Command::new(exe)
+            .arg("internal-nft-commit")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(&tiny()).unwrap();
+        assert!(c.wait().unwrap().success());
+        child.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    let (i, c) = (median(inline), median(child));
+    println!(
+        "one-table commit (median of {runs}): inline {i:.2} ms | through the child {c:.2} ms ({:.1}x)",
+        c / i
     );
 }
