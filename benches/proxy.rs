@@ -16,7 +16,10 @@
 //! 6. `iptables` (only when named): the iptables fallback vs the nftables mode (see
 //!    `proxy/iptables_mode.rs`).
 //!
-//! Parts can be picked: `cargo bench --bench proxy -- cold add rss latency shapes iptables`.
+//! 7. `phases`: the agent's heap phase by phase at 10 000 Services (source, store,
+//!    transaction, batch), and how a commit's time splits between `sendmsg` and the answer.
+//!
+//! Parts can be picked: `cargo bench --bench proxy -- cold add phases rss latency shapes iptables`.
 //! Medians of several runs (one run for the 10 000-Service cold loads); ratios against the baselines measured in the same run. No
 //! assertions: the numbers are for the reader. Targets (issue #6): cold sync <= 0.5x nft;
 //! adding one Service <= 5 ms and flat; RSS <= 16 MiB; latency at 10 000 within 10 % of 100.
@@ -37,6 +40,8 @@ use nanolet::proxy::nft_text::render_replace;
 use nanolet::proxy::ruleset::{Op, Ruleset, diff};
 use serde_json::{Value, json};
 
+#[path = "proxy/phases.rs"]
+mod phases;
 #[path = "proxy/shapes.rs"]
 mod shapes;
 
@@ -295,17 +300,13 @@ fn add_one(n: u32, runs: u32) -> Duration {
     })
 }
 
-/// Writes the Services as manifests, runs the agent in a namespace until the table has all
-/// of them, and reads its peak RSS.
-fn agent_rss(n: u32) {
-    let ns = Netns::new("rss");
+/// A config dir whose `services/all.yaml` holds `n` Services and their EndpointSlices.
+fn services_dir(n: u32) -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix("nanolet-bench-proxy-")
         .tempdir()
         .unwrap();
-    let root = dir.path();
-    fs::create_dir_all(root.join("services")).unwrap();
-    fs::create_dir_all(root.join("manifests")).unwrap();
+    fs::create_dir_all(dir.path().join("services")).unwrap();
     let (services, slices) = world(n);
     let mut text = String::new();
     for (s, e) in services.iter().zip(&slices) {
@@ -314,7 +315,18 @@ fn agent_rss(n: u32) {
         text.push_str(&serde_json::to_string(e).unwrap());
         text.push_str("\n---\n");
     }
-    fs::write(root.join("services/all.yaml"), text).unwrap();
+    fs::write(dir.path().join("services/all.yaml"), text).unwrap();
+    dir
+}
+
+/// Writes the Services as manifests, runs the agent in a namespace until the table has all
+/// of them, and reads its peak RSS.
+/// `NANOLET_BENCH_AGENT` names another nanolet binary to measure (a baseline build).
+fn agent_rss(n: u32) {
+    let ns = Netns::new("rss");
+    let dir = services_dir(n);
+    let root = dir.path();
+    fs::create_dir_all(root.join("manifests")).unwrap();
     fs::write(
         root.join("nanolet.yaml"),
         format!(
@@ -324,15 +336,10 @@ fn agent_rss(n: u32) {
         ),
     )
     .unwrap();
+    let exe = std::env::var("NANOLET_BENCH_AGENT")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_nanolet").to_string());
     let mut agent = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.0,
-            env!("CARGO_BIN_EXE_nanolet"),
-            "agent",
-            "--config-dir",
-        ])
+        .args(["netns", "exec", &ns.0, &exe, "agent", "--config-dir"])
         .arg(root)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -340,7 +347,20 @@ fn agent_rss(n: u32) {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(900);
     let want = format!("svc-{}/", n - 1);
+    // The commit child's peak (kB), sampled while it lives.
+    let mut child_hwm = 0u64;
     let synced = loop {
+        let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", agent.id()))
+            .unwrap_or_default();
+        for pid in children.split_whitespace() {
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let kb = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0);
+            child_hwm = child_hwm.max(kb);
+        }
         let out = Command::new("ip")
             .args(["netns", "exec", &ns.0, "nft", "list", "chains", "ip"])
             .output()
@@ -362,7 +382,7 @@ fn agent_rss(n: u32) {
             .unwrap_or_default()
     };
     println!(
-        "agent with {n} Services: synced {synced}; VmHWM {} (peak), VmRSS {} (after sync)",
+        "agent with {n} Services: synced {synced}; VmHWM {} (peak), VmRSS {} (after sync); commit child VmHWM {child_hwm} kB (sampled); {exe}",
         field("VmHWM:"),
         field("VmRSS:")
     );
@@ -500,6 +520,16 @@ fn main() {
             "   10 000 vs 100: {:.2}x",
             big.as_secs_f64() / base.as_secs_f64()
         );
+    }
+    if want("phases") {
+        println!("== where the memory goes (heap by phase) and where a commit's time goes");
+        let dir = services_dir(10_000);
+        phases::memory(10_000, &dir.path().join("services"), &node());
+        let (services, slices) = world(1_000);
+        let ops = replace_ops(&ruleset(&services, &slices));
+        Netns::new("split").run(|| phases::commit_split(&ops, 1_000));
+        let exe = env!("CARGO_BIN_EXE_nanolet");
+        Netns::new("child").run(|| phases::child_overhead(exe, 21));
     }
     if want("rss") {
         println!("== agent memory (target <= 16 MiB)");

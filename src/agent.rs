@@ -258,13 +258,14 @@ impl Agent {
             .executor
             .spawn(write_snapshots(self.ctx.clone()))
             .detach();
+        let (exe, reaper) = (self.ctx.exe.clone(), self.ctx.reaper.clone());
         match (cfg.proxy.clone(), self.proxy_api.clone()) {
             (Some(proxy), Some(client)) => {
-                let task = crate::proxy::api::run(proxy, client);
+                let task = crate::proxy::api::run(proxy, client, exe, reaper);
                 self.ctx.executor.spawn(task).detach();
             }
             (Some(proxy), None) => {
-                let task = crate::proxy::run::run(proxy);
+                let task = crate::proxy::run::run(proxy, exe, reaper);
                 self.ctx.executor.spawn(task).detach();
             }
             (None, _) => {}

@@ -1,6 +1,6 @@
 //! The command line: `nanolet agent|ps|logs|images|pull|rmi|version`, and the hidden child
 //! modes the agent runs itself as (`internal-sandbox`, `internal-import`, `internal-pull`,
-//! `internal-unpack`).
+//! `internal-unpack`, `internal-nft-commit`).
 //!
 //! `internal-pull REF` speaks to its parent in JSON lines on stdout, one object per line:
 //! `{"layer":"sha256:…","done":n,"total":m}` while layers download, then exactly one of
@@ -61,6 +61,8 @@ pub enum Command {
         link: Option<String>,
     },
     Import,
+    /// `internal-nft-commit`: one nf_tables batch from stdin into the kernel, for the proxy.
+    NftCommit,
     /// `pull REF`: progress for a person.
     Pull {
         reference: String,
@@ -144,6 +146,7 @@ pub fn parse(args: Vec<String>) -> Result<(Command, PathBuf), lexopt::Error> {
             link: sandbox_link,
         },
         Some("internal-import") => Command::Import,
+        Some(crate::proxy::apply::CHILD_VERB) => Command::NftCommit,
         Some(verb @ ("pull" | "rmi" | "internal-pull" | "internal-unpack")) => {
             let [reference] = <[String; 1]>::try_from(positional)
                 .map_err(|_| format!("{verb}: want one image. usage: nanolet {verb} IMAGE"))?;
@@ -258,6 +261,7 @@ fn run(command: Command, config_dir: &Path) -> Result<(), Box<dyn std::error::Er
             let link: crate::net::bridge::PodLink = link.parse()?;
             crate::net::bridge::sandbox_child(&dir, &hostname, &link)?
         }
+        Command::NftCommit => crate::proxy::apply::commit_child()?,
         Command::Import => {
             // The agent logs this child's results; its own progress lines would repeat them.
             log::set_max_level(log::LevelFilter::Warn);
@@ -504,15 +508,13 @@ fn proxy_dump(config_dir: &Path, iptables: bool) -> Result<(), Box<dyn std::erro
         )
         .into());
     };
-    let snap = crate::proxy::source::scan_dir(&proxy.services_path);
-    let services: Vec<_> = snap.services.into_values().collect();
-    let slices: Vec<_> = snap.slices.into_values().collect();
+    let (services, slices, found) = crate::proxy::source::load_dir(&proxy.services_path);
     let (text, problems) = if iptables {
         crate::proxy::dump_iptables(&services, &slices, &proxy.node)
     } else {
         crate::proxy::dump(&services, &slices, &proxy.node)
     };
-    for p in snap.problems.iter().chain(&problems) {
+    for p in found.iter().chain(&problems) {
         eprintln!("{p}");
     }
     print!("{text}");

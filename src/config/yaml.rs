@@ -62,22 +62,30 @@ impl From<ScanError> for YamlError {
 /// Parses every document of a YAML stream, each with the span of its start. An empty document
 /// is `Value::Null`.
 pub fn parse_documents(text: &str) -> Result<Vec<(Value, Span)>, YamlError> {
+    let mut documents = Vec::new();
+    each_document(text, |value, span| documents.push((value, span)))?;
+    Ok(documents)
+}
+
+/// Parses the documents of a YAML stream one at a time, handing each (with the span of its
+/// start) to `f` before the next is parsed, so that a long stream is never held as values at
+/// once. On an error, the documents before it have been handed over.
+pub fn each_document(text: &str, mut f: impl FnMut(Value, Span)) -> Result<(), YamlError> {
     let mut builder = Builder {
         parser: Parser::new(StrInput::new(text)),
         anchors: HashMap::new(),
     };
-    let mut documents = Vec::new();
     loop {
         let (event, span) = builder.next()?;
         match event {
             Event::StreamStart | Event::DocumentEnd | Event::Nothing => {}
-            Event::StreamEnd => return Ok(documents),
+            Event::StreamEnd => return Ok(()),
             Event::DocumentStart(_) => {
                 // Anchors are scoped to one document.
                 builder.anchors.clear();
                 let (event, node_span) = builder.next()?;
                 let value = builder.node(event, node_span)?;
-                documents.push((value, span));
+                f(value, span);
             }
             other => {
                 return Err(YamlError::at(&span, format!("unexpected event {other:?}")));

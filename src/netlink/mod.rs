@@ -158,6 +158,28 @@ impl Builder {
         self
     }
 
+    /// Closes the open message and returns every byte so far; [`Builder::clear`] then starts
+    /// an empty buffer (a long batch can be handed on in parts).
+    pub fn finished_bytes(&mut self) -> &[u8] {
+        self.end();
+        &self.buf
+    }
+
+    /// Drops the bytes so far, keeping the buffer's memory for the next ones.
+    pub fn clear(&mut self) {
+        self.end();
+        self.buf.clear();
+    }
+
+    /// Bytes so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
     /// The finished bytes (closing what is still open).
     pub fn finish(mut self) -> Vec<u8> {
         self.end();

@@ -381,6 +381,23 @@ pub struct Batch {
     first_seq: u32,
     seq: u32,
     next_set_id: u32,
+    spill: Option<Spill>,
+}
+
+/// Where a spilling batch writes its finished messages ([`Batch::spill_to`]).
+struct Spill {
+    out: Box<dyn io::Write>,
+    chunk: usize,
+    error: Option<io::Error>,
+}
+
+impl std::fmt::Debug for Spill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spill")
+            .field("chunk", &self.chunk)
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Batch {
@@ -394,7 +411,53 @@ impl Batch {
             first_seq,
             seq: first_seq,
             next_set_id: 1,
+            spill: None,
         }
+    }
+
+    /// Writes the finished messages to `out` whenever `chunk` bytes of them are held, so a
+    /// large batch is never held whole here (the proxy streams it to the child that commits
+    /// it). Close such a batch with [`Batch::finish_spilled`].
+    pub fn spill_to(&mut self, out: Box<dyn io::Write>, chunk: usize) {
+        self.spill = Some(Spill {
+            out,
+            chunk,
+            error: None,
+        });
+    }
+
+    /// Hands the finished messages on when the spill's chunk is full.
+    fn maybe_spill(&mut self) {
+        let Some(spill) = &mut self.spill else {
+            return;
+        };
+        if self.b.len() < spill.chunk {
+            return;
+        }
+        if spill.error.is_none()
+            && let Err(e) = spill.out.write_all(self.b.finished_bytes())
+        {
+            spill.error = Some(e);
+        }
+        self.b.clear();
+    }
+
+    /// Closes a batch made with [`Batch::spill_to`]: writes the rest and returns the sequence
+    /// numbers [`Batch::finish`] would (the first write error, if one failed).
+    pub fn finish_spilled(mut self) -> io::Result<(u32, u32)> {
+        let spill = self.spill.take();
+        let (rest, first, last) = self.finish();
+        let Some(mut spill) = spill else {
+            return Err(io::Error::other(
+                "finish_spilled: the batch was not spilling",
+            ));
+        };
+        if let Some(e) = spill.error.take() {
+            return Err(e);
+        }
+        spill.out.write_all(&rest)?;
+        spill.out.flush()?;
+        Ok((first, last))
     }
 
     /// Messages in the batch so far, the begin marker included.
@@ -408,6 +471,7 @@ impl Batch {
     }
 
     fn msg(&mut self, kind: u16, flags: u16, family: Family) -> &mut Builder {
+        self.maybe_spill();
         self.seq = self.seq.wrapping_add(1);
         self.b
             .begin(msg_type(kind), NLM_F_REQUEST | flags, self.seq)
@@ -862,12 +926,46 @@ pub fn open() -> io::Result<Socket> {
 /// message takes effect or none does.
 pub fn apply(sock: &mut Socket, batch: Batch) -> Result<(), ApplyError> {
     let (bytes, first, last) = batch.finish();
+    commit(sock, &bytes, first, last)
+}
+
+/// The sequence numbers `(first, last)` of a finished batch (as [`Batch::finish`] returns
+/// them), read back from its bytes: the begin marker's, and the one before the end marker's.
+/// `None` unless the bytes are a whole batch (begin marker first, end marker last).
+pub fn batch_bounds(bytes: &[u8]) -> Option<(u32, u32)> {
+    let mut first = None;
+    let mut end = None;
+    for msg in messages(bytes) {
+        let msg = msg.ok()?;
+        if first.is_none() {
+            if msg.kind != NFNL_MSG_BATCH_BEGIN {
+                return None;
+            }
+            first = Some(msg.seq);
+        }
+        end = Some(msg);
+    }
+    let end = end?;
+    if end.kind != NFNL_MSG_BATCH_END {
+        return None;
+    }
+    Some((first?, end.seq.wrapping_sub(1)))
+}
+
+/// Sends a finished batch (`bytes`, numbered `first..=last`) and waits for the verdict.
+///
+/// The kernel does all of the work inside the `sendmsg` call: netlink hands a datagram to
+/// nfnetlink in the sender's context, which checks, applies and commits (or aborts) the whole
+/// batch before the call returns, queueing the answers on this socket. So this call blocks
+/// for as long as the commit takes, whatever the socket's mode: the agent runs it in a child
+/// process (`nanolet internal-nft-commit`, see `proxy::apply`).
+pub fn commit(sock: &mut Socket, bytes: &[u8], first: u32, last: u32) -> Result<(), ApplyError> {
     // The whole batch is one datagram: make room for it (root may exceed wmem_max).
     let want = bytes.len() + 64 * 1024;
     if sock.set_send_buffer(want, true).is_err() {
         sock.set_send_buffer(want, false)?;
     }
-    sock.send(&bytes)?;
+    sock.send(bytes)?;
     let mut buf = vec![0u8; 256 * 1024];
     let mut first_error: Option<ApplyError> = None;
     loop {

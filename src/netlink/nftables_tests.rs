@@ -151,3 +151,67 @@ fn rule_comments_are_nftnl_userdata() {
     let e: Vec<(u16, &[u8])> = attrs(exprs[0].1).collect();
     assert_eq!(e[0], (NFTA_EXPR_NAME, &b"immediate\0"[..]));
 }
+
+/// A `Write` into a shared buffer, to see what a spilling batch wrote and when.
+#[derive(Clone, Default)]
+struct Shared(std::rc::Rc<std::cell::RefCell<Vec<u8>>>);
+
+impl io::Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.borrow_mut().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn many_chains(b: &mut Batch) {
+    b.add_table(Family::Ipv4, "t");
+    for i in 0..200 {
+        b.add_chain(Family::Ipv4, "t", &format!("chain-{i}"), None);
+    }
+}
+
+#[test]
+fn a_spilling_batch_writes_the_same_bytes_in_parts_as_it_grows() {
+    let mut whole = Batch::new(7);
+    many_chains(&mut whole);
+    let (expected, first, last) = whole.finish();
+
+    let out = Shared::default();
+    let mut spilled = Batch::new(7);
+    spilled.spill_to(Box::new(out.clone()), 1024);
+    many_chains(&mut spilled);
+    let before_finish = out.0.borrow().len();
+    assert!(
+        before_finish > 0 && before_finish < expected.len(),
+        "nothing was handed on before the end: {before_finish} of {}",
+        expected.len()
+    );
+    assert_eq!(spilled.finish_spilled().unwrap(), (first, last));
+    assert_eq!(*out.0.borrow(), expected);
+    let acks = msgs(&expected)
+        .iter()
+        .filter(|m| m.flags & NLM_F_ACK != 0)
+        .count();
+    assert_eq!(acks, 1, "still one acknowledgement, on the last message");
+}
+
+#[test]
+fn a_spilling_batch_reports_a_failed_write() {
+    struct Broken;
+    impl io::Write for Broken {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::from(io::ErrorKind::BrokenPipe))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut b = Batch::new(1);
+    b.spill_to(Box::new(Broken), 64);
+    many_chains(&mut b);
+    let err = b.finish_spilled().unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+}

@@ -12,6 +12,7 @@
 //! a full list ([`super::state`]'s gate). With a kubeconfig the API server is the only source:
 //! the `services/` folder is not read (kube-proxy has one source too).
 
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -28,6 +29,7 @@ use crate::api::types::{List, WatchEvent};
 use crate::config::proxy::ProxyConfig;
 use crate::source::api::Jitter;
 use crate::source::api::watcher::{Input, PAGE_LIMIT, Request, Watcher};
+use crate::sys::reaper::Reaper;
 
 /// What kube-proxy leaves to others: Services another proxy implements, headless Services.
 const SELECTOR: &str = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
@@ -170,9 +172,10 @@ async fn send(
     events.is_empty() || tx.send(events).await.is_ok()
 }
 
-/// Runs the proxy on Services and EndpointSlices from the API server.
-pub async fn run(cfg: ProxyConfig, client: Rc<Client>) {
-    let writer = match Backend::open(cfg.mode) {
+/// Runs the proxy on Services and EndpointSlices from the API server. Commits run in children
+/// of `exe`, reaped by `reaper`; the watches go on meanwhile.
+pub async fn run(cfg: ProxyConfig, client: Rc<Client>, exe: PathBuf, reaper: Reaper) {
+    let writer = match Backend::open(cfg.mode, exe, reaper) {
         Ok(w) => w,
         Err(e) => {
             log::error!("proxy: {e}; Services are not proxied");
@@ -190,7 +193,7 @@ pub async fn run(cfg: ProxyConfig, client: Rc<Client>) {
     let apply = async move {
         let mut full = true;
         loop {
-            proxy.sync(full);
+            proxy.sync(full).await;
             let tick = async {
                 Timer::after(cfg.sync_period).await;
                 true

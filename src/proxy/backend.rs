@@ -7,6 +7,7 @@
 //! netlink at all (`EPROTONOSUPPORT`). The decision ([`choose`]) is pure.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::apply::{Netlink, Writer};
@@ -15,11 +16,11 @@ use super::ruleset::Op;
 use crate::config::proxy::ProxyMode;
 use crate::netlink::nftables::{self, msg_type};
 use crate::netlink::{Builder, NLM_F_ACK, NLM_F_REQUEST};
+use crate::sys::reaper::Reaper;
 
 const NFT_MSG_GETGEN: u16 = 16;
 
 /// The writer the proxy uses.
-#[derive(Debug)]
 pub enum Backend {
     Nftables(Netlink),
     Iptables(Iptables),
@@ -50,8 +51,9 @@ fn nf_tables_answers() -> Result<(), String> {
 }
 
 impl Backend {
-    /// Opens the backend `mode` asks for (for `auto`: the one the kernel supports).
-    pub fn open(mode: ProxyMode) -> Result<Backend, String> {
+    /// Opens the backend `mode` asks for (for `auto`: the one the kernel supports). nftables
+    /// commits run in children of `exe`, reaped by `reaper`.
+    pub fn open(mode: ProxyMode, exe: PathBuf, reaper: Reaper) -> Result<Backend, String> {
         let probe = match mode {
             ProxyMode::Auto => nf_tables_answers(),
             _ => Ok(()),
@@ -63,7 +65,7 @@ impl Backend {
                 }
                 Iptables::open().map(Backend::Iptables)
             }
-            _ => Netlink::open()
+            _ => Netlink::open(exe, reaper)
                 .map(Backend::Nftables)
                 .map_err(|e| format!("cannot open a netfilter netlink socket: {e}")),
         }
@@ -71,9 +73,9 @@ impl Backend {
 }
 
 impl Writer for Backend {
-    fn write(&mut self, ops: &[Op]) -> Result<(), String> {
+    async fn write(&mut self, ops: Vec<Op>) -> Result<(), String> {
         match self {
-            Backend::Nftables(n) => n.write(ops),
+            Backend::Nftables(n) => n.write(ops).await,
             // The proxy hands the iptables backend its store instead (see `iptables`).
             Backend::Iptables(_) => Err("the iptables backend takes no nftables operations".into()),
         }

@@ -1,9 +1,9 @@
 //! The proxy loop: events in, transactions out, on the agent's one thread.
 //!
 //! ```text
-//!  services/ changed ─► rescan ─► source::events ─► ProxyState::apply ─┐
-//!  syncPeriod tick ───► forget what was applied (full resync) ─────────┴► next_transaction
-//!                                                   Writer::write (one atomic batch) ◄┘
+//!  services/ changed ─► scan_dir (changed objects, one at a time) ─► ProxyState::apply ─┐
+//!  syncPeriod tick ───► forget what was applied (full resync) ──────────────────────────┴► next_transaction
+//!                                  Writer::write (one atomic batch, awaited) ◄┘
 //!                                   committed(ruleset) on success, forget_applied on failure
 //! ```
 //!
@@ -22,10 +22,11 @@ use super::apply::Writer;
 use super::backend::Backend;
 use super::model::{NodeConfig, Protocol};
 use super::ruleset::{Action, Ruleset};
-use super::source::{Snapshot, events, scan_dir};
+use super::source::{Snapshot, scan_dir};
 use super::state::{Event, ProxyState};
 use crate::config::proxy::ProxyConfig;
 use crate::source::DirWatch;
+use crate::sys::reaper::Reaper;
 
 /// The proxy: its store, the node's facts and where it writes.
 pub struct Proxy<W: Writer> {
@@ -73,7 +74,8 @@ impl<W: Writer> Proxy<W> {
 
     /// Writes what changed (everything when `full`). Returns whether the kernel now holds
     /// the desired ruleset (false while waiting for the sources, or after a refused write).
-    pub fn sync(&mut self, full: bool) -> bool {
+    /// Other tasks run while the kernel commits.
+    pub async fn sync(&mut self, full: bool) -> bool {
         if let Some(ipt) = self.writer.iptables() {
             let forget = super::iptables_apply::forget_udp_flows;
             return super::iptables_apply::sync(ipt, &self.state, &self.node, full, forget);
@@ -91,9 +93,12 @@ impl<W: Writer> Proxy<W> {
         if tx.ops.is_empty() {
             return true;
         }
-        match self.writer.write(&tx.ops) {
+        // The operations hold a copy of every table on a full sync: the writer lets them go
+        // once they are encoded, before the kernel's commit.
+        let ops = tx.ops.len();
+        match self.writer.write(tx.ops).await {
             Ok(()) => {
-                log::debug!("proxy: committed {} operations", tx.ops.len());
+                log::debug!("proxy: committed {ops} operations");
                 self.failures = 0;
                 let now = udp_backends(&tx.desired);
                 for gone in self.udp_backends.difference(&now) {
@@ -119,9 +124,10 @@ impl<W: Writer> Proxy<W> {
     }
 }
 
-/// Runs the standalone proxy: Services and EndpointSlices from `cfg.services_path`.
-pub async fn run(cfg: ProxyConfig) {
-    let writer = match Backend::open(cfg.mode) {
+/// Runs the standalone proxy: Services and EndpointSlices from `cfg.services_path`. Commits
+/// run in children of `exe`, reaped by `reaper`.
+pub async fn run(cfg: ProxyConfig, exe: PathBuf, reaper: Reaper) {
+    let writer = match Backend::open(cfg.mode, exe, reaper) {
         Ok(w) => w,
         Err(e) => {
             log::error!("proxy: {e}; Services are not proxied");
@@ -142,15 +148,16 @@ pub async fn run(cfg: ProxyConfig) {
     let mut prev = Snapshot::default();
     let mut full = true;
     loop {
-        let next = scan_dir(&dir);
+        // Each changed object goes into the store as it is parsed: the folder's JSON is never
+        // held at once.
+        let next = scan_dir(&dir, &prev, &mut |e| proxy.feed(vec![e]));
         for p in &next.problems {
             if !prev.problems.contains(p) {
                 log::warn!("proxy: {p}");
             }
         }
-        proxy.feed(events(&prev, &next));
         prev = next;
-        proxy.sync(full);
+        proxy.sync(full).await;
         let tick = async {
             Timer::after(cfg.sync_period).await;
             true
@@ -172,6 +179,7 @@ pub async fn run(cfg: ProxyConfig) {
 mod tests {
     use super::*;
     use crate::proxy::ruleset::Op;
+    use futures_lite::future::block_on;
     use serde_json::json;
 
     #[derive(Default)]
@@ -182,8 +190,8 @@ mod tests {
     }
 
     impl Writer for &mut Recorder {
-        fn write(&mut self, ops: &[Op]) -> Result<(), String> {
-            self.writes.push(ops.to_vec());
+        async fn write(&mut self, ops: Vec<Op>) -> Result<(), String> {
+            self.writes.push(ops);
             if self.refuse {
                 return Err("refused".into());
             }
@@ -220,9 +228,9 @@ mod tests {
         }));
         p.feed(vec![dns, dns_slice(&["10.244.1.5", "10.244.2.6"])]);
         p.feed(vec![Event::ServicesSynced, Event::EndpointSlicesSynced]);
-        assert!(p.sync(false));
+        assert!(block_on(p.sync(false)));
         p.feed(vec![dns_slice(&["10.244.2.6"])]);
-        assert!(p.sync(false));
+        assert!(block_on(p.sync(false)));
         drop(p);
         assert_eq!(rec.flushed, vec!["10.244.1.5:53".parse().unwrap()]);
     }
@@ -250,15 +258,15 @@ mod tests {
         let mut rec = Recorder::default();
         let mut p = Proxy::new(node(), &mut rec);
         p.feed(vec![web(), Event::ServicesSynced]);
-        assert!(!p.sync(true));
+        assert!(!block_on(p.sync(true)));
         p.feed(vec![Event::EndpointSlicesSynced]);
-        assert!(p.sync(true));
-        assert!(p.sync(false), "nothing changed: nothing written");
+        assert!(block_on(p.sync(true)));
+        assert!(block_on(p.sync(false)), "nothing changed: nothing written");
         p.feed(vec![Event::ServiceDeleted {
             namespace: "default".into(),
             name: "web".into(),
         }]);
-        assert!(p.sync(false));
+        assert!(block_on(p.sync(false)));
         drop(p);
         assert_eq!(rec.writes.len(), 2);
         assert!(
@@ -286,8 +294,8 @@ mod tests {
             Event::ServicesSynced,
             Event::EndpointSlicesSynced,
         ]);
-        assert!(!p.sync(false));
-        assert!(!p.sync(false));
+        assert!(!block_on(p.sync(false)));
+        assert!(!block_on(p.sync(false)));
         drop(p);
         assert_eq!(rec.writes.len(), 2);
         assert!(matches!(rec.writes[1][0], Op::DeleteTable(_)));

@@ -1,19 +1,23 @@
 //! Where Services and EndpointSlices come from, as [`Event`]s for [`super::state`].
 //!
 //! ```text
-//!  standalone: services/ folder ─ scan_dir ─► Snapshot ─ events(prev, next) ─┐
-//!  API server (later): list + watch ─────────────────────────────────────────┴► Vec<Event>
+//!  standalone: services/ folder ─ scan_dir(prev) ─► one document at a time ─ changed? ─► emit
+//!                                                   Snapshot (a hash per object) ◄┘
+//!  API server: list + watch (super::api) ───────────────────────────────────────────► Vec<Event>
 //! ```
 //!
 //! The proxy only consumes events, so a watch on the API server can feed it the same way a
-//! folder scan does. A folder scan is a full snapshot: [`events`] turns two snapshots into
-//! the applies and deletes between them, then says that both lists are complete.
+//! folder scan does. A folder scan is a full snapshot: [`scan_dir`] hands over each document
+//! that differs from the previous scan as soon as it is parsed, then the deletions, then says
+//! that both lists are complete. The snapshot keeps a hash per object, not the object: the
+//! store holds the validated model, and the JSON of 10 000 Services is never held at once.
 //!
 //! Files: `*.yaml`, `*.yml`, `*.json` (as in `manifests/`), several `---` documents each;
 //! documents of other kinds are skipped with a problem line, as are unreadable files. One
-//! broken document never hides the others.
+//! broken document never hides the others before it (a YAML syntax error ends its file).
 
 use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::Path;
 
 use serde_json::Value;
@@ -21,16 +25,17 @@ use serde_json::Value;
 use super::state::Event;
 use crate::source::is_manifest_file_name;
 
-/// Every Service and EndpointSlice found, keyed `namespace/name`, and what was wrong.
+/// What one scan found: a hash of every Service and EndpointSlice, keyed `namespace/name`,
+/// and what was wrong.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
-    pub services: BTreeMap<String, Value>,
-    pub slices: BTreeMap<String, Value>,
+    pub services: BTreeMap<String, u64>,
+    pub slices: BTreeMap<String, u64>,
     /// One line per skipped file or document, naming it.
     pub problems: Vec<String>,
 }
 
-fn key(v: &Value) -> (String, String) {
+fn key(v: &Value) -> String {
     let ns = v
         .pointer("/metadata/namespace")
         .and_then(Value::as_str)
@@ -39,112 +44,168 @@ fn key(v: &Value) -> (String, String) {
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or("");
-    (ns.to_string(), name.to_string())
+    format!("{ns}/{name}")
+}
+
+/// A hash of a whole JSON value (object keys are sorted in `serde_json`'s map).
+fn hash_of(v: &Value) -> u64 {
+    fn walk(v: &Value, h: &mut DefaultHasher) {
+        match v {
+            Value::Null => 0u8.hash(h),
+            Value::Bool(b) => (1u8, b).hash(h),
+            Value::Number(n) => (2u8, n.to_string()).hash(h),
+            Value::String(s) => (3u8, s).hash(h),
+            Value::Array(a) => {
+                (4u8, a.len()).hash(h);
+                a.iter().for_each(|x| walk(x, h));
+            }
+            Value::Object(m) => {
+                (5u8, m.len()).hash(h);
+                for (k, x) in m {
+                    k.hash(h);
+                    walk(x, h);
+                }
+            }
+        }
+    }
+    let mut h = DefaultHasher::new();
+    walk(v, &mut h);
+    h.finish()
 }
 
 impl Snapshot {
-    /// Sorts the documents of one file (named `origin` in problems) into the snapshot.
-    pub fn add_file(&mut self, origin: &str, text: &str) {
-        let docs = match crate::config::yaml::parse_documents(text) {
-            Ok(d) => d,
-            Err(e) => {
-                self.problems.push(format!("{origin}: {e}"));
+    /// Sorts the documents of one file (named `origin` in problems) into the snapshot, one at
+    /// a time; each that differs from `prev` goes to `emit` as an applied event.
+    pub fn add_file(
+        &mut self,
+        origin: &str,
+        text: &str,
+        prev: &Snapshot,
+        emit: &mut dyn FnMut(Event),
+    ) {
+        let mut i = 0;
+        let parsed = crate::config::yaml::each_document(text, |doc, _| {
+            i += 1;
+            self.add_document(origin, i, doc, prev, emit);
+        });
+        if let Err(e) = parsed {
+            self.problems.push(format!("{origin}: {e}"));
+        }
+    }
+
+    fn add_document(
+        &mut self,
+        origin: &str,
+        i: usize,
+        doc: Value,
+        prev: &Snapshot,
+        emit: &mut dyn FnMut(Event),
+    ) {
+        if doc.is_null() {
+            return;
+        }
+        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("");
+        let api = doc.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        let (map, old, is_service) = match (kind, api) {
+            ("Service", "v1") => (&mut self.services, &prev.services, true),
+            ("EndpointSlice", "discovery.k8s.io/v1") => (&mut self.slices, &prev.slices, false),
+            _ => {
+                self.problems.push(format!(
+                    "{origin}: document {i}: kind {kind:?} apiVersion {api:?}: expected Service v1 or EndpointSlice discovery.k8s.io/v1"
+                ));
                 return;
             }
         };
-        for (i, (doc, _)) in docs.into_iter().enumerate() {
-            if doc.is_null() {
-                continue;
-            }
-            let kind = doc
-                .get("kind")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            let api = doc
-                .get("apiVersion")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            let (ns, name) = key(&doc);
-            let k = format!("{ns}/{name}");
-            let map = match (kind.as_str(), api.as_str()) {
-                ("Service", "v1") => &mut self.services,
-                ("EndpointSlice", "discovery.k8s.io/v1") => &mut self.slices,
-                _ => {
-                    self.problems.push(format!(
-                        "{origin}: document {}: kind {kind:?} apiVersion {api:?}: expected Service v1 or EndpointSlice discovery.k8s.io/v1",
-                        i + 1
-                    ));
-                    continue;
-                }
+        let k = key(&doc);
+        let hash = hash_of(&doc);
+        let twice = map.insert(k.clone(), hash).is_some();
+        // A second definition in this scan always goes to the store: the last one counts.
+        if twice || old.get(&k) != Some(&hash) {
+            emit(if is_service {
+                Event::ServiceApplied(doc)
+            } else {
+                Event::EndpointSliceApplied(doc)
+            });
+        }
+        if twice {
+            let what = if is_service {
+                "service"
+            } else {
+                "endpointslice"
             };
-            if map.insert(k.clone(), doc).is_some() {
-                self.problems.push(format!(
-                    "{origin}: {} {k} is defined more than once; the last one counts",
-                    kind.to_lowercase()
-                ));
-            }
+            self.problems.push(format!(
+                "{origin}: {what} {k} is defined more than once; the last one counts"
+            ));
         }
     }
 }
 
-/// Reads every manifest file in `dir`. A missing folder is an empty snapshot.
-pub fn scan_dir(dir: &Path) -> Snapshot {
+/// Reads every manifest file in `dir` (a missing folder is empty). Each object that differs
+/// from `prev` goes to `emit` as soon as it is parsed; then the deletions since `prev`, then
+/// both "synced" markers (a folder scan is always a complete list). Returns the new snapshot.
+pub fn scan_dir(dir: &Path, prev: &Snapshot, emit: &mut dyn FnMut(Event)) -> Snapshot {
     let mut snap = Snapshot::default();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return snap,
-        Err(e) => {
-            snap.problems
-                .push(format!("services path {}: {e}", dir.display()));
-            return snap;
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            let mut paths: Vec<_> = entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_str().is_some_and(is_manifest_file_name))
+                .map(|e| e.path())
+                .collect();
+            paths.sort();
+            for path in paths {
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => snap.add_file(&path.display().to_string(), &text, prev, emit),
+                    Err(e) => snap.problems.push(format!("{}: {e}", path.display())),
+                }
+            }
         }
-    };
-    let mut paths: Vec<_> = entries
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_str().is_some_and(is_manifest_file_name))
-        .map(|e| e.path())
-        .collect();
-    paths.sort();
-    for path in paths {
-        match std::fs::read_to_string(&path) {
-            Ok(text) => snap.add_file(&path.display().to_string(), &text),
-            Err(e) => snap.problems.push(format!("{}: {e}", path.display())),
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => snap
+            .problems
+            .push(format!("services path {}: {e}", dir.display())),
     }
+    finish(prev, &snap, emit);
     snap
 }
 
-/// The events that turn `prev` into `next`, ending with both "synced" markers (a folder
-/// scan is always a complete list).
-pub fn events(prev: &Snapshot, next: &Snapshot) -> Vec<Event> {
-    let mut out = Vec::new();
-    for (k, v) in &prev.services {
+/// Every Service and EndpointSlice in `dir` (the last definition of each), and the problems
+/// found: for `nanolet proxy dump`, which needs the objects, not the events.
+pub fn load_dir(dir: &Path) -> (Vec<Value>, Vec<Value>, Vec<String>) {
+    let mut services = BTreeMap::new();
+    let mut slices = BTreeMap::new();
+    let snap = scan_dir(dir, &Snapshot::default(), &mut |e| match e {
+        Event::ServiceApplied(v) => drop(services.insert(key(&v), v)),
+        Event::EndpointSliceApplied(v) => drop(slices.insert(key(&v), v)),
+        _ => {}
+    });
+    (
+        services.into_values().collect(),
+        slices.into_values().collect(),
+        snap.problems,
+    )
+}
+
+/// The deletions that turn `prev` into `next`, then both "synced" markers.
+pub fn finish(prev: &Snapshot, next: &Snapshot, emit: &mut dyn FnMut(Event)) {
+    let split = |k: &str| {
+        let (ns, name) = k.split_once('/').unwrap_or(("default", k));
+        (ns.to_string(), name.to_string())
+    };
+    for k in prev.services.keys() {
         if !next.services.contains_key(k) {
-            let (namespace, name) = key(v);
-            out.push(Event::ServiceDeleted { namespace, name });
+            let (namespace, name) = split(k);
+            emit(Event::ServiceDeleted { namespace, name });
         }
     }
-    for (k, v) in &prev.slices {
+    for k in prev.slices.keys() {
         if !next.slices.contains_key(k) {
-            let (namespace, name) = key(v);
-            out.push(Event::EndpointSliceDeleted { namespace, name });
+            let (namespace, name) = split(k);
+            emit(Event::EndpointSliceDeleted { namespace, name });
         }
     }
-    for (k, v) in &next.services {
-        if prev.services.get(k) != Some(v) {
-            out.push(Event::ServiceApplied(v.clone()));
-        }
-    }
-    for (k, v) in &next.slices {
-        if prev.slices.get(k) != Some(v) {
-            out.push(Event::EndpointSliceApplied(v.clone()));
-        }
-    }
-    out.push(Event::ServicesSynced);
-    out.push(Event::EndpointSlicesSynced);
-    out
+    emit(Event::ServicesSynced);
+    emit(Event::EndpointSlicesSynced);
 }
 
 #[cfg(test)]
@@ -153,12 +214,20 @@ mod tests {
 
     const WEB: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}\n";
 
+    /// The snapshot and the events of one file scanned after `prev`.
+    fn scan(prev: &Snapshot, text: &str) -> (Snapshot, Vec<Event>) {
+        let mut events = Vec::new();
+        let mut s = Snapshot::default();
+        s.add_file("a.yaml", text, prev, &mut |e| events.push(e));
+        finish(prev, &s, &mut |e| events.push(e));
+        (s, events)
+    }
+
     #[test]
     fn documents_are_sorted_by_kind_and_others_are_named() {
-        let mut s = Snapshot::default();
         let slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1, namespace: prod}\naddressType: IPv4\nendpoints: []\n";
-        s.add_file(
-            "a.yaml",
+        let (s, _) = scan(
+            &Snapshot::default(),
             &format!("{WEB}---\n{slice}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\n"),
         );
         assert_eq!(s.services.keys().collect::<Vec<_>>(), vec!["default/web"]);
@@ -169,28 +238,53 @@ mod tests {
             "{:?}",
             s.problems
         );
-        s.add_file("b.yaml", "{ not yaml");
-        assert!(s.problems[1].starts_with("b.yaml: "), "{:?}", s.problems);
+        let (s, _) = scan(&Snapshot::default(), "{ not yaml");
+        assert!(s.problems[0].starts_with("a.yaml: "), "{:?}", s.problems);
     }
 
     #[test]
     fn events_carry_only_the_changes_then_both_synced_markers() {
-        let mut a = Snapshot::default();
-        a.add_file("a", WEB);
-        let first = events(&Snapshot::default(), &a);
+        let (a, first) = scan(&Snapshot::default(), WEB);
         assert!(matches!(first[0], Event::ServiceApplied(_)));
         assert_eq!(first.len(), 3);
+        let (_, again) = scan(&a, WEB);
         assert_eq!(
-            events(&a, &a),
+            again,
             vec![Event::ServicesSynced, Event::EndpointSlicesSynced]
         );
-        let gone = events(&a, &Snapshot::default());
+        let (_, changed) = scan(&a, &WEB.replace("port: 80", "port: 81"));
+        assert!(
+            matches!(changed[0], Event::ServiceApplied(_)),
+            "{changed:?}"
+        );
+        assert_eq!(changed.len(), 3);
+        let (_, gone) = scan(&a, "");
         assert_eq!(
             gone[0],
             Event::ServiceDeleted {
                 namespace: "default".into(),
                 name: "web".into()
             }
+        );
+    }
+
+    #[test]
+    fn of_two_definitions_the_last_one_reaches_the_store_even_when_unchanged() {
+        let (a, _) = scan(&Snapshot::default(), WEB);
+        let other = WEB.replace("10.96.0.10", "10.96.0.11");
+        let (s, events) = scan(&a, &format!("{other}---\n{WEB}"));
+        let applied: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::ServiceApplied(v) => v.pointer("/spec/clusterIP").cloned(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(applied, vec!["10.96.0.11", "10.96.0.10"]);
+        assert!(
+            s.problems[0].contains("service default/web is defined more than once"),
+            "{:?}",
+            s.problems
         );
     }
 }
