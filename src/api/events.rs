@@ -129,7 +129,9 @@ impl Recorder {
 
     /// A recorder and the receiving end for [`run`].
     pub fn channel() -> (Recorder, async_channel::Receiver<EventRecord>) {
-        let (tx, rx) = async_channel::bounded(QUEUE);
+        // Unbounded, with the bound checked in `record`: a bounded channel allocates all its
+        // QUEUE slots up front (~180 KiB), while this one grows with what is queued.
+        let (tx, rx) = async_channel::unbounded();
         (Recorder { tx: Some(tx) }, rx)
     }
 
@@ -148,7 +150,7 @@ impl Recorder {
                 reason: reason.to_string(),
                 message: message.into(),
             };
-            if tx.try_send(record).is_err() {
+            if tx.len() >= QUEUE || tx.try_send(record).is_err() {
                 log::debug!("event queue full: dropped a {reason} event");
             }
         }

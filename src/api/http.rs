@@ -145,7 +145,9 @@ impl Connection {
             self.input.drain(..self.start);
             self.start = 0;
         }
-        let mut scratch = [0u8; 16 * 1024];
+        // On the heap: an array here would sit in the state of every future that may read,
+        // for its whole life (a node's API tasks held ~140 KiB of such arrays while idle).
+        let mut scratch = vec![0u8; 16 * 1024];
         let n = self.stream.read(&mut scratch).await?;
         self.input.extend_from_slice(&scratch[..n]);
         Ok(n > 0)
@@ -280,7 +282,8 @@ impl Body {
                 self.end()?;
                 return Ok(false);
             }
-            let mut buf = [0u8; 16 * 1024];
+            // On the heap, like `fill`'s scratch: not part of every caller's future.
+            let mut buf = vec![0u8; 16 * 1024];
             let (used, n) = call.read(self.conn.pending(), &mut buf)?;
             self.conn.consume(used);
             if n > 0 {

@@ -34,6 +34,16 @@ use security::{PodSecurityContext, SecurityContext};
 pub use pod::{Container, EnvVar, ObjectMeta, Pod, PodSpec, PullPolicy, RestartPolicy};
 pub use validate::{FieldError, ValidationError, validate};
 
+/// The sha256 of an object's JSON text: what nanolet keeps of an object when it only needs to
+/// know whether a later one is the same (serde_json keeps object keys sorted, so equal values
+/// give equal text). 32 bytes instead of a copy of the object.
+pub fn fingerprint<T: serde::Serialize>(value: &T) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    // Encoding these types cannot fail: their map keys are strings.
+    let text = serde_json::to_vec(value).unwrap_or_default();
+    Sha256::digest(&text).into()
+}
+
 /// `namespace/name`, the key kubelet uses for a pod.
 pub fn pod_full_name(pod: &Pod) -> String {
     format!("{}/{}", pod.metadata.namespace, pod.metadata.name)

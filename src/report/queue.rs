@@ -6,17 +6,24 @@
 //!        ▼
 //!   next(now) ──► one pending patch whose back-off is over ──► the caller PATCHes it
 //!        ▼
-//!   finished(outcome):  Sent  → acknowledged[uid] = body (unless a newer one is pending)
+//!   finished(outcome):  Sent  → acknowledged[uid] = sha256(body) (unless a newer one is pending)
 //!                       Gone  (404, 422: the pod with this UID is no more) → forget the pod
 //!                       Retry (409, 429, 5xx, no connection) → pending again after a back-off
 //! ```
 //!
-//! Pure: time is passed in.
+//! Pure: time is passed in. Of an acknowledged status only its [`Fingerprint`] is kept: the
+//! server has the status itself, and a full copy per pod was the largest per-pod item of an API
+//! pod after its spec.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use crate::k8s::fingerprint;
+
+/// The sha256 of a status body's JSON text (see [`fingerprint`]).
+type Fingerprint = [u8; 32];
 
 /// One status patch to send.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,7 +64,7 @@ struct Pending {
 /// The per-pod status patches still to send.
 #[derive(Debug, Default)]
 pub struct StatusQueue {
-    acknowledged: HashMap<String, Value>,
+    acknowledged: HashMap<String, Fingerprint>,
     pending: BTreeMap<String, Pending>,
     /// Pods whose last patch was answered Gone: nothing more is sent for them.
     gone: std::collections::HashSet<String>,
@@ -78,7 +85,7 @@ impl StatusQueue {
         if self.gone.contains(&patch.uid) {
             return;
         }
-        if self.acknowledged.get(&patch.uid) == Some(&patch.body) {
+        if self.acknowledged.get(&patch.uid) == Some(&fingerprint(&patch.body)) {
             self.pending.remove(&patch.uid);
             return;
         }
@@ -120,7 +127,8 @@ impl StatusQueue {
                 if !newer {
                     self.pending.remove(&patch.uid);
                 }
-                self.acknowledged.insert(patch.uid.clone(), patch.body);
+                self.acknowledged
+                    .insert(patch.uid.clone(), fingerprint(&patch.body));
             }
             Outcome::Gone => self.forget(&patch.uid, true),
             Outcome::Retry => {

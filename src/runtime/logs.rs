@@ -110,6 +110,11 @@ impl LogWriter {
     pub fn write(&mut self, stream: Stream, data: &[u8], now: SystemTime) -> io::Result<()> {
         let mut buf = std::mem::take(&mut self.pending[stream.index()]);
         let result = self.write_lines(stream, &mut buf, data, now);
+        // Keep the allocation only while a line is unfinished: a container that printed one
+        // long line once must not hold its length for the rest of its life.
+        if buf.is_empty() {
+            buf = Vec::new();
+        }
         self.pending[stream.index()] = buf;
         result
     }

@@ -12,8 +12,11 @@
 //! - [`runc`]: the only file that runs runc.
 //! - [`logs`]: CRI-format container log files (`<time> <stream> <F|P> <content>`): the writer with
 //!   kubelet-style rotation and the reader behind `nanolet logs`.
+//! - [`log_pump`]: copies a container's stdout and stderr FIFOs into its log through one read
+//!   buffer shared by all containers.
 
 pub mod bundle;
+pub mod log_pump;
 pub mod logs;
 pub mod runc;
 pub mod seccomp;

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_executor::LocalExecutor;
 use async_io::Timer;
-use futures_lite::{AsyncReadExt, FutureExt};
+use futures_lite::FutureExt;
 
 use super::backoff::BackoffPolicy;
 use super::board::Board;
@@ -44,8 +44,9 @@ use crate::image::gc::UseLog;
 use crate::image::{Image, ImageStore};
 use crate::k8s::object::ObjectSource;
 use crate::k8s::{self, Pod};
-use crate::runtime::bundle::{Bundle, LogPipes, Record};
-use crate::runtime::logs::{LogWriter, Stream};
+use crate::runtime::bundle::{Bundle, Record};
+use crate::runtime::log_pump::pump as pump_logs;
+use crate::runtime::logs::LogWriter;
 use crate::runtime::runc::{self, Runc};
 use crate::runtime::spec::{self, HostLimits};
 use crate::runtime::user;
@@ -125,24 +126,31 @@ struct Running {
 
 /// The handle the agent keeps for each worker.
 pub struct Handle {
-    pub commands: async_channel::Sender<Command>,
+    pub commands: Commands,
     pub task: async_executor::Task<()>,
+}
+
+/// Where the agent sends a worker its orders: straight into the worker's event queue (a
+/// channel and a forwarding task per pod cost ~3 KiB for nothing).
+pub struct Commands(async_channel::Sender<Event>);
+
+impl Commands {
+    /// Queues `command`; fails only when the worker is gone.
+    pub fn try_send(&self, command: Command) -> Result<(), Command> {
+        self.0
+            .try_send(Event::Command(command))
+            .map_err(|e| match e.into_inner() {
+                Event::Command(c) => c,
+                // Only commands are sent here.
+                _ => Command::Stop,
+            })
+    }
 }
 
 /// Starts a worker for `pod` (validated, with its uid set) on the context's executor.
 pub fn spawn(ctx: Rc<Context>, pod: Pod, source: String, adopted: Vec<Adopted>) -> Handle {
-    let (commands, commands_rx) = async_channel::unbounded();
     let (events, events_rx) = async_channel::unbounded();
-    let forward = events.clone();
-    ctx.executor
-        .spawn(async move {
-            while let Ok(c) = commands_rx.recv().await {
-                if forward.send(Event::Command(c)).await.is_err() {
-                    return;
-                }
-            }
-        })
-        .detach();
+    let commands = Commands(events.clone());
     let worker = Worker::new(ctx.clone(), pod, source, events, events_rx);
     let task = ctx.executor.spawn(worker.run(adopted));
     Handle { commands, task }
@@ -278,8 +286,11 @@ impl Worker {
             self.pod.metadata.uid,
             self.source
         );
-        self.adopt_all(adopted).await;
-        self.resume_network().await;
+        // The verbs below are boxed: their states (runc, pulls, netlink, the sandbox child)
+        // are large and live only while they run, and a worker spends its life waiting, where
+        // an inline state would hold its largest verb's size for good (~12 KiB per pod).
+        Box::pin(self.adopt_all(adopted)).await;
+        Box::pin(self.resume_network()).await;
         loop {
             // Orders and exits that are already queued come first: a Stop never waits behind starts.
             while let Ok(event) = self.events_rx.try_recv() {
@@ -294,7 +305,7 @@ impl Worker {
             }
             if !plan.start.is_empty() {
                 for i in plan.start {
-                    self.start(i).await;
+                    Box::pin(self.start(i)).await;
                 }
                 self.publish();
                 continue;
@@ -333,7 +344,7 @@ impl Worker {
     async fn handle(&mut self, event: Event) -> bool {
         match event {
             Event::Exited { slot, id, exit } => {
-                self.on_exit(slot, &id, exit).await;
+                Box::pin(self.on_exit(slot, &id, exit)).await;
                 false
             }
             Event::Probe { slot, id, verdict } => {
@@ -350,11 +361,11 @@ impl Worker {
                 false
             }
             Event::Command(Command::Stop) => {
-                self.terminate(None).await;
+                Box::pin(self.terminate(None)).await;
                 true
             }
             Event::Command(Command::StopWithin(seconds)) => {
-                self.terminate(Some(seconds)).await;
+                Box::pin(self.terminate(Some(seconds))).await;
                 true
             }
         }
@@ -541,35 +552,4 @@ fn event_object(pod: &Pod, container: Option<&str>, is_init: bool) -> ObjectRef 
         object.field_path = format!("spec.initContainers{{{name}}}");
     }
     object
-}
-
-/// Copies a container's stdout and stderr into its CRI log file until both reach end-of-file.
-async fn pump_logs(pipes: LogPipes, writer: LogWriter) {
-    let writer = std::cell::RefCell::new(writer);
-    let pump = |mut pipe: async_io::Async<std::fs::File>, stream: Stream| {
-        let writer = &writer;
-        async move {
-            let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                match pipe.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if let Err(e) =
-                            writer
-                                .borrow_mut()
-                                .write(stream, &buf[..n], SystemTime::now())
-                        {
-                            log::warn!("container log: {e}");
-                        }
-                    }
-                }
-            }
-            let _ = writer.borrow_mut().flush_partial(stream, SystemTime::now());
-        }
-    };
-    futures_lite::future::zip(
-        pump(pipes.stdout, Stream::Stdout),
-        pump(pipes.stderr, Stream::Stderr),
-    )
-    .await;
 }

@@ -54,8 +54,9 @@ pub struct ApiPods {
     subscribers: RefCell<Vec<async_channel::Sender<()>>>,
     /// The static pods, as the agent last saw them (for mirror pods).
     static_pods: RefCell<Vec<Pod>>,
-    /// The spec each running API pod's worker was started with, by UID.
-    started: RefCell<BTreeMap<String, crate::k8s::PodSpec>>,
+    /// The fingerprint of the spec each running API pod's worker was started with, by UID
+    /// (the spec itself is in the set and in the worker already).
+    started: RefCell<BTreeMap<String, [u8; 32]>>,
 }
 
 impl ApiPods {
@@ -90,7 +91,7 @@ impl ApiPods {
     pub fn record_started(&self, pod: &Pod) {
         self.started
             .borrow_mut()
-            .insert(pod.metadata.uid.clone(), pod.spec.clone());
+            .insert(pod.metadata.uid.clone(), crate::k8s::fingerprint(&pod.spec));
     }
 
     /// Whether the API server changed the spec of this running pod (the API allows new images):
@@ -99,7 +100,7 @@ impl ApiPods {
         let set = self.set.borrow();
         let mut started = self.started.borrow_mut();
         match (set.get(uid), started.get(uid)) {
-            (Some(pod), Some(spec)) if pod.spec != *spec => {
+            (Some(pod), Some(spec)) if crate::k8s::fingerprint(&pod.spec) != *spec => {
                 log::info!(
                     "pod {}: the API server changed its spec; restarting it",
                     crate::k8s::pod_full_name(pod)
