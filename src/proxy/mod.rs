@@ -9,13 +9,15 @@
 //! ```
 //!
 //! - [`model`]: the inputs, parsed and validated at the edge; errors name the object and field.
-//! - [`build`]: the desired ruleset, with kube-proxy's nftables-mode semantics.
+//! - [`build`]: the desired ruleset, with kube-proxy's nftables-mode semantics, in the
+//!   shared-map shape (a Service is map elements; one chain per endpoint count).
 //! - [`ruleset`]: the ruleset as a typed value, and the diff between two of them.
 //! - [`nft_text`]: the ruleset as `nft -f` text (`nanolet proxy dump`).
 //! - [`state`]: the store fed by the watches, the sync gate, the next transaction.
 //! - [`trace`]: where a packet would go, following the same chains the kernel would.
 //!
-//! - [`lower`]: the ruleset as nf_tables netlink messages (pure).
+//! - [`lower`]: the ruleset as nf_tables netlink messages (pure); `lower_dnat` the shared
+//!   endpoint maps (nft's `typeof` user data) and the hairpin lookup.
 //! - [`source`]: Services and EndpointSlices as events: the standalone `services/` folder.
 //! - [`apply`]: the one file of kernel I/O: a transaction as one atomic netlink batch.
 //! - [`run`]: the loop on the agent's thread: sources in, transactions out, periodic resync.
@@ -30,6 +32,7 @@ pub mod apply;
 pub mod build;
 pub mod convert;
 pub mod lower;
+mod lower_dnat;
 pub mod model;
 pub mod nft_text;
 pub mod ruleset;

@@ -20,7 +20,7 @@ use futures_lite::FutureExt;
 
 use super::apply::{Netlink, Writer};
 use super::model::{NodeConfig, Protocol};
-use super::ruleset::{Action, Ruleset};
+use super::ruleset::{Action, KeyPart, Ruleset};
 use super::source::{Snapshot, events, scan_dir};
 use super::state::{Event, ProxyState};
 use crate::config::proxy::ProxyConfig;
@@ -37,17 +37,27 @@ pub struct Proxy<W: Writer> {
     udp_backends: BTreeSet<SocketAddr>,
 }
 
-/// Every address UDP traffic is DNATed to.
+/// Every address UDP traffic is DNATed to: endpoint chains' rules and the shared endpoint
+/// maps' elements whose key is UDP.
 pub fn udp_backends(r: &Ruleset) -> BTreeSet<SocketAddr> {
-    r.tables
+    let in_chains = r
+        .tables
         .iter()
         .flat_map(|t| t.chains.values())
         .flat_map(|c| &c.rules)
         .filter_map(|rule| match rule.action {
             Action::Dnat(Protocol::Udp, addr) => Some(addr),
             _ => None,
-        })
-        .collect()
+        });
+    let udp = KeyPart::Proto(Protocol::Udp);
+    let in_maps = r
+        .tables
+        .iter()
+        .flat_map(|t| t.dnat_maps.values())
+        .flat_map(|m| &m.elements)
+        .filter(|(k, _)| k.contains(&udp))
+        .map(|(_, addr)| *addr);
+    in_chains.chain(in_maps).collect()
 }
 
 impl<W: Writer> Proxy<W> {
