@@ -13,7 +13,8 @@
 //!   shared-map shape (a Service is map elements; one chain per endpoint count).
 //! - [`ruleset`]: the ruleset as a typed value, and the diff between two of them.
 //! - [`nft_text`]: the ruleset as `nft -f` text (`nanolet proxy dump`).
-//! - [`state`]: the store fed by the watches, the sync gate, the next transaction.
+//! - [`state`]: the store fed by the watches, the sync gate, the next transaction;
+//!   [`fragments`]: what each Service adds to the ruleset, and the incremental diff of them.
 //! - [`trace`]: where a packet would go, following the same chains the kernel would.
 //!
 //! - [`lower`]: the ruleset as nf_tables netlink messages (pure); `lower_dnat` the shared
@@ -31,6 +32,7 @@ pub mod api;
 pub mod apply;
 pub mod build;
 pub mod convert;
+pub mod fragments;
 pub mod lower;
 mod lower_dnat;
 pub mod model;

@@ -19,8 +19,7 @@ use async_io::Timer;
 use futures_lite::FutureExt;
 
 use super::apply::{Netlink, Writer};
-use super::model::{NodeConfig, Protocol};
-use super::ruleset::{Action, KeyPart, Ruleset};
+use super::model::NodeConfig;
 use super::source::{Snapshot, events, scan_dir};
 use super::state::{Event, ProxyState};
 use crate::config::proxy::ProxyConfig;
@@ -35,29 +34,6 @@ pub struct Proxy<W: Writer> {
     failures: u32,
     /// The UDP backends of the ruleset the kernel holds: when one goes, its flows are flushed.
     udp_backends: BTreeSet<SocketAddr>,
-}
-
-/// Every address UDP traffic is DNATed to: endpoint chains' rules and the shared endpoint
-/// maps' elements whose key is UDP.
-pub fn udp_backends(r: &Ruleset) -> BTreeSet<SocketAddr> {
-    let in_chains = r
-        .tables
-        .iter()
-        .flat_map(|t| t.chains.values())
-        .flat_map(|c| &c.rules)
-        .filter_map(|rule| match rule.action {
-            Action::Dnat(Protocol::Udp, addr) => Some(addr),
-            _ => None,
-        });
-    let udp = KeyPart::Proto(Protocol::Udp);
-    let in_maps = r
-        .tables
-        .iter()
-        .flat_map(|t| t.dnat_maps.values())
-        .flat_map(|m| &m.elements)
-        .filter(|(k, _)| k.contains(&udp))
-        .map(|(_, addr)| *addr);
-    in_chains.chain(in_maps).collect()
 }
 
 impl<W: Writer> Proxy<W> {
@@ -100,7 +76,8 @@ impl<W: Writer> Proxy<W> {
             Ok(()) => {
                 log::debug!("proxy: committed {} operations", tx.ops.len());
                 self.failures = 0;
-                let now = udp_backends(&tx.desired);
+                self.state.committed(tx);
+                let now = self.state.udp_backends();
                 for gone in self.udp_backends.difference(&now) {
                     match self.writer.forget_udp_flows(*gone) {
                         Ok(0) => {}
@@ -109,7 +86,6 @@ impl<W: Writer> Proxy<W> {
                     }
                 }
                 self.udp_backends = now;
-                self.state.committed(tx.desired);
                 true
             }
             Err(e) => {

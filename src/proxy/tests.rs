@@ -1397,5 +1397,8 @@ fn diff_replaces_a_changed_verdict_and_redeclared_sets() {
 #[path = "netlink_kernel_tests.rs"]
 mod netlink_kernel;
 
+#[path = "incremental_tests.rs"]
+mod incremental;
+
 #[path = "decode_tests.rs"]
 mod decode;
