@@ -176,8 +176,14 @@ impl Applied {
             if let Some(old) = self.fragments.remove(&name) {
                 self.release(&name, &old);
             }
-            if let Some(new) = new {
+            if let Some(mut new) = new {
                 self.hold(&name, &new);
+                // A shared chain's rules follow from its name: not kept once per Service.
+                for ((_, chain), c) in new.chains.iter_mut() {
+                    if is_shared(chain) {
+                        c.rules = Vec::new();
+                    }
+                }
                 self.fragments.insert(name, new);
             }
         }
@@ -338,6 +344,12 @@ pub fn plan(
     )
 }
 
+/// Is this one of the chains Services share (per endpoint count), rather than a Service's
+/// own (affinity chains are named `<kind>-<namespace>/<name>/…`)?
+fn is_shared(chain: &str) -> bool {
+    !chain.contains('/')
+}
+
 /// Does a key of this map name a Service port (rather than one of its endpoints)?
 fn is_service_key(map: &str) -> bool {
     use super::build::{
@@ -370,10 +382,8 @@ impl Delta<'_> {
         // 1. Declare new sets and chains.
         for (id, (d, set)) in &self.sets {
             let before = users(&applied.set_users, id) as i64;
-            if before == 0 && before + d > 0 {
-                if let Some(s) = set {
-                    ops.push(Op::AddSet(id.0, id.1.clone(), (*s).clone()));
-                }
+            if let (true, Some(s)) = (before == 0 && before + d > 0, set) {
+                ops.push(Op::AddSet(id.0, id.1.clone(), (*s).clone()));
             }
         }
         let mut refill = Vec::new();
@@ -403,6 +413,26 @@ impl Delta<'_> {
             }
         }
         // 3. Elements: deletions first (a changed value is deleted, then added).
+        self.element_ops(applied, &mut ops);
+        // 4. Remove what nothing uses any more: empty the chains first (they may jump to
+        //    each other), then delete them, then their sets.
+        for id in &doomed {
+            ops.push(Op::FlushChain(id.0, id.1.clone()));
+        }
+        for id in doomed {
+            ops.push(Op::DeleteChain(id.0, id.1.clone()));
+        }
+        for (id, (d, _)) in &self.sets {
+            let before = users(&applied.set_users, id) as i64;
+            if before > 0 && before + d <= 0 {
+                ops.push(Op::DeleteSet(id.0, id.1.clone()));
+            }
+        }
+        ops
+    }
+
+    /// The element deletions, then additions, of the transaction.
+    fn element_ops(&self, applied: &Applied, ops: &mut Vec<Op>) {
         let mut deletes: BTreeMap<ObjectId, Vec<Key>> = BTreeMap::new();
         let mut adds: BTreeMap<ObjectId, Vec<(Key, Value)>> = BTreeMap::new();
         for (id, d) in &self.members {
@@ -458,21 +488,6 @@ impl Delta<'_> {
                 ops.push(Op::AddElements(fam, name, others));
             }
         }
-        // 4. Remove what nothing uses any more: empty the chains first (they may jump to
-        //    each other), then delete them, then their sets.
-        for id in &doomed {
-            ops.push(Op::FlushChain(id.0, id.1.clone()));
-        }
-        for id in doomed {
-            ops.push(Op::DeleteChain(id.0, id.1.clone()));
-        }
-        for (id, (d, _)) in &self.sets {
-            let before = users(&applied.set_users, id) as i64;
-            if before > 0 && before + d <= 0 {
-                ops.push(Op::DeleteSet(id.0, id.1.clone()));
-            }
-        }
-        ops
     }
 }
 
@@ -484,6 +499,9 @@ fn differs(
     id: &ObjectId,
     new: Option<&Chain>,
 ) -> bool {
+    if is_shared(&id.1) {
+        return false;
+    }
     let old = accepted
         .iter()
         .find_map(|(n, _)| applied.fragments.get(n).and_then(|f| f.chains.get(id)));
