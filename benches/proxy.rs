@@ -347,10 +347,11 @@ fn agent_rss(n: u32) {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(900);
-    let want = format!("svc-{}/", n - 1);
+    // The last Service's element in the service map (a Service has no chain of its own).
+    let want = format!("{} . tcp . 80 :", cluster_ip(n - 1));
     let synced = loop {
         let out = Command::new("ip")
-            .args(["netns", "exec", &ns.0, "nft", "list", "chains", "ip"])
+            .args(["netns", "exec", &ns.0, "nft", "list", "map", "ip", "nanolet", "service-ips"])
             .output()
             .unwrap();
         if String::from_utf8_lossy(&out.stdout).contains(&want) {

@@ -195,7 +195,9 @@ fn services_and_v1_slices_from_the_api_server_reach_the_kernel_and_follow_change
         slice("discovery.k8s.io/v1", "web", &eps),
     );
     w.wait_table("the Service and both endpoints", |t| {
-        t.contains("10.96.0.10") && t.contains("10.201.1.2 . 8080") && t.contains("10.201.1.3 . 8080")
+        t.contains("10.96.0.10")
+            && t.contains("10.201.1.2 . 8080")
+            && t.contains("10.201.1.3 . 8080")
     });
     assert!(
         !w.table().contains("10.96.9.9"),
