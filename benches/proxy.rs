@@ -351,7 +351,17 @@ fn agent_rss(n: u32) {
     let want = format!("{} . tcp . 80 :", cluster_ip(n - 1));
     let synced = loop {
         let out = Command::new("ip")
-            .args(["netns", "exec", &ns.0, "nft", "list", "map", "ip", "nanolet", "service-ips"])
+            .args([
+                "netns",
+                "exec",
+                &ns.0,
+                "nft",
+                "list",
+                "map",
+                "ip",
+                "nanolet",
+                "service-ips",
+            ])
             .output()
             .unwrap();
         if String::from_utf8_lossy(&out.stdout).contains(&want) {
