@@ -5,7 +5,8 @@
 //!    send + commit, in-process) against `nft -f` of the same ruleset's text (the process,
 //!    as kube-proxy's nftables mode runs it) and `iptables-restore` of a kube-proxy-style
 //!    iptables ruleset for the same Services (KUBE-SERVICES → KUBE-SVC-* → KUBE-SEP-*).
-//! 2. Adding one Service to a table of 100, 1 000 and 10 000 (diff + batch + commit).
+//! 2. Adding one Service to a table of 100, 1 000 and 10 000, as the agent does it: the
+//!    state's incremental transaction (rebuild and diff of the dirty Service) + batch + commit.
 //! 3. The agent's RSS (VmHWM, peak) after it synced 10 000 Services from `services/`.
 //! 4. TCP connect+first-byte latency through a ClusterIP with 100 and with 10 000 Services
 //!    in the table (a client in the node namespace, an echo server behind a veth).
@@ -37,7 +38,8 @@ use nanolet::proxy::build::build;
 use nanolet::proxy::lower::lower_ops;
 use nanolet::proxy::model::{Cidr, EndpointSlice, NodeConfig, Service};
 use nanolet::proxy::nft_text::render_replace;
-use nanolet::proxy::ruleset::{Op, Ruleset, diff};
+use nanolet::proxy::ruleset::{Op, Ruleset};
+use nanolet::proxy::state::{Event, ProxyState};
 use serde_json::{Value, json};
 
 #[path = "proxy/phases.rs"]
@@ -270,23 +272,35 @@ fn cold_sync(n: u32, runs: usize) {
 }
 
 fn add_one(n: u32, runs: u32) -> Duration {
-    let (mut services, mut slices) = world(n);
-    let mut current = ruleset(&services, &slices);
+    let (services, slices) = world(n);
+    let mut state = ProxyState::default();
+    let events = services
+        .into_iter()
+        .map(Event::ServiceApplied)
+        .chain(slices.into_iter().map(Event::EndpointSliceApplied))
+        .chain([Event::ServicesSynced, Event::EndpointSlicesSynced]);
+    for e in events {
+        state.apply(e).unwrap();
+    }
     let ns = Netns::new(&format!("add{n}"));
     ns.run(|| {
-        netlink_apply(&replace_ops(&current));
+        let full = state.next_transaction(&node()).unwrap();
+        netlink_apply(&full.ops);
+        state.committed(full);
         let mut times = Vec::new();
         for k in 0..runs {
             let i = n + k;
-            services.push(service_json(i));
-            slices.push(slice_json(i, (0..ENDPOINTS).map(|j| endpoint(i, j)).collect()));
+            state.apply(Event::ServiceApplied(service_json(i))).unwrap();
+            let eps = (0..ENDPOINTS).map(|j| endpoint(i, j)).collect();
+            state
+                .apply(Event::EndpointSliceApplied(slice_json(i, eps)))
+                .unwrap();
             let start = Instant::now();
-            let next = ruleset(&services, &slices);
-            let ops = diff(&current, &next);
+            let tx = state.next_transaction(&node()).unwrap();
             let build_and_diff = start.elapsed();
-            let write = netlink_apply(&ops);
-            times.push((build_and_diff + write, build_and_diff, write, ops.len()));
-            current = next;
+            let write = netlink_apply(&tx.ops);
+            times.push((build_and_diff + write, build_and_diff, write, tx.ops.len()));
+            state.committed(tx);
         }
         times.sort();
         let (t, b, w, n_ops) = times[times.len() / 2];
@@ -346,9 +360,10 @@ fn agent_rss(n: u32) {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(900);
-    let want = format!("svc-{}/", n - 1);
     // The commit child's peak (kB), sampled while it lives.
     let mut child_hwm = 0u64;
+    // The last Service's element in the service map (a Service has no chain of its own).
+    let want = format!("{} . tcp . 80 :", cluster_ip(n - 1));
     let synced = loop {
         let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", agent.id()))
             .unwrap_or_default();
@@ -362,7 +377,17 @@ fn agent_rss(n: u32) {
             child_hwm = child_hwm.max(kb);
         }
         let out = Command::new("ip")
-            .args(["netns", "exec", &ns.0, "nft", "list", "chains", "ip"])
+            .args([
+                "netns",
+                "exec",
+                &ns.0,
+                "nft",
+                "list",
+                "map",
+                "ip",
+                "nanolet",
+                "service-ips",
+            ])
             .output()
             .unwrap();
         if String::from_utf8_lossy(&out.stdout).contains(&want) {

@@ -195,7 +195,9 @@ fn services_and_v1_slices_from_the_api_server_reach_the_kernel_and_follow_change
         slice("discovery.k8s.io/v1", "web", &eps),
     );
     w.wait_table("the Service and both endpoints", |t| {
-        t.contains("10.96.0.10") && t.contains("10.201.1.2:8080") && t.contains("10.201.1.3:8080")
+        t.contains("10.96.0.10")
+            && t.contains("10.201.1.2 . 8080")
+            && t.contains("10.201.1.3 . 8080")
     });
     assert!(
         !w.table().contains("10.96.9.9"),
@@ -209,7 +211,7 @@ fn services_and_v1_slices_from_the_api_server_reach_the_kernel_and_follow_change
         json!({"endpoints": [{"addresses": ["10.201.1.2"], "conditions": {"ready": true}}]}),
     );
     w.wait_table("the removal of 10.201.1.3", |t| {
-        !t.contains("10.201.1.3") && t.contains("10.201.1.2:8080")
+        !t.contains("10.201.1.3") && t.contains("10.201.1.2 . 8080")
     });
     // History compacted (ERROR 410 in both watches): the agent relists and still follows.
     api.expire();
@@ -277,7 +279,7 @@ fn a_v1_20_server_without_v1_endpointslices_works_through_v1beta1() {
         slice("discovery.k8s.io/v1beta1", "web", &eps),
     );
     w.wait_table("the v1beta1 endpoint", |t| {
-        t.contains("10.96.0.20") && t.contains("10.201.1.5:8080")
+        t.contains("10.96.0.20") && t.contains("10.201.1.5 . 8080")
     });
     assert!(
         !w.table().contains("10.201.1.6"),
@@ -307,7 +309,7 @@ fn a_server_with_endpoints_only_works_and_not_ready_addresses_get_no_traffic() {
                             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}]}),
     );
     w.wait_table("the Endpoints' ready address", |t| {
-        t.contains("10.96.0.30") && t.contains("10.201.1.7:8080")
+        t.contains("10.96.0.30") && t.contains("10.201.1.7 . 8080")
     });
     assert!(!w.table().contains("10.201.1.8"));
     // The Endpoints lose their address: the Service has no endpoints left (reject).

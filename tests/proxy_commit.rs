@@ -155,9 +155,22 @@ fn other_tasks_run_while_a_large_batch_commits_and_refusals_are_named() {
         ticks_during >= 1,
         "the counter task never ran while the batch committed"
     );
-    let listed = sh(&["ip", "netns", "exec", &ns.0, "nft", "list", "chains", "ip"]);
+    // The last Service (svc-499, 10.96.1.250) is an element of the service map.
+    let service_map = [
+        "ip",
+        "netns",
+        "exec",
+        &ns.0,
+        "nft",
+        "list",
+        "map",
+        "ip",
+        "nanolet",
+        "service-ips",
+    ];
+    let listed = sh(&service_map);
     assert!(
-        listed.contains("svc-499"),
+        listed.contains("10.96.1.250 . tcp . 80 :"),
         "the table is incomplete:\n{listed}"
     );
     let err = refused.unwrap_err();
@@ -165,7 +178,7 @@ fn other_tasks_run_while_a_large_batch_commits_and_refusals_are_named() {
         err.contains("refused") && err.contains("No such file or directory"),
         "{err}"
     );
-    let after = sh(&["ip", "netns", "exec", &ns.0, "nft", "list", "chains", "ip"]);
+    let after = sh(&service_map);
     assert_eq!(listed, after, "a refused batch changed the kernel's table");
 
     // Input that is not a batch is named (here, with the reaper's task gone, `wait` is ours).

@@ -355,8 +355,13 @@ pub struct SetSpec {
     /// How `nft list` should print keys: [`BYTEORDER_BIG_ENDIAN`] for addresses and ports,
     /// [`BYTEORDER_HOST`] for `numgen` values, 0 for a mixed concatenation.
     pub key_byteorder: u32,
-    /// Verdict maps: `Some(NFT_DATA_VERDICT)`.
+    /// Verdict maps: `Some(NFT_DATA_VERDICT)`; data maps: the data's type id.
     pub data_type: Option<u32>,
+    /// Data length in bytes of a data map (0 for a verdict map).
+    pub data_len: u32,
+    /// nft's `typeof` description (user data TLVs, sent after the byte orders): how `nft
+    /// list` prints keys whose type alone does not say (a `numgen` value).
+    pub typeof_udata: Vec<u8>,
     /// Default element timeout (`NFT_SET_TIMEOUT`).
     pub timeout_ms: Option<u64>,
     /// Number of elements, sent for anonymous (constant) sets as nft does.
@@ -364,11 +369,13 @@ pub struct SetSpec {
     pub comment: Option<String>,
 }
 
-/// One element: its key bytes (already padded per component) and, for a map, the verdict.
+/// One element: its key bytes (already padded per component) and, for a map, the verdict
+/// (verdict map) or the data bytes (data map).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Element {
     pub key: Vec<u8>,
     pub verdict: Option<Verdict>,
+    pub data: Option<Vec<u8>>,
 }
 
 /// Largest element list put in one `NEWSETELEM` message (a nest's length is a u16).
@@ -537,6 +544,7 @@ impl Batch {
         if spec.data_type.is_some() {
             udata_u32(&mut udata, UDATA_SET_DATABYTEORDER, 0);
         }
+        udata.extend_from_slice(&spec.typeof_udata);
         if let Some(c) = &spec.comment {
             udata_str(&mut udata, UDATA_SET_COMMENT, c);
         }
@@ -555,7 +563,7 @@ impl Batch {
             .attr_u32_be(NFTA_SET_KEY_LEN, spec.key_len);
         if let Some(t) = spec.data_type {
             b.attr_u32_be(NFTA_SET_DATA_TYPE, t)
-                .attr_u32_be(NFTA_SET_DATA_LEN, 0);
+                .attr_u32_be(NFTA_SET_DATA_LEN, spec.data_len);
         }
         if let Some(ms) = spec.timeout_ms {
             b.attr_u64_be(NFTA_SET_TIMEOUT, ms);
@@ -627,6 +635,7 @@ impl Batch {
                 .take_while(|e| {
                     bytes += 64
                         + e.key.len()
+                        + e.data.as_ref().map_or(0, Vec::len)
                         + e.verdict
                             .as_ref()
                             .and_then(Verdict::chain)
@@ -653,6 +662,9 @@ impl Batch {
                     b.nest_begin(NFTA_SET_ELEM_DATA);
                     verdict_data(b, v);
                     b.nest_end();
+                }
+                if let (true, Some(d)) = (with_data, &e.data) {
+                    data_value(b, NFTA_SET_ELEM_DATA, d);
                 }
                 b.nest_end();
             }

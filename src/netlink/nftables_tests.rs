@@ -71,6 +71,8 @@ fn a_concatenated_verdict_map_matches_nfts_declaration() {
         key_len: 12,
         key_byteorder: 0,
         data_type: Some(NFT_DATA_VERDICT),
+        data_len: 0,
+        typeof_udata: Vec::new(),
         timeout_ms: None,
         size: None,
         comment: None,
@@ -83,6 +85,7 @@ fn a_concatenated_verdict_map_matches_nfts_declaration() {
         &[Element {
             key: vec![10, 96, 0, 10, 6, 0, 0, 0, 0, 80, 0, 0],
             verdict: Some(Verdict::Goto("svc".into())),
+            data: None,
         }],
     );
     let (bytes, _, _) = b.finish();
@@ -115,6 +118,7 @@ fn long_element_lists_are_split_into_several_messages() {
         .map(|i| Element {
             key: i.to_be_bytes().to_vec(),
             verdict: Some(Verdict::Goto(format!("service-chain-{i}"))),
+            data: None,
         })
         .collect();
     b.add_elements(Family::Ipv4, "t", &SetRef::named("m"), &els);

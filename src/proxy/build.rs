@@ -1,5 +1,5 @@
 //! Services + EndpointSlices + node config → the desired [`Ruleset`], with kube-proxy's
-//! nftables-mode semantics.
+//! nftables-mode semantics in the "shared-map" shape: a Service is map elements, not chains.
 //!
 //! ```text
 //!  filter-output ──┐ (priority dstnat-10, ct state new)
@@ -9,22 +9,25 @@
 //!                  ──► cluster-ips-check: @cluster-ips → reject; service CIDR → drop
 //!
 //!  nat-prerouting ─┐
-//!  nat-output ─────┴─► services ─► @service-ips ─────► service-…  (cluster policy: all endpoints)
-//!                               │                 ├─► local-…    (local policy: this node's)
-//!                               │                 └─► external-… (externalIPs, NodePorts)
-//!                               └► @service-nodeports ─► external-…
-//!  service-…/local-… ─► affinity lookups, then numgen random mod N ─► endpoint-… ─► dnat
-//!  nat-postrouting ─► masquerading (only packets marked by mark-for-masquerade)
+//!  nat-output ─────┴─► services ─► @service-ips ──────► clusterip-N / external-N / external-local-C-L
+//!                               └► @service-nodeports ─► nodeport-N / nodeport-local-C-L
+//!                      ──► endpoints-N: dnat to daddr . proto . dport . numgen mod N map @service-backends
+//!                          (nodeport-endpoints-N: proto . dport . numgen … map @nodeport-backends)
+//!  nat-postrouting ─► @hairpin → mark; masquerading (only packets marked by mark-for-masquerade)
 //! ```
+//!
+//! [`shared`] builds that shape; a Service with session affinity keeps per-Service chains
+//! (`service-…`, `local-…`, `external-…`), an affinity set and a chain per endpoint, as the
+//! affinity lookups need them.
 //!
 //! Endpoint choice follows kube-proxy: ready endpoints; if there are none, endpoints that are
 //! serving and terminating. A Service port without usable endpoints is rejected (dropped
 //! when a Local traffic policy leaves it without local endpoints).
 //!
-//! Chain names are `<kind>-<namespace>/<name>/<protocol>/<port name or number>`, plus
-//! `__<ip>/<port>` for endpoints (IPv6 colons written as `-`). Every component is a DNS label,
-//! a protocol or an address, so names are unique without kube-proxy's hash prefix and stay well
-//! under nftables' 256-byte limit (at most ~200 bytes with 63-character names).
+//! Per-Service chain names are `<kind>-<namespace>/<name>/<protocol>/<port name or number>`,
+//! plus `__<ip>/<port>` for endpoints (IPv6 colons written as `-`). Every component is a DNS
+//! label, a protocol or an address, so names are unique without kube-proxy's hash prefix and
+//! stay well under nftables' 256-byte limit (at most ~200 bytes with 63-character names).
 //!
 //! Problems that concern one object (an externalIP that is the node's own address, two
 //! Services claiming one NodePort) skip that object and are returned; they never fail the build.
@@ -32,14 +35,17 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
+
+mod shared;
+use shared::PortInput;
 
 use super::model::{
     EndpointSlice, IpFamily, NodeConfig, Protocol, Service, ServicePort, TrafficPolicy,
 };
 use super::ruleset::{
-    Action, AddrMatch, BaseChain, Chain, ChainType, Hook, Key, KeyPart, KeyType, LookupKey, Map,
-    MapVerdict, Match, PRIORITY_DSTNAT, PRIORITY_SRCNAT, Rule, Ruleset, Set, Table,
+    Action, AddrMatch, BaseChain, Chain, ChainType, DnatMap, Hook, Key, KeyPart, KeyType,
+    LookupKey, Map, MapVerdict, Match, PRIORITY_DSTNAT, PRIORITY_SRCNAT, Rule, Ruleset, Set, Table,
 };
 
 pub const FILTER_INPUT: &str = "filter-input";
@@ -62,6 +68,11 @@ pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
 pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 pub const CLUSTER_IPS: &str = "cluster-ips";
 pub const NODEPORT_IPS: &str = "nodeport-ips";
+pub const SERVICE_BACKENDS: &str = "service-backends";
+pub const SERVICE_LOCAL_BACKENDS: &str = "service-local-backends";
+pub const NODEPORT_BACKENDS: &str = "nodeport-backends";
+pub const NODEPORT_LOCAL_BACKENDS: &str = "nodeport-local-backends";
+pub const HAIRPIN: &str = "hairpin";
 
 /// A Service (or part of one) that was left out of the ruleset, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,7 +240,14 @@ impl<'a> TableBuilder<'a> {
         add(
             NAT_POSTROUTING,
             base(ChainType::Nat, Hook::Postrouting, PRIORITY_SRCNAT),
-            vec![Rule::always(jump(MASQUERADING))],
+            vec![
+                Rule::new(
+                    vec![Match::HairpinInSet(HAIRPIN.to_string())],
+                    jump(MARK_FOR_MASQUERADE),
+                )
+                .with_comment("hairpin: an endpoint talks to itself through a service"),
+                Rule::always(jump(MASQUERADING)),
+            ],
         );
         add(
             SERVICES,
@@ -346,6 +364,46 @@ impl<'a> TableBuilder<'a> {
                 },
             );
         }
+        table.sets.insert(
+            HAIRPIN.to_string(),
+            Set {
+                key: vec![KeyType::Addr, KeyType::Addr, KeyType::Port],
+                timeout_seconds: None,
+                comment: Some("endpoint . endpoint . port: hairpin traffic".to_string()),
+                elements: Default::default(),
+            },
+        );
+        for (name, key, comment) in [
+            (
+                SERVICE_BACKENDS,
+                LookupKey::DaddrProtoPort,
+                "endpoints of clusterIPs and externalIPs",
+            ),
+            (
+                SERVICE_LOCAL_BACKENDS,
+                LookupKey::DaddrProtoPort,
+                "this node's endpoints of clusterIPs and externalIPs",
+            ),
+            (
+                NODEPORT_BACKENDS,
+                LookupKey::ProtoPort,
+                "endpoints of NodePorts",
+            ),
+            (
+                NODEPORT_LOCAL_BACKENDS,
+                LookupKey::ProtoPort,
+                "this node's endpoints of NodePorts",
+            ),
+        ] {
+            table.dnat_maps.insert(
+                name.to_string(),
+                DnatMap {
+                    key,
+                    comment: Some(comment.to_string()),
+                    elements: BTreeMap::new(),
+                },
+            );
+        }
         TableBuilder { node, table }
     }
 
@@ -353,7 +411,8 @@ impl<'a> TableBuilder<'a> {
         self.table.family
     }
 
-    /// Inserts a map element unless another Service already owns the key.
+    /// Inserts a map element unless another Service already owns the key; says whether it
+    /// did.
     fn claim(
         &mut self,
         map: &str,
@@ -362,18 +421,19 @@ impl<'a> TableBuilder<'a> {
         owner: &Service,
         what: &str,
         problems: &mut Vec<BuildError>,
-    ) {
+    ) -> bool {
         let Some(m) = self.table.maps.get_mut(map) else {
-            return;
+            return false;
         };
         if m.elements.contains_key(&key) {
             problems.push(BuildError {
                 object: format!("service {}", owner.key()),
                 problem: format!("{what} is already used by another service, skipped"),
             });
-            return;
+            return false;
         }
         m.elements.insert(key, verdict);
+        true
     }
 
     fn add_service(
@@ -409,19 +469,31 @@ impl<'a> TableBuilder<'a> {
         }
         for port in &svc.ports {
             let backends = backends(svc, port, slices, fam, &self.node.node_name);
-            self.add_service_port(svc, port, cluster_ip, &external_ips, &backends, problems);
+            let p = PortInput {
+                svc,
+                port,
+                cluster_ip,
+                external_ips: &external_ips,
+                all: &backends,
+            };
+            if svc.session_affinity_timeout.is_some() {
+                self.add_service_port(&p, problems);
+            } else {
+                self.add_shared_port(&p, problems);
+            }
         }
     }
 
-    fn add_service_port(
-        &mut self,
-        svc: &Service,
-        port: &ServicePort,
-        cluster_ip: IpAddr,
-        external_ips: &[IpAddr],
-        all: &[(Backend, bool)],
-        problems: &mut Vec<BuildError>,
-    ) {
+    /// A Service port with session affinity: per-Service chains, one chain and one affinity
+    /// set per endpoint (the affinity lookups need them).
+    fn add_service_port(&mut self, p: &PortInput<'_>, problems: &mut Vec<BuildError>) {
+        let PortInput {
+            svc,
+            port,
+            cluster_ip,
+            external_ips,
+            all,
+        } = *p;
         let id = port_id(svc, port);
         let proto = port.protocol;
         let cluster = usable(all, false);

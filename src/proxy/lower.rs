@@ -23,6 +23,7 @@ use crate::netlink::nftables::{
     RTN_LOCAL, SetRef, SetSpec, Verdict, ct, datatype, meta, reg_at,
 };
 
+use super::lower_dnat::{add_endpoints, dnat_map_exprs, dnat_map_spec, hairpin_lookup};
 use super::model::{Cidr, IpFamily, Protocol};
 use super::ruleset::{
     Action, AddrMatch, BaseChain, ChainType, Hook, Key, KeyPart, KeyType, LookupKey, Map,
@@ -36,7 +37,7 @@ pub fn lower_ops(ops: &[Op], batch: &mut Batch) {
     }
 }
 
-fn family(f: IpFamily) -> Family {
+pub(super) fn family(f: IpFamily) -> Family {
     match f {
         IpFamily::V4 => Family::Ipv4,
         IpFamily::V6 => Family::Ipv6,
@@ -67,6 +68,15 @@ fn lower_op(op: &Op, b: &mut Batch) {
                 base.as_ref().map(base_spec).as_ref(),
             );
         }
+        Op::AddDnatMap(f, name, map) => {
+            let r = b.add_set(family(*f), TABLE, &dnat_map_spec(*f, name, map));
+            add_endpoints(*f, &r, &map.elements, b);
+        }
+        Op::AddEndpoints(f, name, elements) => {
+            let els: std::collections::BTreeMap<Key, std::net::SocketAddr> =
+                elements.iter().cloned().collect();
+            add_endpoints(*f, &SetRef::named(name), &els, b);
+        }
         Op::FlushChain(f, name) => b.flush_chain(family(*f), TABLE, name),
         Op::AddRule(f, chain, rule) => add_rule(*f, chain, rule, b),
         Op::AddElements(f, name, elements) => {
@@ -75,6 +85,7 @@ fn lower_op(op: &Op, b: &mut Batch) {
                 .map(|(k, v)| Element {
                     key: key_bytes(k),
                     verdict: v.as_ref().map(map_verdict),
+                    data: None,
                 })
                 .collect();
             b.add_elements(family(*f), TABLE, &SetRef::named(name), &els);
@@ -85,6 +96,7 @@ fn lower_op(op: &Op, b: &mut Batch) {
                 .map(|k| Element {
                     key: key_bytes(k),
                     verdict: None,
+                    data: None,
                 })
                 .collect();
             b.delete_elements(family(*f), TABLE, &SetRef::named(name), &els);
@@ -116,6 +128,10 @@ fn add_table(t: &Table, b: &mut Batch) {
         let r = b.add_set(family(f), TABLE, &map_spec(f, name, map));
         add_map_elements(&r, f, map, b);
     }
+    for (name, map) in &t.dnat_maps {
+        let r = b.add_set(family(f), TABLE, &dnat_map_spec(f, name, map));
+        add_endpoints(f, &r, &map.elements, b);
+    }
     for (name, chain) in &t.chains {
         for rule in &chain.rules {
             add_rule(f, name, rule, b);
@@ -133,6 +149,7 @@ fn add_set_elements(f: IpFamily, r: &SetRef, set: &Set, b: &mut Batch) {
         .map(|k| Element {
             key: key_bytes(k),
             verdict: None,
+            data: None,
         })
         .collect();
     b.add_elements(family(f), TABLE, r, &els);
@@ -148,6 +165,7 @@ fn add_map_elements(r: &SetRef, f: IpFamily, map: &Map, b: &mut Batch) {
         .map(|(k, v)| Element {
             key: key_bytes(k),
             verdict: Some(map_verdict(v)),
+            data: None,
         })
         .collect();
     b.add_elements(family(f), TABLE, r, &els);
@@ -172,7 +190,7 @@ fn base_spec(base: &BaseChain) -> BaseChainSpec {
 }
 
 /// Key type id, key length and byte order of a (possibly concatenated) key.
-fn key_decl(f: IpFamily, key: &[KeyType]) -> (u32, u32, u32) {
+pub(super) fn key_decl(f: IpFamily, key: &[KeyType]) -> (u32, u32, u32) {
     let types: Vec<u32> = key
         .iter()
         .map(|k| match (k, f) {
@@ -180,6 +198,7 @@ fn key_decl(f: IpFamily, key: &[KeyType]) -> (u32, u32, u32) {
             (KeyType::Addr, IpFamily::V6) => datatype::IP6ADDR,
             (KeyType::Proto, _) => datatype::INET_PROTOCOL,
             (KeyType::Port, _) => datatype::INET_SERVICE,
+            (KeyType::Index, _) => datatype::INTEGER,
         })
         .collect();
     let len: u32 = key
@@ -215,6 +234,8 @@ fn set_spec(f: IpFamily, name: &str, set: &Set) -> SetSpec {
         key_len,
         key_byteorder,
         data_type: None,
+        data_len: 0,
+        typeof_udata: Vec::new(),
         timeout_ms: set.timeout_seconds.map(|s| u64::from(s) * 1000),
         size: None,
         comment: set.comment.clone(),
@@ -230,6 +251,8 @@ fn map_spec(f: IpFamily, name: &str, map: &Map) -> SetSpec {
         key_len,
         key_byteorder,
         data_type: Some(NFT_DATA_VERDICT),
+        data_len: 0,
+        typeof_udata: Vec::new(),
         timeout_ms: None,
         size: None,
         comment: map.comment.clone(),
@@ -237,7 +260,7 @@ fn map_spec(f: IpFamily, name: &str, map: &Map) -> SetSpec {
 }
 
 /// Key bytes: each component in network order, padded to 4 bytes.
-fn key_bytes(k: &Key) -> Vec<u8> {
+pub(super) fn key_bytes(k: &Key) -> Vec<u8> {
     let mut out = Vec::with_capacity(k.len() * 4);
     for part in k {
         match part {
@@ -247,12 +270,14 @@ fn key_bytes(k: &Key) -> Vec<u8> {
                 out.extend_from_slice(&n.to_be_bytes());
                 out.extend_from_slice(&[0, 0]);
             }
+            // numgen writes a host-order u32.
+            KeyPart::Index(i) => out.extend_from_slice(&i.to_ne_bytes()),
         }
     }
     out
 }
 
-fn addr_bytes(a: &IpAddr) -> Vec<u8> {
+pub(super) fn addr_bytes(a: &IpAddr) -> Vec<u8> {
     match a {
         IpAddr::V4(v) => v.octets().to_vec(),
         IpAddr::V6(v) => v.octets().to_vec(),
@@ -276,14 +301,14 @@ fn map_verdict(v: &MapVerdict) -> Verdict {
 }
 
 /// Offsets of the source and destination address in the network header, and their length.
-fn addr_layout(f: IpFamily) -> (u32, u32, u32) {
+pub(super) fn addr_layout(f: IpFamily) -> (u32, u32, u32) {
     match f {
         IpFamily::V4 => (12, 16, 4),
         IpFamily::V6 => (8, 24, 16),
     }
 }
 
-fn load_addr(f: IpFamily, dst: bool, dreg: u32) -> Expr {
+pub(super) fn load_addr(f: IpFamily, dst: bool, dreg: u32) -> Expr {
     let (s, d, len) = addr_layout(f);
     Expr::Payload {
         base: PayloadBase::Network,
@@ -293,7 +318,7 @@ fn load_addr(f: IpFamily, dst: bool, dreg: u32) -> Expr {
     }
 }
 
-fn load_l4proto(dreg: u32) -> Expr {
+pub(super) fn load_l4proto(dreg: u32) -> Expr {
     Expr::Meta {
         key: meta::L4PROTO,
         dreg,
@@ -301,7 +326,7 @@ fn load_l4proto(dreg: u32) -> Expr {
 }
 
 /// `th dport`: two bytes at offset 2 of the transport header (TCP, UDP and SCTP alike).
-fn load_dport(dreg: u32) -> Expr {
+pub(super) fn load_dport(dreg: u32) -> Expr {
     Expr::Payload {
         base: PayloadBase::Transport,
         offset: 2,
@@ -405,6 +430,11 @@ fn match_exprs(f: IpFamily, m: &Match, out: &mut Vec<Expr>) {
             });
             out.push(cmp(CmpOp::Neq, u32_ne(0)));
         }
+        Match::L4Proto(p) => {
+            out.push(load_l4proto(NFT_REG_1));
+            out.push(cmp(CmpOp::Eq, vec![proto_number(*p)]));
+        }
+        Match::HairpinInSet(s) => hairpin_lookup(f, s, out),
         Match::MarkBitClear(bit) => {
             out.push(Expr::Meta {
                 key: meta::MARK,
@@ -417,6 +447,24 @@ fn match_exprs(f: IpFamily, m: &Match, out: &mut Vec<Expr>) {
                 xor: u32_ne(0),
             });
             out.push(cmp(CmpOp::Eq, u32_ne(0)));
+        }
+    }
+}
+
+/// Loads a lookup key into consecutive registers from `NFT_REG_1`; returns its length.
+pub(super) fn load_key(f: IpFamily, key: LookupKey, out: &mut Vec<Expr>) -> u32 {
+    match key {
+        LookupKey::DaddrProtoPort => {
+            let alen = addr_layout(f).2;
+            out.push(load_addr(f, true, NFT_REG_1));
+            out.push(load_l4proto(reg_at(alen)));
+            out.push(load_dport(reg_at(alen + 4)));
+            alen + 8
+        }
+        LookupKey::ProtoPort => {
+            out.push(load_l4proto(NFT_REG_1));
+            out.push(load_dport(reg_at(4)));
+            8
         }
     }
 }
@@ -462,20 +510,10 @@ fn action_exprs(f: IpFamily, a: &Action, b: &mut Batch, out: &mut Vec<Expr>) {
             },
         }),
         Action::Vmap { key, map } => {
-            match key {
-                LookupKey::DaddrProtoPort => {
-                    let alen = addr_layout(f).2;
-                    out.push(load_addr(f, true, NFT_REG_1));
-                    out.push(load_l4proto(reg_at(alen)));
-                    out.push(load_dport(reg_at(alen + 4)));
-                }
-                LookupKey::ProtoPort => {
-                    out.push(load_l4proto(NFT_REG_1));
-                    out.push(load_dport(reg_at(4)));
-                }
-            }
+            load_key(f, *key, out);
             out.push(vmap(SetRef::named(map)));
         }
+        Action::DnatMap { key, modulus, map } => dnat_map_exprs(f, *key, *modulus, map, out),
         Action::NumgenGoto(targets) => {
             let n = targets.len() as u32;
             let spec = SetSpec {
@@ -485,6 +523,8 @@ fn action_exprs(f: IpFamily, a: &Action, b: &mut Batch, out: &mut Vec<Expr>) {
                 key_len: 4,
                 key_byteorder: BYTEORDER_HOST,
                 data_type: Some(NFT_DATA_VERDICT),
+                data_len: 0,
+                typeof_udata: Vec::new(),
                 timeout_ms: None,
                 size: Some(n),
                 comment: None,
@@ -496,6 +536,7 @@ fn action_exprs(f: IpFamily, a: &Action, b: &mut Batch, out: &mut Vec<Expr>) {
                 .map(|(i, t)| Element {
                     key: u32_ne(i as u32),
                     verdict: Some(Verdict::Goto(t.clone())),
+                    data: None,
                 })
                 .collect();
             b.add_elements(family(f), TABLE, &r, &els);

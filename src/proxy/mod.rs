@@ -9,13 +9,16 @@
 //! ```
 //!
 //! - [`model`]: the inputs, parsed and validated at the edge; errors name the object and field.
-//! - [`build`]: the desired ruleset, with kube-proxy's nftables-mode semantics.
+//! - [`build`]: the desired ruleset, with kube-proxy's nftables-mode semantics, in the
+//!   shared-map shape (a Service is map elements; one chain per endpoint count).
 //! - [`ruleset`]: the ruleset as a typed value, and the diff between two of them.
 //! - [`nft_text`]: the ruleset as `nft -f` text (`nanolet proxy dump`).
-//! - [`state`]: the store fed by the watches, the sync gate, the next transaction.
+//! - [`state`]: the store fed by the watches, the sync gate, the next transaction;
+//!   [`fragments`]: what each Service adds to the ruleset, and the incremental diff of them.
 //! - [`trace`]: where a packet would go, following the same chains the kernel would.
 //!
-//! - [`lower`]: the ruleset as nf_tables netlink messages (pure).
+//! - [`lower`]: the ruleset as nf_tables netlink messages (pure); `lower_dnat` the shared
+//!   endpoint maps (nft's `typeof` user data) and the hairpin lookup.
 //! - [`source`]: Services and EndpointSlices as events: the standalone `services/` folder.
 //! - [`apply`]: the one file of kernel I/O: a transaction as one atomic netlink batch.
 //! - [`iptables`], [`iptables_text`] (pure) and [`iptables_apply`]: the fallback for kernels without nf_tables:
@@ -33,10 +36,12 @@ pub mod apply;
 pub mod backend;
 pub mod build;
 pub mod convert;
+pub mod fragments;
 pub mod iptables;
 pub mod iptables_apply;
 pub mod iptables_text;
 pub mod lower;
+mod lower_dnat;
 pub mod model;
 pub mod nft_text;
 pub mod ruleset;

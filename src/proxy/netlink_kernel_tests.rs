@@ -267,3 +267,227 @@ fn a_refused_batch_changes_nothing_and_names_the_message() {
         "a refused batch must leave the old ruleset"
     );
 }
+
+/// Applies events to a [`ProxyState`] and writes its transaction into `ns`.
+fn sync_state(
+    ns: &Netns,
+    state: &mut crate::proxy::state::ProxyState,
+    events: Vec<crate::proxy::state::Event>,
+) -> (bool, usize) {
+    for e in events {
+        state.apply(e).unwrap();
+    }
+    let tx = state.next_transaction(&node()).unwrap();
+    apply(ns, &tx.ops).unwrap();
+    let shape = (tx.is_full(), tx.ops.len());
+    state.committed(tx);
+    shape
+}
+
+#[test]
+fn incremental_transactions_of_the_state_leave_what_a_fresh_load_of_the_whole_leaves() {
+    use crate::proxy::state::{Event, ProxyState};
+    if !root_and_nft_or_skip() {
+        return;
+    }
+    let np = |port: u16| json!([{ "name": "http", "port": 80, "nodePort": port }]);
+    let mut services = vec![
+        svc_json("web", "10.96.0.10", http(), json!({})),
+        svc_json(
+            "np",
+            "10.96.0.12",
+            np(30080),
+            json!({ "type": "NodePort", "externalTrafficPolicy": "Local" }),
+        ),
+        svc_json(
+            "ext",
+            "10.96.0.13",
+            http(),
+            json!({ "externalIPs": ["203.0.113.7"] }),
+        ),
+        svc_json(
+            "sticky",
+            "10.96.0.14",
+            http(),
+            json!({ "sessionAffinity": "ClientIP" }),
+        ),
+        svc_json(
+            "v6",
+            "fd00:96::10",
+            http(),
+            json!({ "ipFamilies": ["IPv6"] }),
+        ),
+    ];
+    let two = |a: &str, b: &str| vec![ep(a, "node-a", "R"), ep(b, "node-b", "R")];
+    let mut slices = vec![
+        slice_json(
+            "web",
+            "a",
+            "IPv4",
+            http_8080(),
+            two("10.244.1.1", "10.244.2.1"),
+        ),
+        slice_json(
+            "np",
+            "a",
+            "IPv4",
+            http_8080(),
+            two("10.244.1.2", "10.244.2.2"),
+        ),
+        slice_json(
+            "ext",
+            "a",
+            "IPv4",
+            http_8080(),
+            two("10.244.1.3", "10.244.2.3"),
+        ),
+        slice_json(
+            "sticky",
+            "a",
+            "IPv4",
+            http_8080(),
+            two("10.244.1.4", "10.244.2.4"),
+        ),
+        slice_json(
+            "v6",
+            "a",
+            "IPv6",
+            http_8080(),
+            two("fd00:244::1", "fd00:244::2"),
+        ),
+    ];
+    let mut state = ProxyState::default();
+    let ns = Netns::new("state");
+    let mut first: Vec<Event> = services
+        .iter()
+        .cloned()
+        .map(Event::ServiceApplied)
+        .collect();
+    first.extend(slices.iter().cloned().map(Event::EndpointSliceApplied));
+    first.extend([Event::ServicesSynced, Event::EndpointSlicesSynced]);
+    sync_state(&ns, &mut state, first);
+
+    let steps: Vec<Vec<(&str, Option<Value>)>> = vec![
+        vec![
+            (
+                "svc new",
+                Some(svc_json("new", "10.96.0.50", http(), json!({}))),
+            ),
+            (
+                "slice new",
+                Some(slice_json(
+                    "new",
+                    "a",
+                    "IPv4",
+                    http_8080(),
+                    two("10.244.1.5", "10.244.1.2"),
+                )),
+            ),
+            (
+                "slice np",
+                Some(slice_json(
+                    "np",
+                    "a",
+                    "IPv4",
+                    http_8080(),
+                    vec![ep("10.244.2.2", "node-b", "R")],
+                )),
+            ),
+            ("svc sticky", None),
+            (
+                "svc ext",
+                Some(svc_json(
+                    "ext",
+                    "10.96.0.13",
+                    http(),
+                    json!({ "externalIPs": ["203.0.113.7"], "internalTrafficPolicy": "Local" }),
+                )),
+            ),
+        ],
+        vec![
+            ("slice web", None),
+            (
+                "svc sticky",
+                Some(svc_json(
+                    "sticky",
+                    "10.96.0.14",
+                    http(),
+                    json!({ "sessionAffinity": "ClientIP" }),
+                )),
+            ),
+            (
+                "slice v6",
+                Some(slice_json(
+                    "v6",
+                    "a",
+                    "IPv6",
+                    http_8080(),
+                    vec![ep("fd00:244::3", "node-a", "R")],
+                )),
+            ),
+        ],
+    ];
+    for (n, step) in steps.into_iter().enumerate() {
+        let mut events = Vec::new();
+        for (what, v) in step {
+            let (kind, name) = what.split_once(' ').unwrap();
+            let list = if kind == "svc" {
+                &mut services
+            } else {
+                &mut slices
+            };
+            list.retain(|o| {
+                let on = o["metadata"]["name"].as_str().unwrap();
+                on != name && on != format!("{name}-a")
+            });
+            events.push(match (kind, v) {
+                ("svc", Some(v)) => {
+                    list.push(v.clone());
+                    Event::ServiceApplied(v)
+                }
+                ("svc", None) => Event::ServiceDeleted {
+                    namespace: "default".into(),
+                    name: name.into(),
+                },
+                (_, Some(v)) => {
+                    list.push(v.clone());
+                    Event::EndpointSliceApplied(v)
+                }
+                (_, None) => Event::EndpointSliceDeleted {
+                    namespace: "default".into(),
+                    name: format!("{name}-a"),
+                },
+            });
+        }
+        let (full, n_ops) = sync_state(&ns, &mut state, events);
+        assert!(!full && n_ops > 0, "step {n}: an incremental change");
+        let models: Vec<Service> = services
+            .iter()
+            .map(|v| Service::from_json(v).unwrap().unwrap())
+            .collect();
+        let slice_models: Vec<EndpointSlice> = slices
+            .iter()
+            .map(|v| EndpointSlice::from_json(v).unwrap().unwrap())
+            .collect();
+        let fresh = Netns::new("fresh");
+        let whole = build(&models, &slice_models, &node()).ruleset;
+        fresh
+            .nft(&["-f", "-"], Some(&render_replace(&whole)))
+            .unwrap();
+        let sorted = |v: Value| {
+            let mut items: Vec<String> = v["nftables"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_string())
+                .collect();
+            items.sort();
+            items
+        };
+        assert_eq!(
+            sorted(ns.listing()),
+            sorted(fresh.listing()),
+            "after step {n}"
+        );
+    }
+}

@@ -12,8 +12,8 @@ use std::fmt::Write;
 
 use super::model::IpFamily;
 use super::ruleset::{
-    Action, AddrMatch, BaseChain, Chain, ChainType, Hook, Key, KeyPart, KeyType, LookupKey, Map,
-    MapVerdict, Match, Op, Rule, Ruleset, Set, TABLE, Table,
+    Action, AddrMatch, BaseChain, Chain, ChainType, DnatMap, Hook, Key, KeyPart, KeyType,
+    LookupKey, Map, MapVerdict, Match, Op, Rule, Ruleset, Set, TABLE, Table,
 };
 
 /// The whole ruleset as `table … { … }` blocks, IPv4 first.
@@ -93,6 +93,22 @@ fn render_table(out: &mut String, t: &Table) {
         }
         out.push_str("\t}\n");
     }
+    for (name, map) in &t.dnat_maps {
+        sep(out);
+        let _ = writeln!(out, "\tmap {name} {{");
+        for line in dnat_map_decl(t.family, map) {
+            let _ = writeln!(out, "\t\t{line}");
+        }
+        if !map.elements.is_empty() {
+            let items: Vec<String> = map
+                .elements
+                .iter()
+                .map(|(k, v)| endpoint_element(k, v))
+                .collect();
+            write_elements(out, &items);
+        }
+        out.push_str("\t}\n");
+    }
     for (name, chain) in &t.chains {
         sep(out);
         render_chain(out, t.family, name, chain);
@@ -139,6 +155,7 @@ fn key_type(fam: IpFamily, keys: &[KeyType]) -> String {
             (KeyType::Addr, IpFamily::V6) => "ipv6_addr",
             (KeyType::Proto, _) => "inet_proto",
             (KeyType::Port, _) => "inet_service",
+            (KeyType::Index, _) => "integer",
         })
         .collect::<Vec<_>>()
         .join(" . ")
@@ -154,6 +171,34 @@ fn set_decl(fam: IpFamily, set: &Set) -> Vec<String> {
         lines.push(format!("comment {}", quote(c)));
     }
     lines
+}
+
+/// The modulus written in a [`DnatMap`]'s `typeof` (only its type matters: every `numgen`
+/// modulus looks it up).
+pub const TYPEOF_MODULUS: u32 = 65536;
+
+/// `ip daddr . meta l4proto . th dport` (or `meta l4proto . th dport`).
+fn lookup_key(ip: &str, key: LookupKey) -> String {
+    match key {
+        LookupKey::DaddrProtoPort => format!("{ip} daddr . meta l4proto . th dport"),
+        LookupKey::ProtoPort => "meta l4proto . th dport".to_string(),
+    }
+}
+
+fn dnat_map_decl(fam: IpFamily, map: &DnatMap) -> Vec<String> {
+    let ip = family_word(fam);
+    let mut lines = vec![format!(
+        "typeof {} . numgen random mod {TYPEOF_MODULUS} : {ip} daddr . th dport",
+        lookup_key(ip, map.key)
+    )];
+    if let Some(c) = &map.comment {
+        lines.push(format!("comment {}", quote(c)));
+    }
+    lines
+}
+
+fn endpoint_element(k: &Key, v: &std::net::SocketAddr) -> String {
+    format!("{} : {} . {}", key(k), v.ip(), v.port())
 }
 
 fn map_decl(fam: IpFamily, map: &Map) -> Vec<String> {
@@ -175,6 +220,7 @@ fn key(k: &Key) -> String {
             KeyPart::Addr(a) => a.to_string(),
             KeyPart::Proto(p) => p.as_nft().to_string(),
             KeyPart::Port(n) => n.to_string(),
+            KeyPart::Index(n) => n.to_string(),
         })
         .collect::<Vec<_>>()
         .join(" . ")
@@ -215,6 +261,8 @@ fn match_expr(ip: &str, m: &Match) -> String {
         Match::FibSaddrLocal => "fib saddr type local".to_string(),
         Match::CtStateNew => "ct state new".to_string(),
         Match::MarkBitClear(b) => format!("meta mark & {b:#010x} == 0x00000000"),
+        Match::L4Proto(p) => format!("meta l4proto {}", p.as_nft()),
+        Match::HairpinInSet(s) => format!("{ip} saddr . {ip} daddr . th dport @{s}"),
     }
 }
 
@@ -225,12 +273,11 @@ fn action(ip: &str, a: &Action) -> String {
         Action::Return => "return".to_string(),
         Action::Drop => "drop".to_string(),
         Action::Reject => "reject".to_string(),
-        Action::Vmap { key, map } => match key {
-            LookupKey::DaddrProtoPort => {
-                format!("{ip} daddr . meta l4proto . th dport vmap @{map}")
-            }
-            LookupKey::ProtoPort => format!("meta l4proto . th dport vmap @{map}"),
-        },
+        Action::Vmap { key, map } => format!("{} vmap @{map}", lookup_key(ip, *key)),
+        Action::DnatMap { key, modulus, map } => format!(
+            "dnat {ip} to {} . numgen random mod {modulus} map @{map}",
+            lookup_key(ip, *key)
+        ),
         Action::NumgenGoto(targets) => {
             let arms: Vec<String> = targets
                 .iter()
@@ -273,6 +320,24 @@ fn render_op(out: &mut String, op: &Op) {
             t(f),
             map_decl(*f, map).join("; ")
         ),
+        Op::AddDnatMap(f, name, map) => writeln!(
+            out,
+            "add map {} {name} {{ {}; }}",
+            t(f),
+            dnat_map_decl(*f, map).join("; ")
+        ),
+        Op::AddEndpoints(f, name, elements) => {
+            let items: Vec<String> = elements
+                .iter()
+                .map(|(k, v)| endpoint_element(k, v))
+                .collect();
+            writeln!(
+                out,
+                "add element {} {name} {{ {} }}",
+                t(f),
+                items.join(", ")
+            )
+        }
         Op::AddChain(f, name, None) => writeln!(out, "add chain {} {name}", t(f)),
         Op::AddChain(f, name, Some(base)) => {
             writeln!(out, "add chain {} {name} {{ {} }}", t(f), base_decl(base))

@@ -74,6 +74,11 @@ pub enum Match {
     CtStateNew,
     /// `meta mark & BIT == 0`.
     MarkBitClear(u32),
+    /// `meta l4proto tcp`.
+    L4Proto(Protocol),
+    /// `ip saddr . ip daddr . th dport @set`: the packet (after DNAT) goes from an endpoint
+    /// back to itself.
+    HairpinInSet(String),
 }
 
 /// The key a verdict map is looked up with.
@@ -110,6 +115,13 @@ pub enum Action {
     Dnat(Protocol, SocketAddr),
     /// `update @set { ip saddr }`: remember the client for session affinity.
     UpdateSetWithSaddr(String),
+    /// `dnat ip to <key> . numgen random mod N map @map`: one of the N endpoints stored
+    /// under the packet's key in a [`DnatMap`]; no element, no match.
+    DnatMap {
+        key: LookupKey,
+        modulus: u32,
+        map: String,
+    },
 }
 
 /// One rule: matches, one action, an optional comment.
@@ -155,6 +167,8 @@ pub enum KeyType {
     Proto,
     /// `inet_service`.
     Port,
+    /// A `numgen random` value (`typeof numgen random mod …`).
+    Index,
 }
 
 /// One component of an element's key.
@@ -163,6 +177,7 @@ pub enum KeyPart {
     Addr(IpAddr),
     Proto(Protocol),
     Port(u16),
+    Index(u32),
 }
 
 /// A set or map element's key: `10.96.0.10 . tcp . 80`.
@@ -193,6 +208,28 @@ pub struct Map {
     pub elements: BTreeMap<Key, MapVerdict>,
 }
 
+/// A named data map from `<key> . index` to an endpoint: the Services' endpoints, all in
+/// one map, so that a Service costs elements rather than chains and sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnatMap {
+    /// The packet part of the key; a `numgen` index follows it.
+    pub key: LookupKey,
+    pub comment: Option<String>,
+    pub elements: BTreeMap<Key, SocketAddr>,
+}
+
+impl DnatMap {
+    /// The key's components, the index included.
+    pub fn key_types(&self) -> Vec<KeyType> {
+        let mut k = match self.key {
+            LookupKey::DaddrProtoPort => vec![KeyType::Addr, KeyType::Proto, KeyType::Port],
+            LookupKey::ProtoPort => vec![KeyType::Proto, KeyType::Port],
+        };
+        k.push(KeyType::Index);
+        k
+    }
+}
+
 /// One family's table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
@@ -200,6 +237,7 @@ pub struct Table {
     pub chains: BTreeMap<String, Chain>,
     pub sets: BTreeMap<String, Set>,
     pub maps: BTreeMap<String, Map>,
+    pub dnat_maps: BTreeMap<String, DnatMap>,
 }
 
 impl Table {
@@ -209,6 +247,7 @@ impl Table {
             chains: BTreeMap::new(),
             sets: BTreeMap::new(),
             maps: BTreeMap::new(),
+            dnat_maps: BTreeMap::new(),
         }
     }
 }
@@ -234,12 +273,17 @@ pub enum Op {
     /// Declares a set (its elements come in [`Op::AddElements`]).
     AddSet(IpFamily, String, Set),
     AddMap(IpFamily, String, Map),
+    /// Declares a data map of endpoints (its elements come in [`Op::AddEndpoints`]).
+    AddDnatMap(IpFamily, String, DnatMap),
     /// Declares a chain (its rules come in [`Op::AddRule`]).
     AddChain(IpFamily, String, Option<BaseChain>),
     FlushChain(IpFamily, String),
     AddRule(IpFamily, String, Rule),
     /// Elements of the named set or map; the verdict is `None` for a set.
     AddElements(IpFamily, String, Vec<(Key, Option<MapVerdict>)>),
+    /// Elements of the named [`DnatMap`].
+    AddEndpoints(IpFamily, String, Vec<(Key, SocketAddr)>),
+    /// Deletes elements of a set, a map or a [`DnatMap`].
     DeleteElements(IpFamily, String, Vec<Key>),
     DeleteChain(IpFamily, String),
     DeleteSet(IpFamily, String),
@@ -282,11 +326,15 @@ fn is_redeclared(old: &Table, new: &Table) -> bool {
         .maps
         .iter()
         .any(|(n, m)| old.maps.get(n).is_some_and(|o| o.key != m.key));
+    let dnat_maps = new
+        .dnat_maps
+        .iter()
+        .any(|(n, m)| old.dnat_maps.get(n).is_some_and(|o| o.key != m.key));
     let chains = new
         .chains
         .iter()
         .any(|(n, c)| old.chains.get(n).is_some_and(|o| o.base != c.base));
-    sets || maps || chains
+    sets || maps || dnat_maps || chains
 }
 
 fn diff_table(old: &Table, new: &Table, ops: &mut Vec<Op>) {
@@ -308,6 +356,15 @@ fn diff_table(old: &Table, new: &Table, ops: &mut Vec<Op>) {
                 ..map.clone()
             };
             ops.push(Op::AddMap(fam, name.clone(), decl));
+        }
+    }
+    for (name, map) in &new.dnat_maps {
+        if !old.dnat_maps.contains_key(name) {
+            let decl = DnatMap {
+                elements: BTreeMap::new(),
+                ..map.clone()
+            };
+            ops.push(Op::AddDnatMap(fam, name.clone(), decl));
         }
     }
     for (name, chain) in &new.chains {
@@ -361,6 +418,10 @@ fn diff_table(old: &Table, new: &Table, ops: &mut Vec<Op>) {
             .collect();
         push_elements(ops, fam, name, removed, added);
     }
+    for (name, map) in &new.dnat_maps {
+        let before = old.dnat_maps.get(name).map(|m| &m.elements);
+        diff_endpoints(ops, fam, name, before, &map.elements);
+    }
     // 4. Remove what nothing refers to any more: empty doomed chains first so that
     //    doomed chains jumping to each other can all be deleted.
     let doomed: Vec<&String> = old
@@ -379,6 +440,41 @@ fn diff_table(old: &Table, new: &Table, ops: &mut Vec<Op>) {
     }
     for name in old.maps.keys().filter(|n| !new.maps.contains_key(*n)) {
         ops.push(Op::DeleteMap(fam, name.clone()));
+    }
+    for name in old
+        .dnat_maps
+        .keys()
+        .filter(|n| !new.dnat_maps.contains_key(*n))
+    {
+        ops.push(Op::DeleteMap(fam, name.clone()));
+    }
+}
+
+/// The element operations that turn one [`DnatMap`]'s elements into another's: an element
+/// whose endpoint changed is deleted, then added again.
+pub fn diff_endpoints(
+    ops: &mut Vec<Op>,
+    fam: IpFamily,
+    name: &str,
+    before: Option<&BTreeMap<Key, SocketAddr>>,
+    after: &BTreeMap<Key, SocketAddr>,
+) {
+    let removed: Vec<Key> = before
+        .into_iter()
+        .flatten()
+        .filter(|(k, v)| after.get(*k) != Some(*v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    let added: Vec<(Key, SocketAddr)> = after
+        .iter()
+        .filter(|(k, v)| before.and_then(|b| b.get(*k)) != Some(*v))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    if !removed.is_empty() {
+        ops.push(Op::DeleteElements(fam, name.to_string(), removed));
+    }
+    if !added.is_empty() {
+        ops.push(Op::AddEndpoints(fam, name.to_string(), added));
     }
 }
 

@@ -20,8 +20,7 @@ use futures_lite::FutureExt;
 
 use super::apply::Writer;
 use super::backend::Backend;
-use super::model::{NodeConfig, Protocol};
-use super::ruleset::{Action, Ruleset};
+use super::model::NodeConfig;
 use super::source::{Snapshot, scan_dir};
 use super::state::{Event, ProxyState};
 use crate::config::proxy::ProxyConfig;
@@ -37,19 +36,6 @@ pub struct Proxy<W: Writer> {
     failures: u32,
     /// The UDP backends of the ruleset the kernel holds: when one goes, its flows are flushed.
     udp_backends: BTreeSet<SocketAddr>,
-}
-
-/// Every address UDP traffic is DNATed to.
-pub fn udp_backends(r: &Ruleset) -> BTreeSet<SocketAddr> {
-    r.tables
-        .iter()
-        .flat_map(|t| t.chains.values())
-        .flat_map(|c| &c.rules)
-        .filter_map(|rule| match rule.action {
-            Action::Dnat(Protocol::Udp, addr) => Some(addr),
-            _ => None,
-        })
-        .collect()
 }
 
 impl<W: Writer> Proxy<W> {
@@ -83,7 +69,7 @@ impl<W: Writer> Proxy<W> {
         if full {
             self.state.forget_applied();
         }
-        let Some(tx) = self.state.next_transaction(&self.node) else {
+        let Some(mut tx) = self.state.next_transaction(&self.node) else {
             log::debug!("proxy: waiting for Services and EndpointSlices to sync");
             return false;
         };
@@ -96,11 +82,12 @@ impl<W: Writer> Proxy<W> {
         // The operations hold a copy of every table on a full sync: the writer lets them go
         // once they are encoded, before the kernel's commit.
         let ops = tx.ops.len();
-        match self.writer.write(tx.ops).await {
+        match self.writer.write(std::mem::take(&mut tx.ops)).await {
             Ok(()) => {
                 log::debug!("proxy: committed {ops} operations");
                 self.failures = 0;
-                let now = udp_backends(&tx.desired);
+                self.state.committed(tx);
+                let now = self.state.udp_backends();
                 for gone in self.udp_backends.difference(&now) {
                     match self.writer.forget_udp_flows(*gone) {
                         Ok(0) => {}
@@ -109,7 +96,6 @@ impl<W: Writer> Proxy<W> {
                     }
                 }
                 self.udp_backends = now;
-                self.state.committed(tx.desired);
                 true
             }
             Err(e) => {

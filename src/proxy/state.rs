@@ -3,21 +3,29 @@
 //!
 //! ```text
 //!  Waiting { services_synced, slices_synced } ──(both synced)──► Synced { applied: None }
-//!  Synced { applied } ──(next_transaction: diff against applied)──► caller writes it
-//!                     ──(committed(ruleset))──► Synced { applied: Some(ruleset) }
+//!  Synced { applied: None } ──(next_transaction: every Service, the tables replaced whole)─┐
+//!  Synced { applied: Some } ──(next_transaction: only the dirty Services' fragments)───────┤
+//!                           ◄──(committed(transaction): the fragments the kernel accepted)─┘
 //! ```
+//!
+//! Events mark Services dirty (an EndpointSlice its Service, by
+//! `kubernetes.io/service-name`, before and after the change); the next transaction rebuilds
+//! only those and diffs only their [`fragments`](super::fragments). What was applied is kept
+//! as the fragments, never as a second whole ruleset.
 //!
 //! Objects that fail validation are reported (by the caller, at `warn!`) and left out; a
 //! deletion removes whatever the store held under that name.
 //! This module must never do I/O: the caller writes the transaction and reports success.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 
 use serde_json::Value;
 
-use super::build::{BuildError, build};
+use super::build::BuildError;
+use super::fragments::{Applied, Fragment, Pending, assemble, fragment, plan, skeleton};
 use super::model::{EndpointSlice, ModelError, NodeConfig, Service};
-use super::ruleset::{Op, Ruleset, diff};
+use super::ruleset::{Op, Ruleset};
 
 /// One change from the API server's watches.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,20 +55,37 @@ enum Phase {
         slices_synced: bool,
     },
     Synced {
-        applied: Option<Ruleset>,
+        applied: Option<Box<Applied>>,
     },
+}
+
+/// What a transaction changes in what was applied, once committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Commit {
+    /// The tables were replaced whole.
+    Full {
+        skeleton: Ruleset,
+        pending: Pending,
+    },
+    Incremental(Pending),
 }
 
 /// The next thing to write to the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transaction {
-    /// The ruleset the kernel will hold once `ops` are committed.
-    pub desired: Ruleset,
     /// Empty when nothing changed. After a restart (nothing applied yet) this replaces the
     /// tables whole.
     pub ops: Vec<Op>,
     /// Objects (or parts of them) left out, to be logged.
     pub problems: Vec<BuildError>,
+    commit: Commit,
+}
+
+impl Transaction {
+    /// Does it replace the tables whole?
+    pub fn is_full(&self) -> bool {
+        matches!(self.commit, Commit::Full { .. })
+    }
 }
 
 /// The proxy's store of Services and EndpointSlices, keyed `namespace/name`.
@@ -68,6 +93,10 @@ pub struct Transaction {
 pub struct ProxyState {
     services: BTreeMap<String, Service>,
     slices: BTreeMap<String, EndpointSlice>,
+    /// Each Service's slices (`namespace/service-name` → slice keys).
+    slices_of: BTreeMap<String, BTreeSet<String>>,
+    /// Services changed since the last committed transaction.
+    dirty: BTreeSet<String>,
     phase: Phase,
 }
 
@@ -76,6 +105,8 @@ impl Default for ProxyState {
         ProxyState {
             services: BTreeMap::new(),
             slices: BTreeMap::new(),
+            slices_of: BTreeMap::new(),
+            dirty: BTreeSet::new(),
             phase: Phase::Waiting {
                 services_synced: false,
                 slices_synced: false,
@@ -97,27 +128,82 @@ impl ProxyState {
             Event::ServiceApplied(v) => {
                 let key = key_of(&v);
                 self.services.remove(&key);
+                self.dirty.insert(key.clone());
                 if let Some(s) = Service::from_json(&v)? {
                     self.services.insert(key, s);
                 }
             }
             Event::ServiceDeleted { namespace, name } => {
-                self.services.remove(&format!("{namespace}/{name}"));
+                let key = format!("{namespace}/{name}");
+                self.services.remove(&key);
+                self.dirty.insert(key);
             }
             Event::EndpointSliceApplied(v) => {
                 let key = key_of(&v);
-                self.slices.remove(&key);
+                self.remove_slice(&key);
                 if let Some(s) = EndpointSlice::from_json(&v)? {
+                    let owner = format!("{}/{}", s.namespace, s.service_name);
+                    self.slices_of
+                        .entry(owner.clone())
+                        .or_default()
+                        .insert(key.clone());
+                    self.dirty.insert(owner);
                     self.slices.insert(key, s);
                 }
             }
             Event::EndpointSliceDeleted { namespace, name } => {
-                self.slices.remove(&format!("{namespace}/{name}"));
+                self.remove_slice(&format!("{namespace}/{name}"));
             }
             Event::ServicesSynced => self.mark_synced(true, false),
             Event::EndpointSlicesSynced => self.mark_synced(false, true),
         }
         Ok(())
+    }
+
+    /// Forgets a slice and marks the Service it belonged to dirty.
+    fn remove_slice(&mut self, key: &str) {
+        let Some(old) = self.slices.remove(key) else {
+            return;
+        };
+        let owner = format!("{}/{}", old.namespace, old.service_name);
+        if let Some(keys) = self.slices_of.get_mut(&owner) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.slices_of.remove(&owner);
+            }
+        }
+        self.dirty.insert(owner);
+    }
+
+    /// One Service's fragment, built from its own slices only.
+    fn fragment_of(
+        &self,
+        name: &str,
+        node: &NodeConfig,
+        skeleton: &Ruleset,
+        problems: &mut Vec<BuildError>,
+    ) -> Option<Fragment> {
+        let svc = self.services.get(name)?;
+        let slices: Vec<EndpointSlice> = self
+            .slices_of
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.slices.get(k).cloned())
+            .collect();
+        let (f, p) = fragment(svc, &slices, node, skeleton);
+        problems.extend(p);
+        Some(f)
+    }
+
+    /// Every endpoint UDP traffic is DNATed to, in what was committed.
+    pub fn udp_backends(&self) -> BTreeSet<SocketAddr> {
+        match &self.phase {
+            Phase::Synced {
+                applied: Some(applied),
+            } => applied.udp_backends(),
+            _ => BTreeSet::new(),
+        }
     }
 
     fn mark_synced(&mut self, services: bool, slices: bool) {
@@ -141,35 +227,75 @@ impl ProxyState {
         let Phase::Synced { applied } = &self.phase else {
             return None;
         };
-        let services: Vec<Service> = self.services.values().cloned().collect();
-        let slices: Vec<EndpointSlice> = self.slices.values().cloned().collect();
-        let built = build(&services, &slices, node);
-        let ops = match applied {
-            Some(old) => diff(old, &built.ruleset),
-            // Unknown kernel state: replace the tables whole.
-            None => {
-                let mut ops: Vec<Op> = built
-                    .ruleset
-                    .tables
-                    .iter()
-                    .map(|t| Op::DeleteTable(t.family))
-                    .collect();
-                ops.extend(built.ruleset.tables.iter().cloned().map(Op::AddTable));
-                ops
+        let skeleton = skeleton(node);
+        let mut problems = Vec::new();
+        if let Some(applied) = applied.as_deref().filter(|a| a.skeleton == skeleton) {
+            let mut names = self.dirty.clone();
+            if !names.is_empty() {
+                // A Service that lost a key may win it now.
+                names.extend(applied.conflicted().iter().cloned());
             }
-        };
+            let rebuilt: Vec<(String, Option<Fragment>)> = names
+                .into_iter()
+                .map(|n| {
+                    let f = self.fragment_of(&n, node, &skeleton, &mut problems);
+                    (n, f)
+                })
+                .collect();
+            let (ops, pending) = plan(applied, rebuilt, &mut problems);
+            return Some(Transaction {
+                ops,
+                problems,
+                commit: Commit::Incremental(pending),
+            });
+        }
+        // Unknown kernel state (or a new node configuration): replace the tables whole.
+        let rebuilt: Vec<(String, Option<Fragment>)> = self
+            .services
+            .keys()
+            .map(|n| {
+                let f = self.fragment_of(n, node, &skeleton, &mut problems);
+                (n.clone(), f)
+            })
+            .collect();
+        let empty = Applied::new(skeleton.clone());
+        let (_, pending) = plan(&empty, rebuilt, &mut problems);
+        let desired = assemble(&skeleton, pending.fragments());
+        let mut ops: Vec<Op> = desired
+            .tables
+            .iter()
+            .map(|t| Op::DeleteTable(t.family))
+            .collect();
+        ops.extend(desired.tables.into_iter().map(Op::AddTable));
         Some(Transaction {
-            desired: built.ruleset,
             ops,
-            problems: built.problems,
+            problems,
+            commit: Commit::Full { skeleton, pending },
         })
     }
 
     /// Records that a transaction was committed: the next one is a diff against it.
-    pub fn committed(&mut self, ruleset: Ruleset) {
+    pub fn committed(&mut self, tx: Transaction) {
         // Synced → Synced { applied }: only after the kernel accepted the batch.
-        if let Phase::Synced { applied } = &mut self.phase {
-            *applied = Some(ruleset);
+        let Phase::Synced { applied } = &mut self.phase else {
+            return;
+        };
+        match tx.commit {
+            Commit::Full { skeleton, pending } => {
+                let mut a = Applied::new(skeleton);
+                a.commit(pending);
+                *applied = Some(Box::new(a));
+                self.dirty.clear();
+            }
+            Commit::Incremental(pending) => {
+                let Some(a) = applied else {
+                    return;
+                };
+                for (name, _) in pending.fragments() {
+                    self.dirty.remove(name);
+                }
+                a.commit(pending);
+            }
         }
     }
 
@@ -259,7 +385,7 @@ mod tests {
         }
         let first = s.next_transaction(&node()).unwrap();
         assert!(matches!(first.ops.first(), Some(Op::DeleteTable(_))));
-        s.committed(first.desired);
+        s.committed(first);
         assert_eq!(s.next_transaction(&node()).unwrap().ops, vec![]);
         s.apply(Event::ServiceApplied(web(81))).unwrap();
         let second = s.next_transaction(&node()).unwrap();
@@ -284,7 +410,9 @@ mod tests {
         s.apply(Event::ServicesSynced).unwrap();
         s.apply(Event::EndpointSlicesSynced).unwrap();
         let t = s.next_transaction(&node()).unwrap();
-        let v4 = t.desired.table(super::super::model::IpFamily::V4).unwrap();
+        let Some(Op::AddTable(v4)) = t.ops.get(1) else {
+            panic!("{:?}", t.ops)
+        };
         assert!(v4.maps.values().all(|m| m.elements.is_empty()));
     }
 }

@@ -11,10 +11,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde_json::{Value, json};
 
-use super::build::{Built, affinity_set, build};
+use super::build::{Built, SERVICE_BACKENDS, affinity_set, build};
 use super::model::{Cidr, EndpointSlice, IpFamily, NodeConfig, Protocol, Service};
 use super::nft_text::{render, render_ops, render_replace};
-use super::ruleset::{Action, Op, diff};
+use super::ruleset::{Action, Key, KeyPart, Op, diff};
 use super::trace::{Outcome, Packet, Trace, Tracer, Verdict};
 
 // ---------------------------------------------------------------------------------------------
@@ -745,24 +745,6 @@ fn terminating_endpoints_are_used_only_without_ready_ones() {
 // ---------------------------------------------------------------------------------------------
 // Diff
 
-fn names_in(ops: &[Op]) -> Vec<String> {
-    ops.iter()
-        .map(|op| match op {
-            Op::AddChain(_, n, _)
-            | Op::FlushChain(_, n)
-            | Op::AddRule(_, n, _)
-            | Op::DeleteChain(_, n)
-            | Op::AddSet(_, n, _)
-            | Op::AddMap(_, n, _)
-            | Op::DeleteSet(_, n)
-            | Op::DeleteMap(_, n)
-            | Op::AddElements(_, n, _)
-            | Op::DeleteElements(_, n, _) => n.clone(),
-            Op::AddTable(_) | Op::DeleteTable(_) => "<table>".to_string(),
-        })
-        .collect()
-}
-
 #[test]
 fn diff_of_equal_rulesets_is_empty() {
     let (services, slices, node) = flows_world();
@@ -788,20 +770,37 @@ fn diff_touches_only_the_changed_service() {
     );
     let new = build(&services, &slices, &node).ruleset;
     let ops = diff(&old, &new);
-    let names = names_in(&ops);
-    assert!(!names.is_empty());
-    for n in &names {
-        assert!(n.contains("default/np/"), "unexpected change to {n}");
+    assert!(!ops.is_empty());
+    // Only elements change (and chains for a new endpoint count may appear): every key
+    // touched is np's clusterIP, its NodePort, or its new endpoint in the hairpin set.
+    let np_ip = KeyPart::Addr(ip("10.96.0.12"));
+    let np_port = KeyPart::Port(30080);
+    let new_ep = KeyPart::Addr(ip("10.244.3.20"));
+    let is_np = |k: &Key| k.contains(&np_ip) || k.contains(&np_port) || k.contains(&new_ep);
+    for op in &ops {
+        match op {
+            Op::AddElements(_, _, els) => assert!(els.iter().all(|(k, _)| is_np(k)), "{op:?}"),
+            Op::AddEndpoints(_, _, els) => assert!(els.iter().all(|(k, _)| is_np(k)), "{op:?}"),
+            Op::DeleteElements(_, _, keys) => assert!(keys.iter().all(is_np), "{op:?}"),
+            Op::AddChain(_, n, None) | Op::AddRule(_, n, _) => {
+                assert!(n.ends_with("-3"), "unexpected change to {n}")
+            }
+            // np was the only Service with 2 endpoints on its NodePort.
+            Op::FlushChain(_, n) | Op::DeleteChain(_, n) => {
+                assert!(n.ends_with("-2"), "unexpected change to {n}")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
-    assert!(ops.contains(&Op::AddChain(
-        IpFamily::V4,
-        "endpoint-default/np/tcp/http__10.244.3.20/8080".to_string(),
-        None
-    )));
-    assert!(ops.contains(&Op::FlushChain(
-        IpFamily::V4,
-        "service-default/np/tcp/http".to_string()
-    )));
+    let third = vec![
+        np_ip,
+        KeyPart::Proto(Protocol::Tcp),
+        KeyPart::Port(80),
+        KeyPart::Index(2),
+    ];
+    assert!(ops.iter().any(|op| matches!(op,
+        Op::AddEndpoints(_, m, els) if m == SERVICE_BACKENDS
+            && els.contains(&(third.clone(), sock("10.244.3.20:8080"))))));
 }
 
 #[test]
@@ -1131,9 +1130,12 @@ fn five_thousand_endpoints_in_one_service_build_and_trace() {
     let (b, node) = five_thousand_world();
     assert_eq!(b.problems, vec![]);
     let table = b.ruleset.table(IpFamily::V4).unwrap();
-    let chain = &table.chains["service-default/big/tcp/http"];
-    assert!(matches!(chain.rules.last().map(|r| &r.action),
-        Some(Action::NumgenGoto(targets)) if targets.len() == 5000));
+    let chain = &table.chains["endpoints-5000"];
+    assert!(matches!(
+        chain.rules.last().map(|r| &r.action),
+        Some(Action::DnatMap { modulus: 5000, .. })
+    ));
+    assert_eq!(table.dnat_maps[SERVICE_BACKENDS].elements.len(), 5000);
     let t = Tracer::new(&b.ruleset, &node.node_ips)
         .trace(&Packet {
             src: ip("10.244.100.1"),
@@ -1150,7 +1152,7 @@ fn five_thousand_endpoints_in_one_service_build_and_trace() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(render(&b.ruleset).contains("numgen random mod 5000 vmap"));
+    assert!(render(&b.ruleset).contains("numgen random mod 5000 map @service-backends"));
 }
 
 #[test]
@@ -1170,7 +1172,10 @@ fn duplicate_endpoints_across_slices_count_once() {
         &slices,
         &node,
     );
-    assert!(render(&b.ruleset).contains("numgen random mod 1 vmap"));
+    let text = render(&b.ruleset);
+    assert!(text.contains("numgen random mod 1 map @service-backends"));
+    assert!(text.contains("10.96.0.10 . tcp . 80 . 0 : 10.244.1.5 . 8080"));
+    assert!(!text.contains(". 1 : 10.244.1.5"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1310,7 +1315,8 @@ fn dump_renders_the_valid_objects_and_names_the_invalid_ones() {
             "service default/bad: spec.clusterIP: \"10.96.0.011\": IPv4 address must not have leading zeros"
         ]
     );
-    assert!(text.contains("10.96.0.10 . tcp . 80 : goto service-default/web/tcp/http"));
+    assert!(text.contains("10.96.0.10 . tcp . 80 : goto clusterip-1"));
+    assert!(text.contains("10.96.0.10 . tcp . 80 . 0 : 10.244.1.5 . 8080"));
     assert!(!text.contains("default/bad"));
     let mut broken = node_v4();
     broken.masquerade_bit = 0x4001;
@@ -1390,6 +1396,9 @@ fn diff_replaces_a_changed_verdict_and_redeclared_sets() {
 
 #[path = "netlink_kernel_tests.rs"]
 mod netlink_kernel;
+
+#[path = "incremental_tests.rs"]
+mod incremental;
 
 #[path = "decode_tests.rs"]
 mod decode;

@@ -346,6 +346,34 @@ impl<'a> Tracer<'a> {
                     st.dport = to.port();
                     return Ok(vec![(End::Accept, st)]);
                 }
+                Action::DnatMap { key, modulus, map } => {
+                    let m = table
+                        .dnat_maps
+                        .get(map)
+                        .ok_or_else(|| TraceError::UnknownMap(map.clone()))?;
+                    let base = vmap_key(*key, p, &st);
+                    let mut out = Vec::new();
+                    let mut missing = false;
+                    for n in 0..*modulus {
+                        let mut k = base.clone();
+                        k.push(KeyPart::Index(n));
+                        match m.elements.get(&k) {
+                            Some(to) => {
+                                let mut s = st.clone();
+                                s.dnat = Some(*to);
+                                s.daddr = to.ip();
+                                s.dport = to.port();
+                                out.push((End::Accept, s));
+                            }
+                            None => missing = true,
+                        }
+                    }
+                    // No element for a value: the rule does not match; the chain goes on.
+                    if missing {
+                        out.extend(self.run_chain(table, chain, i + 1, p, st, depth)?);
+                    }
+                    return Ok(out);
+                }
             };
             let mut out = Vec::new();
             for target in callee {
@@ -370,6 +398,19 @@ impl<'a> Tracer<'a> {
             Match::FibSaddrLocal => p.is_from_local,
             Match::CtStateNew => true,
             Match::MarkBitClear(b) => st.mark & b == 0,
+            Match::L4Proto(proto) => p.protocol == *proto,
+            Match::HairpinInSet(name) => {
+                let set = t
+                    .sets
+                    .get(name)
+                    .ok_or_else(|| TraceError::UnknownSet(name.clone()))?;
+                let key = vec![
+                    KeyPart::Addr(p.src),
+                    KeyPart::Addr(st.daddr),
+                    KeyPart::Port(st.dport),
+                ];
+                set.elements.contains(&key)
+            }
         })
     }
 
