@@ -5,6 +5,7 @@
 //!  build([service]) − skeleton ──► Fragment { chains, own sets, elements }
 //!  Applied { fragments, users of each shared chain / set / set element, owners of map keys }
 //!  plan(applied, rebuilt fragments of the dirty Services) ──► ops + Pending ──commit──► Applied
+//!  full sync: Applied::adopt(each fragment) ──► a new Applied + the desired ruleset (merge)
 //! ```
 //!
 //! A Service's fragment is the part of the ruleset that building it alone adds to the
@@ -176,18 +177,47 @@ impl Applied {
             if let Some(old) = self.fragments.remove(&name) {
                 self.release(&name, &old);
             }
-            if let Some(mut new) = new {
-                self.hold(&name, &new);
-                // A shared chain's rules follow from its name: not kept once per Service.
-                for ((_, chain), c) in new.chains.iter_mut() {
-                    if is_shared(chain) {
-                        c.rules = Vec::new();
-                    }
-                }
-                self.fragments.insert(name, new);
+            if let Some(new) = new {
+                self.keep(name, new);
             }
         }
         self.conflicted = pending.conflicted;
+    }
+
+    /// Counts and keeps a Service's fragment.
+    fn keep(&mut self, name: String, mut new: Fragment) {
+        self.hold(&name, &new);
+        // A shared chain's rules follow from its name: not kept once per Service.
+        for ((_, chain), c) in new.chains.iter_mut() {
+            if is_shared(chain) {
+                c.rules = Vec::new();
+            }
+        }
+        self.fragments.insert(name, new);
+    }
+
+    /// The full sync's way in, Services in name order: merges `name`'s fragment into
+    /// `desired` and keeps it as if committed, leaving out (and reporting) map keys a Service
+    /// before it holds. Nothing is copied but the desired ruleset's share: no delta, no ops.
+    pub fn adopt(
+        &mut self,
+        name: String,
+        mut new: Fragment,
+        desired: &mut Ruleset,
+        problems: &mut Vec<BuildError>,
+    ) {
+        let taken: Vec<ElementId> = new
+            .entries
+            .keys()
+            .filter(|id| self.owners.contains_key(*id))
+            .cloned()
+            .collect();
+        leave_out(&name, &mut new, &taken, problems);
+        if !taken.is_empty() {
+            self.conflicted.insert(name.clone());
+        }
+        merge(desired, &new);
+        self.keep(name, new);
     }
 
     fn release(&mut self, name: &str, f: &Fragment) {
@@ -293,22 +323,7 @@ pub fn plan(
             })
             .cloned()
             .collect();
-        for id in &taken {
-            new.entries.remove(id);
-            if is_service_key(&id.1) {
-                problems.push(BuildError {
-                    object: format!("service {name}"),
-                    problem: format!(
-                        "{} is already used by another service, skipped",
-                        describe(&id.2)
-                    ),
-                });
-                // The key's endpoints go with it.
-                let prefix = &id.2;
-                new.entries
-                    .retain(|(f, _, k), _| !(*f == id.0 && k.starts_with(prefix)));
-            }
-        }
+        leave_out(&name, &mut new, &taken, problems);
         if !taken.is_empty() {
             conflicted.insert(name.clone());
         }
@@ -342,6 +357,26 @@ pub fn plan(
             conflicted,
         },
     )
+}
+
+/// Leaves the map keys another Service holds out of `name`'s fragment, and says so.
+fn leave_out(name: &str, new: &mut Fragment, taken: &[ElementId], problems: &mut Vec<BuildError>) {
+    for id in taken {
+        new.entries.remove(id);
+        if is_service_key(&id.1) {
+            problems.push(BuildError {
+                object: format!("service {name}"),
+                problem: format!(
+                    "{} is already used by another service, skipped",
+                    describe(&id.2)
+                ),
+            });
+            // The key's endpoints go with it.
+            let prefix = &id.2;
+            new.entries
+                .retain(|(f, _, k), _| !(*f == id.0 && k.starts_with(prefix)));
+        }
+    }
 }
 
 /// Is this one of the chains Services share (per endpoint count), rather than a Service's
@@ -511,10 +546,9 @@ fn differs(
     }
 }
 
-/// The whole ruleset: the skeleton with every fragment merged in.
-pub fn assemble(skeleton: &Ruleset, fragments: &[(String, Option<Fragment>)]) -> Ruleset {
-    let mut r = skeleton.clone();
-    for f in fragments.iter().filter_map(|(_, f)| f.as_ref()) {
+/// Merges one fragment into a ruleset.
+fn merge(r: &mut Ruleset, f: &Fragment) {
+    {
         for t in &mut r.tables {
             let fam = t.family;
             for ((cf, name), c) in &f.chains {
@@ -552,5 +586,4 @@ pub fn assemble(skeleton: &Ruleset, fragments: &[(String, Option<Fragment>)]) ->
             }
         }
     }
-    r
 }
