@@ -18,8 +18,10 @@
 //!
 //! This module must never do I/O.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::rc::Rc;
 
 use super::build::{BuildError, build};
 use super::model::{EndpointSlice, IpFamily, NodeConfig, Protocol, Service};
@@ -33,8 +35,36 @@ pub enum Value {
     Endpoint(SocketAddr),
 }
 
-/// One element's place: family, set or map name, key.
-type ElementId = (IpFamily, String, Key);
+/// One element's place: family, set or map name, key. The name is one of the skeleton's
+/// (borrowed from [`SHARED_NAMES`], not a copy per element).
+type ElementId = (IpFamily, Name, Key);
+type Name = Cow<'static, str>;
+
+/// The skeleton's sets and maps, which elements of every Service name.
+const SHARED_NAMES: [&str; 11] = {
+    use super::build::*;
+    [
+        SERVICE_IPS,
+        SERVICE_NODEPORTS,
+        NO_ENDPOINT_SERVICES,
+        NO_ENDPOINT_NODEPORTS,
+        CLUSTER_IPS,
+        NODEPORT_IPS,
+        SERVICE_BACKENDS,
+        SERVICE_LOCAL_BACKENDS,
+        NODEPORT_BACKENDS,
+        NODEPORT_LOCAL_BACKENDS,
+        HAIRPIN,
+    ]
+};
+
+/// `name` without a copy when it is one of the skeleton's.
+fn intern(name: &str) -> Name {
+    match SHARED_NAMES.iter().find(|n| **n == name) {
+        Some(n) => Cow::Borrowed(n),
+        None => Cow::Owned(name.to_string()),
+    }
+}
 type ObjectId = (IpFamily, String);
 
 /// What one Service adds to the skeleton.
@@ -98,8 +128,9 @@ pub fn fragment(
         for (name, set) in t.sets {
             match base.sets.get(&name) {
                 Some(b) => {
+                    let id = intern(&name);
                     for k in set.elements.difference(&b.elements) {
-                        f.members.insert((fam, name.clone(), k.clone()));
+                        f.members.insert((fam, id.clone(), k.clone()));
                     }
                 }
                 None => {
@@ -108,13 +139,15 @@ pub fn fragment(
             }
         }
         for (name, map) in t.maps {
+            let id = intern(&name);
             for (k, v) in map.elements {
-                f.entries.insert((fam, name.clone(), k), Value::Verdict(v));
+                f.entries.insert((fam, id.clone(), k), Value::Verdict(v));
             }
         }
         for (name, map) in t.dnat_maps {
+            let id = intern(&name);
             for (k, v) in map.elements {
-                f.entries.insert((fam, name.clone(), k), Value::Endpoint(v));
+                f.entries.insert((fam, id.clone(), k), Value::Endpoint(v));
             }
         }
     }
@@ -129,7 +162,8 @@ pub struct Applied {
     chain_users: BTreeMap<ObjectId, usize>,
     set_users: BTreeMap<ObjectId, usize>,
     member_users: BTreeMap<ElementId, usize>,
-    owners: BTreeMap<ElementId, String>,
+    /// Each map key's Service (one shared name per Service, not a copy per key).
+    owners: BTreeMap<ElementId, Rc<str>>,
     /// Services that lost a map key to another one.
     conflicted: BTreeSet<String>,
 }
@@ -231,7 +265,7 @@ impl Applied {
             decrement(&mut self.member_users, id);
         }
         for id in f.entries.keys() {
-            if self.owners.get(id).is_some_and(|o| o == name) {
+            if self.owners.get(id).is_some_and(|o| &**o == name) {
                 self.owners.remove(id);
             }
         }
@@ -247,8 +281,9 @@ impl Applied {
         for id in &f.members {
             *self.member_users.entry(id.clone()).or_default() += 1;
         }
+        let owner: Rc<str> = Rc::from(name);
         for id in f.entries.keys() {
-            self.owners.insert(id.clone(), name.to_string());
+            self.owners.insert(id.clone(), owner.clone());
         }
     }
 }
@@ -319,7 +354,10 @@ pub fn plan(
             .keys()
             .filter(|id| {
                 claimed_now.contains(*id)
-                    || applied.owners.get(*id).is_some_and(|o| !names.contains(o))
+                    || applied
+                        .owners
+                        .get(*id)
+                        .is_some_and(|o| !names.contains(&**o))
             })
             .cloned()
             .collect();
@@ -473,7 +511,7 @@ impl Delta<'_> {
         for (id, d) in &self.members {
             let before = applied.member_users.get(id).copied().unwrap_or(0) as i64;
             let after = before + d;
-            let obj = (id.0, id.1.clone());
+            let obj = (id.0, id.1.to_string());
             if before > 0 && after <= 0 {
                 deletes.entry(obj).or_default().push(id.2.clone());
             } else if before <= 0 && after > 0 {
@@ -485,14 +523,14 @@ impl Delta<'_> {
         for (id, old) in &self.released {
             if self.claimed.get(id) != Some(old) {
                 deletes
-                    .entry((id.0, id.1.clone()))
+                    .entry((id.0, id.1.to_string()))
                     .or_default()
                     .push(id.2.clone());
             }
         }
         for (id, new) in &self.claimed {
             if self.released.get(id) != Some(new) {
-                adds.entry((id.0, id.1.clone()))
+                adds.entry((id.0, id.1.to_string()))
                     .or_default()
                     .push((id.2.clone(), new.clone()));
             }
@@ -562,7 +600,7 @@ fn merge(r: &mut Ruleset, f: &Fragment) {
                 }
             }
             for (ef, name, k) in &f.members {
-                if let (true, Some(s)) = (*ef == fam, t.sets.get_mut(name)) {
+                if let (true, Some(s)) = (*ef == fam, t.sets.get_mut(name.as_ref())) {
                     s.elements.insert(k.clone());
                 }
             }
@@ -572,12 +610,12 @@ fn merge(r: &mut Ruleset, f: &Fragment) {
                 }
                 match v {
                     Value::Verdict(v) => {
-                        if let Some(m) = t.maps.get_mut(name) {
+                        if let Some(m) = t.maps.get_mut(name.as_ref()) {
                             m.elements.insert(k.clone(), v.clone());
                         }
                     }
                     Value::Endpoint(e) => {
-                        if let Some(m) = t.dnat_maps.get_mut(name) {
+                        if let Some(m) = t.dnat_maps.get_mut(name.as_ref()) {
                             m.elements.insert(k.clone(), *e);
                         }
                     }
