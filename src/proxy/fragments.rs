@@ -21,7 +21,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use super::build::{BuildError, build};
 use super::model::{EndpointSlice, IpFamily, NodeConfig, Protocol, Service};
@@ -163,7 +163,7 @@ pub struct Applied {
     set_users: BTreeMap<ObjectId, usize>,
     member_users: BTreeMap<ElementId, usize>,
     /// Each map key's Service (one shared name per Service, not a copy per key).
-    owners: BTreeMap<ElementId, Rc<str>>,
+    owners: BTreeMap<ElementId, Arc<str>>,
     /// Services that lost a map key to another one.
     conflicted: BTreeSet<String>,
 }
@@ -281,7 +281,7 @@ impl Applied {
         for id in &f.members {
             *self.member_users.entry(id.clone()).or_default() += 1;
         }
-        let owner: Rc<str> = Rc::from(name);
+        let owner: Arc<str> = Arc::from(name);
         for id in f.entries.keys() {
             self.owners.insert(id.clone(), owner.clone());
         }
