@@ -27,6 +27,9 @@ use super::build::{BuildError, build};
 use super::model::{EndpointSlice, IpFamily, NodeConfig, Protocol, Service};
 use super::ruleset::{Action, Chain, Key, KeyPart, MapVerdict, Op, Rule, Ruleset, Set};
 
+mod names;
+use names::{describe, intern, is_service_key, is_shared};
+
 /// What one element holds: nothing (a set), a verdict or an endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
@@ -36,35 +39,10 @@ pub enum Value {
 }
 
 /// One element's place: family, set or map name, key. The name is one of the skeleton's
-/// (borrowed from [`SHARED_NAMES`], not a copy per element).
+/// (borrowed from [`names::SHARED_NAMES`], not a copy per element).
 type ElementId = (IpFamily, Name, Key);
 type Name = Cow<'static, str>;
 
-/// The skeleton's sets and maps, which elements of every Service name.
-const SHARED_NAMES: [&str; 11] = {
-    use super::build::*;
-    [
-        SERVICE_IPS,
-        SERVICE_NODEPORTS,
-        NO_ENDPOINT_SERVICES,
-        NO_ENDPOINT_NODEPORTS,
-        CLUSTER_IPS,
-        NODEPORT_IPS,
-        SERVICE_BACKENDS,
-        SERVICE_LOCAL_BACKENDS,
-        NODEPORT_BACKENDS,
-        NODEPORT_LOCAL_BACKENDS,
-        HAIRPIN,
-    ]
-};
-
-/// `name` without a copy when it is one of the skeleton's.
-fn intern(name: &str) -> Name {
-    match SHARED_NAMES.iter().find(|n| **n == name) {
-        Some(n) => Cow::Borrowed(n),
-        None => Cow::Owned(name.to_string()),
-    }
-}
 type ObjectId = (IpFamily, String);
 
 /// What one Service adds to the skeleton.
@@ -414,37 +392,6 @@ fn leave_out(name: &str, new: &mut Fragment, taken: &[ElementId], problems: &mut
             new.entries
                 .retain(|(f, _, k), _| !(*f == id.0 && k.starts_with(prefix)));
         }
-    }
-}
-
-/// Is this one of the chains Services share (per endpoint count), rather than a Service's
-/// own (affinity chains are named `<kind>-<namespace>/<name>/…`)?
-fn is_shared(chain: &str) -> bool {
-    !chain.contains('/')
-}
-
-/// Does a key of this map name a Service port (rather than one of its endpoints)?
-fn is_service_key(map: &str) -> bool {
-    use super::build::{
-        NO_ENDPOINT_NODEPORTS, NO_ENDPOINT_SERVICES, SERVICE_IPS, SERVICE_NODEPORTS,
-    };
-    [
-        SERVICE_IPS,
-        SERVICE_NODEPORTS,
-        NO_ENDPOINT_SERVICES,
-        NO_ENDPOINT_NODEPORTS,
-    ]
-    .contains(&map)
-}
-
-/// `10.96.0.10 80/TCP` or `nodePort 30080/TCP`.
-fn describe(k: &Key) -> String {
-    match k.as_slice() {
-        [KeyPart::Addr(a), KeyPart::Proto(p), KeyPart::Port(n)] => {
-            format!("{a} {n}/{}", p.as_kubernetes())
-        }
-        [KeyPart::Proto(p), KeyPart::Port(n)] => format!("nodePort {n}/{}", p.as_kubernetes()),
-        _ => format!("{k:?}"),
     }
 }
 
