@@ -5,6 +5,7 @@
 //!  build([service]) − skeleton ──► Fragment { chains, own sets, elements }
 //!  Applied { fragments, users of each shared chain / set / set element, owners of map keys }
 //!  plan(applied, rebuilt fragments of the dirty Services) ──► ops + Pending ──commit──► Applied
+//!  full sync: Applied::adopt(each fragment) ──► a new Applied + the desired ruleset (merge)
 //! ```
 //!
 //! A Service's fragment is the part of the ruleset that building it alone adds to the
@@ -17,12 +18,17 @@
 //!
 //! This module must never do I/O.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use super::build::{BuildError, build};
 use super::model::{EndpointSlice, IpFamily, NodeConfig, Protocol, Service};
 use super::ruleset::{Action, Chain, Key, KeyPart, MapVerdict, Op, Rule, Ruleset, Set};
+
+mod names;
+use names::{describe, intern, is_service_key, is_shared};
 
 /// What one element holds: nothing (a set), a verdict or an endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,8 +38,11 @@ pub enum Value {
     Endpoint(SocketAddr),
 }
 
-/// One element's place: family, set or map name, key.
-type ElementId = (IpFamily, String, Key);
+/// One element's place: family, set or map name, key. The name is one of the skeleton's
+/// (borrowed from [`names::SHARED_NAMES`], not a copy per element).
+type ElementId = (IpFamily, Name, Key);
+type Name = Cow<'static, str>;
+
 type ObjectId = (IpFamily, String);
 
 /// What one Service adds to the skeleton.
@@ -97,8 +106,9 @@ pub fn fragment(
         for (name, set) in t.sets {
             match base.sets.get(&name) {
                 Some(b) => {
+                    let id = intern(&name);
                     for k in set.elements.difference(&b.elements) {
-                        f.members.insert((fam, name.clone(), k.clone()));
+                        f.members.insert((fam, id.clone(), k.clone()));
                     }
                 }
                 None => {
@@ -107,13 +117,15 @@ pub fn fragment(
             }
         }
         for (name, map) in t.maps {
+            let id = intern(&name);
             for (k, v) in map.elements {
-                f.entries.insert((fam, name.clone(), k), Value::Verdict(v));
+                f.entries.insert((fam, id.clone(), k), Value::Verdict(v));
             }
         }
         for (name, map) in t.dnat_maps {
+            let id = intern(&name);
             for (k, v) in map.elements {
-                f.entries.insert((fam, name.clone(), k), Value::Endpoint(v));
+                f.entries.insert((fam, id.clone(), k), Value::Endpoint(v));
             }
         }
     }
@@ -128,7 +140,8 @@ pub struct Applied {
     chain_users: BTreeMap<ObjectId, usize>,
     set_users: BTreeMap<ObjectId, usize>,
     member_users: BTreeMap<ElementId, usize>,
-    owners: BTreeMap<ElementId, String>,
+    /// Each map key's Service (one shared name per Service, not a copy per key).
+    owners: BTreeMap<ElementId, Arc<str>>,
     /// Services that lost a map key to another one.
     conflicted: BTreeSet<String>,
 }
@@ -176,18 +189,47 @@ impl Applied {
             if let Some(old) = self.fragments.remove(&name) {
                 self.release(&name, &old);
             }
-            if let Some(mut new) = new {
-                self.hold(&name, &new);
-                // A shared chain's rules follow from its name: not kept once per Service.
-                for ((_, chain), c) in new.chains.iter_mut() {
-                    if is_shared(chain) {
-                        c.rules = Vec::new();
-                    }
-                }
-                self.fragments.insert(name, new);
+            if let Some(new) = new {
+                self.keep(name, new);
             }
         }
         self.conflicted = pending.conflicted;
+    }
+
+    /// Counts and keeps a Service's fragment.
+    fn keep(&mut self, name: String, mut new: Fragment) {
+        self.hold(&name, &new);
+        // A shared chain's rules follow from its name: not kept once per Service.
+        for ((_, chain), c) in new.chains.iter_mut() {
+            if is_shared(chain) {
+                c.rules = Vec::new();
+            }
+        }
+        self.fragments.insert(name, new);
+    }
+
+    /// The full sync's way in, Services in name order: merges `name`'s fragment into
+    /// `desired` and keeps it as if committed, leaving out (and reporting) map keys a Service
+    /// before it holds. Nothing is copied but the desired ruleset's share: no delta, no ops.
+    pub fn adopt(
+        &mut self,
+        name: String,
+        mut new: Fragment,
+        desired: &mut Ruleset,
+        problems: &mut Vec<BuildError>,
+    ) {
+        let taken: Vec<ElementId> = new
+            .entries
+            .keys()
+            .filter(|id| self.owners.contains_key(*id))
+            .cloned()
+            .collect();
+        leave_out(&name, &mut new, &taken, problems);
+        if !taken.is_empty() {
+            self.conflicted.insert(name.clone());
+        }
+        merge(desired, &new);
+        self.keep(name, new);
     }
 
     fn release(&mut self, name: &str, f: &Fragment) {
@@ -201,7 +243,7 @@ impl Applied {
             decrement(&mut self.member_users, id);
         }
         for id in f.entries.keys() {
-            if self.owners.get(id).is_some_and(|o| o == name) {
+            if self.owners.get(id).is_some_and(|o| &**o == name) {
                 self.owners.remove(id);
             }
         }
@@ -217,8 +259,9 @@ impl Applied {
         for id in &f.members {
             *self.member_users.entry(id.clone()).or_default() += 1;
         }
+        let owner: Arc<str> = Arc::from(name);
         for id in f.entries.keys() {
-            self.owners.insert(id.clone(), name.to_string());
+            self.owners.insert(id.clone(), owner.clone());
         }
     }
 }
@@ -289,26 +332,14 @@ pub fn plan(
             .keys()
             .filter(|id| {
                 claimed_now.contains(*id)
-                    || applied.owners.get(*id).is_some_and(|o| !names.contains(o))
+                    || applied
+                        .owners
+                        .get(*id)
+                        .is_some_and(|o| !names.contains(&**o))
             })
             .cloned()
             .collect();
-        for id in &taken {
-            new.entries.remove(id);
-            if is_service_key(&id.1) {
-                problems.push(BuildError {
-                    object: format!("service {name}"),
-                    problem: format!(
-                        "{} is already used by another service, skipped",
-                        describe(&id.2)
-                    ),
-                });
-                // The key's endpoints go with it.
-                let prefix = &id.2;
-                new.entries
-                    .retain(|(f, _, k), _| !(*f == id.0 && k.starts_with(prefix)));
-            }
-        }
+        leave_out(&name, &mut new, &taken, problems);
         if !taken.is_empty() {
             conflicted.insert(name.clone());
         }
@@ -344,34 +375,23 @@ pub fn plan(
     )
 }
 
-/// Is this one of the chains Services share (per endpoint count), rather than a Service's
-/// own (affinity chains are named `<kind>-<namespace>/<name>/…`)?
-fn is_shared(chain: &str) -> bool {
-    !chain.contains('/')
-}
-
-/// Does a key of this map name a Service port (rather than one of its endpoints)?
-fn is_service_key(map: &str) -> bool {
-    use super::build::{
-        NO_ENDPOINT_NODEPORTS, NO_ENDPOINT_SERVICES, SERVICE_IPS, SERVICE_NODEPORTS,
-    };
-    [
-        SERVICE_IPS,
-        SERVICE_NODEPORTS,
-        NO_ENDPOINT_SERVICES,
-        NO_ENDPOINT_NODEPORTS,
-    ]
-    .contains(&map)
-}
-
-/// `10.96.0.10 80/TCP` or `nodePort 30080/TCP`.
-fn describe(k: &Key) -> String {
-    match k.as_slice() {
-        [KeyPart::Addr(a), KeyPart::Proto(p), KeyPart::Port(n)] => {
-            format!("{a} {n}/{}", p.as_kubernetes())
+/// Leaves the map keys another Service holds out of `name`'s fragment, and says so.
+fn leave_out(name: &str, new: &mut Fragment, taken: &[ElementId], problems: &mut Vec<BuildError>) {
+    for id in taken {
+        new.entries.remove(id);
+        if is_service_key(&id.1) {
+            problems.push(BuildError {
+                object: format!("service {name}"),
+                problem: format!(
+                    "{} is already used by another service, skipped",
+                    describe(&id.2)
+                ),
+            });
+            // The key's endpoints go with it.
+            let prefix = &id.2;
+            new.entries
+                .retain(|(f, _, k), _| !(*f == id.0 && k.starts_with(prefix)));
         }
-        [KeyPart::Proto(p), KeyPart::Port(n)] => format!("nodePort {n}/{}", p.as_kubernetes()),
-        _ => format!("{k:?}"),
     }
 }
 
@@ -438,7 +458,7 @@ impl Delta<'_> {
         for (id, d) in &self.members {
             let before = applied.member_users.get(id).copied().unwrap_or(0) as i64;
             let after = before + d;
-            let obj = (id.0, id.1.clone());
+            let obj = (id.0, id.1.to_string());
             if before > 0 && after <= 0 {
                 deletes.entry(obj).or_default().push(id.2.clone());
             } else if before <= 0 && after > 0 {
@@ -450,14 +470,14 @@ impl Delta<'_> {
         for (id, old) in &self.released {
             if self.claimed.get(id) != Some(old) {
                 deletes
-                    .entry((id.0, id.1.clone()))
+                    .entry((id.0, id.1.to_string()))
                     .or_default()
                     .push(id.2.clone());
             }
         }
         for (id, new) in &self.claimed {
             if self.released.get(id) != Some(new) {
-                adds.entry((id.0, id.1.clone()))
+                adds.entry((id.0, id.1.to_string()))
                     .or_default()
                     .push((id.2.clone(), new.clone()));
             }
@@ -511,10 +531,9 @@ fn differs(
     }
 }
 
-/// The whole ruleset: the skeleton with every fragment merged in.
-pub fn assemble(skeleton: &Ruleset, fragments: &[(String, Option<Fragment>)]) -> Ruleset {
-    let mut r = skeleton.clone();
-    for f in fragments.iter().filter_map(|(_, f)| f.as_ref()) {
+/// Merges one fragment into a ruleset.
+fn merge(r: &mut Ruleset, f: &Fragment) {
+    {
         for t in &mut r.tables {
             let fam = t.family;
             for ((cf, name), c) in &f.chains {
@@ -528,7 +547,7 @@ pub fn assemble(skeleton: &Ruleset, fragments: &[(String, Option<Fragment>)]) ->
                 }
             }
             for (ef, name, k) in &f.members {
-                if let (true, Some(s)) = (*ef == fam, t.sets.get_mut(name)) {
+                if let (true, Some(s)) = (*ef == fam, t.sets.get_mut(name.as_ref())) {
                     s.elements.insert(k.clone());
                 }
             }
@@ -538,12 +557,12 @@ pub fn assemble(skeleton: &Ruleset, fragments: &[(String, Option<Fragment>)]) ->
                 }
                 match v {
                     Value::Verdict(v) => {
-                        if let Some(m) = t.maps.get_mut(name) {
+                        if let Some(m) = t.maps.get_mut(name.as_ref()) {
                             m.elements.insert(k.clone(), v.clone());
                         }
                     }
                     Value::Endpoint(e) => {
-                        if let Some(m) = t.dnat_maps.get_mut(name) {
+                        if let Some(m) = t.dnat_maps.get_mut(name.as_ref()) {
                             m.elements.insert(k.clone(), *e);
                         }
                     }
@@ -552,5 +571,4 @@ pub fn assemble(skeleton: &Ruleset, fragments: &[(String, Option<Fragment>)]) ->
             }
         }
     }
-    r
 }

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use serde_json::Value;
 
 use super::build::BuildError;
-use super::fragments::{Applied, Fragment, Pending, assemble, fragment, plan, skeleton};
+use super::fragments::{Applied, Fragment, Pending, fragment, plan, skeleton};
 use super::model::{EndpointSlice, ModelError, NodeConfig, Service};
 use super::ruleset::{Op, Ruleset};
 
@@ -63,10 +63,7 @@ enum Phase {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Commit {
     /// The tables were replaced whole.
-    Full {
-        skeleton: Ruleset,
-        pending: Pending,
-    },
+    Full(Box<Applied>),
     Incremental(Pending),
 }
 
@@ -250,17 +247,15 @@ impl ProxyState {
             });
         }
         // Unknown kernel state (or a new node configuration): replace the tables whole.
-        let rebuilt: Vec<(String, Option<Fragment>)> = self
-            .services
-            .keys()
-            .map(|n| {
-                let f = self.fragment_of(n, node, &skeleton, &mut problems);
-                (n.clone(), f)
-            })
-            .collect();
-        let empty = Applied::new(skeleton.clone());
-        let (_, pending) = plan(&empty, rebuilt, &mut problems);
-        let desired = assemble(&skeleton, pending.fragments());
+        // One Service at a time, straight into what will be applied and the desired ruleset:
+        // no second set of fragments, no delta against an empty state.
+        let mut desired = skeleton.clone();
+        let mut next = Applied::new(skeleton);
+        for n in self.services.keys() {
+            if let Some(f) = self.fragment_of(n, node, &next.skeleton, &mut problems) {
+                next.adopt(n.clone(), f, &mut desired, &mut problems);
+            }
+        }
         let mut ops: Vec<Op> = desired
             .tables
             .iter()
@@ -270,7 +265,7 @@ impl ProxyState {
         Some(Transaction {
             ops,
             problems,
-            commit: Commit::Full { skeleton, pending },
+            commit: Commit::Full(Box::new(next)),
         })
     }
 
@@ -281,10 +276,8 @@ impl ProxyState {
             return;
         };
         match tx.commit {
-            Commit::Full { skeleton, pending } => {
-                let mut a = Applied::new(skeleton);
-                a.commit(pending);
-                *applied = Some(Box::new(a));
+            Commit::Full(next) => {
+                *applied = Some(next);
                 self.dirty.clear();
             }
             Commit::Incremental(pending) => {

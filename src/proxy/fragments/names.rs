@@ -1,0 +1,65 @@
+//! Names in fragments: the skeleton's shared sets and maps (borrowed, not copied per
+//! element), which chains are shared, which keys name a Service port, and how a key reads in
+//! an error. Pure.
+
+use std::borrow::Cow;
+
+use super::super::ruleset::{Key, KeyPart};
+use super::Name;
+
+/// The skeleton's sets and maps, which elements of every Service name.
+pub(super) const SHARED_NAMES: [&str; 11] = {
+    use super::super::build::*;
+    [
+        SERVICE_IPS,
+        SERVICE_NODEPORTS,
+        NO_ENDPOINT_SERVICES,
+        NO_ENDPOINT_NODEPORTS,
+        CLUSTER_IPS,
+        NODEPORT_IPS,
+        SERVICE_BACKENDS,
+        SERVICE_LOCAL_BACKENDS,
+        NODEPORT_BACKENDS,
+        NODEPORT_LOCAL_BACKENDS,
+        HAIRPIN,
+    ]
+};
+
+/// `name` without a copy when it is one of the skeleton's.
+pub(super) fn intern(name: &str) -> Name {
+    match SHARED_NAMES.iter().find(|n| **n == name) {
+        Some(n) => Cow::Borrowed(n),
+        None => Cow::Owned(name.to_string()),
+    }
+}
+
+/// Is this one of the chains Services share (per endpoint count), rather than a Service's
+/// own (affinity chains are named `<kind>-<namespace>/<name>/…`)?
+pub(super) fn is_shared(chain: &str) -> bool {
+    !chain.contains('/')
+}
+
+/// Does a key of this map name a Service port (rather than one of its endpoints)?
+pub(super) fn is_service_key(map: &str) -> bool {
+    use super::super::build::{
+        NO_ENDPOINT_NODEPORTS, NO_ENDPOINT_SERVICES, SERVICE_IPS, SERVICE_NODEPORTS,
+    };
+    [
+        SERVICE_IPS,
+        SERVICE_NODEPORTS,
+        NO_ENDPOINT_SERVICES,
+        NO_ENDPOINT_NODEPORTS,
+    ]
+    .contains(&map)
+}
+
+/// `10.96.0.10 80/TCP` or `nodePort 30080/TCP`.
+pub(super) fn describe(k: &Key) -> String {
+    match k.as_slice() {
+        [KeyPart::Addr(a), KeyPart::Proto(p), KeyPart::Port(n)] => {
+            format!("{a} {n}/{}", p.as_kubernetes())
+        }
+        [KeyPart::Proto(p), KeyPart::Port(n)] => format!("nodePort {n}/{}", p.as_kubernetes()),
+        _ => format!("{k:?}"),
+    }
+}
