@@ -534,7 +534,7 @@ impl Worker {
                     let _ = reaper::wait_foreign(pid).await;
                     None
                 };
-                let _ = events.send(Event::Exited { slot, id, exit }).await;
+                let _ = events.send(Event::Exited { slot, id, exit });
             })
             .detach();
     }
