@@ -340,4 +340,24 @@ mod tests {
         let c = set.apply_scan(scan(&[("renamed.yaml", &a)]));
         assert!(c.is_empty(), "{c:?}");
     }
+
+    #[test]
+    fn a_rescan_of_unchanged_files_keeps_the_pod_its_worker_shares() {
+        let mut set = StaticPodSet::new();
+        let (a, b) = (manifest("a", "busybox:1"), manifest("b", "busybox:1"));
+        set.apply_scan(scan(&[("a.yaml", &a), ("b.yaml", &b)]));
+        let shared = |set: &StaticPodSet| -> Vec<Rc<Pod>> {
+            set.desired_with_source()
+                .into_iter()
+                .map(|(_, pod)| pod.clone())
+                .collect()
+        };
+        let before = shared(&set);
+        let b2 = manifest("b", "busybox:2");
+        set.apply_scan(scan(&[("a.yaml", &a), ("b.yaml", &b2)]));
+        let after = shared(&set);
+        assert!(Rc::ptr_eq(&before[0], &after[0]), "unchanged a: one copy");
+        assert!(!Rc::ptr_eq(&before[1], &after[1]), "edited b: the new pod");
+        assert_eq!(after[1].spec.containers[0].image, "busybox:2");
+    }
 }
