@@ -314,7 +314,9 @@ impl Worker {
             if let Some(at) = self.next_volume_sync
                 && at <= now
             {
-                self.sync_volumes(now).await;
+                // Boxed like the verbs: it may fetch from the API server (a client request's
+                // state), which inline would stay in every worker's task for good.
+                Box::pin(self.sync_volumes(now)).await;
                 continue;
             }
             let wake_at = match (plan.wake_at, self.next_volume_sync) {
