@@ -6,17 +6,21 @@
 //! NANOLET_BENCH_AGENT=$CARGO_TARGET_DIR/x86_64-unknown-linux-musl/release/nanolet cargo bench --bench probes
 //! ```
 //!
-//! One agent (the bench build, or `NANOLET_BENCH_AGENT`: use the static musl build for an
+//! Agents (the bench build, or `NANOLET_BENCH_AGENT`: use the static musl build for an
 //! appliance's memory numbers) on a private node under `NANOLET_BENCH_DIR` (default /dev/shm)
-//! runs `NANOLET_BENCH_PROBE_PODS` hostNetwork busybox pods (default 100). Each serves a file
+//! run `NANOLET_BENCH_PROBE_PODS` hostNetwork busybox pods (default 100). Each serves a file
 //! with busybox httpd on its own loopback port and has a liveness probe with `periodSeconds: 1`:
 //! exec (`cat` the file, via `runc exec`), httpGet of the file and tcpSocket to the port, in
 //! turn (a third of the pods each).
 //!
-//! 1. Baseline: the same pods without probes; the agent's CPU and memory over a window of
-//!    `NANOLET_BENCH_BASELINE_SECS` (default 60).
-//! 2. The pods are replaced by the probed ones; after a 10 s warm-up the window of
-//!    `NANOLET_BENCH_PROBE_SECS` (default 600, the issue's 10 minutes) is measured.
+//! 1. Baseline: a fresh agent runs the same pods without probes; its CPU and memory over a
+//!    window of `NANOLET_BENCH_BASELINE_SECS` (default 60).
+//! 2. Swap (reported as an extra line, so that the allocator's fragmentation stays visible):
+//!    the same agent's pods are replaced by the probed ones; after a 10 s warm-up, a window of
+//!    `NANOLET_BENCH_SWAP_SECS` (default 60). Then every pod is removed and the agent's memory
+//!    is read once they are all gone (what pods leave behind). That agent is shut down.
+//! 3. The issue's scenario: a fresh agent starts the probed pods; after a 10 s warm-up the
+//!    window of `NANOLET_BENCH_PROBE_SECS` (default 600, the issue's 10 minutes) is measured.
 //!
 //! Reported, never asserted: the agent's own CPU (utime + stime) as % of one core (target
 //! <= 5 %) and against the baseline; the CPU of its reaped children (runc exec) beside it;
@@ -176,6 +180,41 @@ struct Window {
     restarts: u32,
 }
 
+impl Lab {
+    /// Starts a fresh agent (its output appended to agent.log); returns its pid.
+    fn start_agent(&mut self) -> u32 {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.base.join("agent.log"))
+            .unwrap();
+        let agent = Command::new(&self.agent_exe)
+            .args(["agent", "--config-dir"])
+            .arg(self.cfg())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let pid = agent.id();
+        self.agent = Some(agent);
+        pid
+    }
+
+    /// `nanolet shutdown` (it stops every pod, then the agent exits).
+    fn stop_agent(&mut self) {
+        let mut agent = self.agent.take().expect("an agent runs");
+        let status = Command::new(&self.agent_exe)
+            .args(["shutdown", "--config-dir"])
+            .arg(self.cfg())
+            .stdin(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "nanolet shutdown: {status}");
+        agent.wait().unwrap();
+    }
+}
+
 /// Measures the agent over `length`.
 fn window(lab: &Lab, pid: u32, length: Duration) -> Window {
     let hz = procfs::clock_ticks_per_second() as f64;
@@ -208,6 +247,7 @@ fn main() {
     }
     let pods = env_u64("NANOLET_BENCH_PROBE_PODS", 100) as usize;
     let probe_secs = env_u64("NANOLET_BENCH_PROBE_SECS", 600);
+    let swap_secs = env_u64("NANOLET_BENCH_SWAP_SECS", 60);
     let baseline_secs = env_u64("NANOLET_BENCH_BASELINE_SECS", 60);
     let agent_exe = std::env::var_os("NANOLET_BENCH_AGENT").map_or_else(
         || PathBuf::from(env!("CARGO_BIN_EXE_nanolet")),
@@ -260,17 +300,7 @@ fn main() {
         .collect();
     drop(listeners);
 
-    let log = fs::File::create(lab.base.join("agent.log")).unwrap();
-    let agent = Command::new(&lab.agent_exe)
-        .args(["agent", "--config-dir"])
-        .arg(lab.cfg())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let pid = agent.id();
-    lab.agent = Some(agent);
+    let pid = lab.start_agent();
 
     // All `pods` pods named `<prefix>…` and nothing else, every container running.
     let all_running = |s: &Snapshot, prefix: &str| {
@@ -299,18 +329,38 @@ fn main() {
             pod("probed", i, ports[i], &p)
         })
         .collect();
+    let describe = format!(
+        "{pods} pods with 1 s liveness probes ({} exec, {} httpGet, {} tcpSocket)",
+        kinds[0], kinds[1], kinds[2]
+    );
+    // The swap: the plain pods replaced by the probed ones in the same agent.
     lab.write_pods(&probed);
     lab.wait_for("the probed pods running", Duration::from_secs(600), |s| {
         all_running(s, "probed")
     });
     std::thread::sleep(WARM_UP);
-    println!(
-        "bench probes: {pods} pods with 1 s liveness probes ({} exec, {} httpGet, {} tcpSocket), {probe_secs} s",
-        kinds[0], kinds[1], kinds[2]
-    );
+    println!("bench probes: swap, {describe} replacing the plain ones, {swap_secs} s");
+    let swap_w = window(&lab, pid, Duration::from_secs(swap_secs));
+    lab.write_pods(&[]);
+    lab.wait_for("every pod gone", Duration::from_secs(600), |s| {
+        s.pods.is_empty()
+    });
+    let emptied = procfs::memory(pid).expect("agent memory");
+    lab.stop_agent();
+
+    // The issue's scenario: a fresh agent with the probed pods.
+    lab.write_pods(&probed);
+    let pid = lab.start_agent();
+    lab.wait_for("the probed pods running", Duration::from_secs(600), |s| {
+        all_running(s, "probed")
+    });
+    std::thread::sleep(WARM_UP);
+    println!("bench probes: fresh agent, {describe}, {probe_secs} s");
     let w = window(&lab, pid, Duration::from_secs(probe_secs));
 
-    println!("\nnanolet probe benchmark ({pods} containers, {probe_secs} s window)\n");
+    println!(
+        "\nnanolet probe benchmark ({pods} containers on a fresh agent, {probe_secs} s window)\n"
+    );
     println!(
         "agent CPU:      {:.2} % of one core (no probes: {:.2} %; target <= {CPU_TARGET_PERCENT} %: {})",
         w.cpu_percent,
@@ -337,6 +387,18 @@ fn main() {
         } else {
             "MISSES target"
         }
+    );
+    println!(
+        "swap (one agent, the plain pods replaced by the probed ones, {swap_secs} s window): VmRSS {} KiB, Pss {} KiB = {:.2}x the no-probe run; CPU {:.2} %; restarts {}",
+        swap_w.memory.rss_kib,
+        swap_w.memory.pss_kib,
+        swap_w.memory.rss_kib as f64 / base_w.memory.rss_kib.max(1) as f64,
+        swap_w.cpu_percent,
+        swap_w.restarts,
+    );
+    println!(
+        "after all {pods} pods were removed from that agent: VmRSS {} KiB, Pss {} KiB",
+        emptied.rss_kib, emptied.pss_kib
     );
     println!(
         "false restarts: {} in the window (no probes: {}); target 0: {}",

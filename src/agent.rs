@@ -428,7 +428,7 @@ impl Agent {
     /// Starts workers for new pods and stops workers whose pod is gone.
     fn reconcile(&mut self, adopted: &mut BTreeMap<String, Vec<Adopted>>) {
         self.stopping.retain(|_, task| !task.is_finished());
-        let mut desired: Vec<(String, Pod, String)> = self
+        let mut desired: Vec<(String, Rc<Pod>, String)> = self
             .set
             .desired_with_source()
             .into_iter()
@@ -447,7 +447,7 @@ impl Agent {
                 api.pods
                     .desired()
                     .into_iter()
-                    .map(|pod| (pod.metadata.uid.clone(), pod, "api".to_string())),
+                    .map(|pod| (pod.metadata.uid.clone(), Rc::new(pod), "api".to_string())),
             );
         }
         let wanted: std::collections::HashSet<&str> =

@@ -236,6 +236,9 @@ impl PodSpec {
 }
 
 /// The `v1` Container (also used for init containers).
+///
+/// The parts most containers leave unset (probes, lifecycle, resources, securityContext) are
+/// boxed: inline they made up ~1.5 KiB of the 2.1 KiB of every container, set or not.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Container {
@@ -261,13 +264,13 @@ pub struct Container {
     pub tty: bool,
     /// Typed and validated in [`super::probe`].
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub liveness_probe: Option<Probe>,
+    pub liveness_probe: Option<Box<Probe>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub readiness_probe: Option<Probe>,
+    pub readiness_probe: Option<Box<Probe>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub startup_probe: Option<Probe>,
+    pub startup_probe: Option<Box<Probe>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub lifecycle: Option<Lifecycle>,
+    pub lifecycle: Option<Box<Lifecycle>>,
 
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub env_from: Vec<EnvFromSource>,
@@ -280,11 +283,11 @@ pub struct Container {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resize_policy: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub resources: Option<ResourceRequirements>,
+    pub resources: Option<Box<ResourceRequirements>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart_policy_rules: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub security_context: Option<SecurityContext>,
+    pub security_context: Option<Box<SecurityContext>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub termination_message_path: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -435,10 +435,12 @@ mod tests {
         };
         Container {
             name: name.into(),
-            resources: (!requests.is_empty() || !limits.is_empty()).then(|| ResourceRequirements {
-                requests: map(requests),
-                limits: map(limits),
-                claims: None,
+            resources: (!requests.is_empty() || !limits.is_empty()).then(|| {
+                Box::new(ResourceRequirements {
+                    requests: map(requests),
+                    limits: map(limits),
+                    claims: None,
+                })
             }),
             ..Container::default()
         }

@@ -98,7 +98,7 @@ pub fn security(
     let none_pod = PodSecurityContext::default();
     let none = SecurityContext::default();
     let p = pod.spec.security_context.as_ref().unwrap_or(&none_pod);
-    let s = c.security_context.as_ref().unwrap_or(&none);
+    let s = c.security_context.as_deref().unwrap_or(&none);
     let err = |m: String| ConfigError(format!("container {:?}: {m}", c.name));
     let privileged = s.privileged == Some(true);
 
@@ -376,7 +376,7 @@ mod tests {
     ) -> (Pod, Container) {
         let c = Container {
             name: "app".into(),
-            security_context: sc,
+            security_context: sc.map(Box::new),
             ..Container::default()
         };
         let mut p = Pod::default();

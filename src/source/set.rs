@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::rc::Rc;
 
 use crate::k8s::{Pod, pod_full_name};
 
@@ -20,18 +21,23 @@ use super::manifest::ManifestError;
 /// What the set knows about one manifest file.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FileState {
-    /// The file holds this pod.
-    Valid(Pod),
+    /// The file holds this pod (shared with the pod's worker: one copy per pod, not two).
+    Valid(Rc<Pod>),
     /// The file is broken; `last_good` is what it held before, still desired.
     Invalid {
         error: String,
-        last_good: Option<Pod>,
+        last_good: Option<Rc<Pod>>,
     },
 }
 
 impl FileState {
     /// The pod this file contributes, if any.
     pub fn pod(&self) -> Option<&Pod> {
+        self.shared().map(|pod| &**pod)
+    }
+
+    /// The same, as the value a worker shares.
+    pub fn shared(&self) -> Option<&Rc<Pod>> {
         match self {
             FileState::Valid(pod) => Some(pod),
             FileState::Invalid { last_good, .. } => last_good.as_ref(),
@@ -84,7 +90,15 @@ impl StaticPodSet {
         let mut previous = std::mem::take(&mut self.files);
         for (path, result) in scan {
             let state = match result {
-                Ok(pod) => FileState::Valid(pod),
+                // The same content (the UID is its hash) keeps the value its worker shares.
+                Ok(pod) => {
+                    FileState::Valid(match previous.get(&path).and_then(FileState::shared) {
+                        Some(old) if old.metadata.uid == pod.metadata.uid && **old == pod => {
+                            old.clone()
+                        }
+                        _ => Rc::new(pod),
+                    })
+                }
                 Err(error) => FileState::Invalid {
                     error: error.to_string(),
                     last_good: previous.remove(&path).and_then(|old| match old {
@@ -144,13 +158,13 @@ impl StaticPodSet {
     }
 
     /// The desired pods with the file each comes from, sorted by full name.
-    pub fn desired_with_source(&self) -> Vec<(&PathBuf, &Pod)> {
+    pub fn desired_with_source(&self) -> Vec<(&PathBuf, &Rc<Pod>)> {
         self.desired
             .values()
             .filter_map(|path| {
                 self.files
                     .get(path)
-                    .and_then(FileState::pod)
+                    .and_then(FileState::shared)
                     .map(|pod| (path, pod))
             })
             .collect()
@@ -325,5 +339,25 @@ mod tests {
         set.apply_scan(scan(&[("a.yaml", &a)]));
         let c = set.apply_scan(scan(&[("renamed.yaml", &a)]));
         assert!(c.is_empty(), "{c:?}");
+    }
+
+    #[test]
+    fn a_rescan_of_unchanged_files_keeps_the_pod_its_worker_shares() {
+        let mut set = StaticPodSet::new();
+        let (a, b) = (manifest("a", "busybox:1"), manifest("b", "busybox:1"));
+        set.apply_scan(scan(&[("a.yaml", &a), ("b.yaml", &b)]));
+        let shared = |set: &StaticPodSet| -> Vec<Rc<Pod>> {
+            set.desired_with_source()
+                .into_iter()
+                .map(|(_, pod)| pod.clone())
+                .collect()
+        };
+        let before = shared(&set);
+        let b2 = manifest("b", "busybox:2");
+        set.apply_scan(scan(&[("a.yaml", &a), ("b.yaml", &b2)]));
+        let after = shared(&set);
+        assert!(Rc::ptr_eq(&before[0], &after[0]), "unchanged a: one copy");
+        assert!(!Rc::ptr_eq(&before[1], &after[1]), "edited b: the new pod");
+        assert_eq!(after[1].spec.containers[0].image, "busybox:2");
     }
 }

@@ -10,8 +10,11 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
 
 use async_signal::{Signal, Signals};
 use futures_lite::StreamExt;
@@ -52,8 +55,10 @@ const WALL: WaitOptions = WaitOptions::from_bits_retain(0x4000_0000);
 struct Table {
     /// Exits nobody has asked for yet.
     unclaimed: HashMap<i32, Exit>,
-    /// Waiters by pid.
-    waiters: HashMap<i32, async_channel::Sender<Exit>>,
+    /// Waiters by pid: each one's waker (a waker, not a channel per container:
+    /// async-channel's are built for threads). `None`: the waiter gave up; its pid's exit is
+    /// discarded when it comes.
+    waiters: HashMap<i32, Option<Waker>>,
 }
 
 /// Hands out child exit statuses. Cheap to clone.
@@ -99,34 +104,73 @@ impl Reaper {
 
     fn deliver(&self, pid: i32, exit: Exit) {
         log::debug!("reaped pid {pid}: {exit:?}");
-        let mut table = self.table.borrow_mut();
-        match table.waiters.remove(&pid) {
-            Some(tx) => {
-                let _ = tx.try_send(exit);
-            }
-            None => {
+        let waiter = {
+            let mut table = self.table.borrow_mut();
+            let waiter = table.waiters.remove(&pid);
+            if !matches!(waiter, Some(None)) {
                 table.unclaimed.insert(pid, exit);
             }
+            waiter.flatten()
+        };
+        if let Some(waker) = waiter {
+            waker.wake();
         }
     }
 
     /// Waits for child `pid` to exit. The pid must be a child of this process (or re-parented
     /// to it); for any other process use [`wait_foreign`].
     pub async fn wait(&self, pid: i32) -> Exit {
-        let rx = {
-            let mut table = self.table.borrow_mut();
-            if let Some(exit) = table.unclaimed.remove(&pid) {
-                return exit;
-            }
-            let (tx, rx) = async_channel::bounded(1);
-            table.waiters.insert(pid, tx);
-            rx
-        };
-        // A status may have arrived between the last reap and the registration.
+        // A status may have arrived since the last reap.
         self.reap_all();
-        // The sender lives in the table until delivery; `recv` fails only if the table is
-        // dropped, which happens only at shutdown: report that as unknown (255).
-        rx.recv().await.unwrap_or(Exit::Code(255))
+        Wait {
+            table: &self.table,
+            pid,
+            waiting: false,
+        }
+        .await
+    }
+}
+
+/// [`Reaper::wait`]'s future. Dropped before it had its exit, that exit is discarded (now or
+/// when it comes), not left for a reused pid.
+struct Wait<'a> {
+    table: &'a RefCell<Table>,
+    pid: i32,
+    /// Registered as the pid's waiter, and not yet given its exit.
+    waiting: bool,
+}
+
+impl Future for Wait<'_> {
+    type Output = Exit;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Exit> {
+        let pid = self.pid;
+        let mut table = self.table.borrow_mut();
+        if let Some(exit) = table.unclaimed.remove(&pid) {
+            table.waiters.remove(&pid);
+            drop(table);
+            self.waiting = false;
+            return Poll::Ready(exit);
+        }
+        table.waiters.insert(pid, Some(cx.waker().clone()));
+        drop(table);
+        self.waiting = true;
+        Poll::Pending
+    }
+}
+
+impl Drop for Wait<'_> {
+    fn drop(&mut self) {
+        if self.waiting {
+            let mut table = self.table.borrow_mut();
+            match table.waiters.get_mut(&self.pid) {
+                Some(waiter) => *waiter = None,
+                // Delivered to this waiter, never taken.
+                None => {
+                    table.unclaimed.remove(&self.pid);
+                }
+            }
+        }
     }
 }
 
@@ -155,4 +199,45 @@ pub fn is_alive(pid: i32) -> bool {
         .rsplit_once(')')
         .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
     exists && !is_zombie
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // `Wait` and `deliver` only: `Reaper::wait` reaps any child, and would steal those of
+    // other tests in this process.
+    fn wait(reaper: &Reaper, pid: i32) -> Wait<'_> {
+        Wait {
+            table: &reaper.table,
+            pid,
+            waiting: false,
+        }
+    }
+
+    #[test]
+    fn an_exit_reaches_its_waiter_before_or_after_it_waits_and_a_dropped_waiter_discards_it() {
+        let reaper = Reaper::default();
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+
+        // Exited before anyone asked.
+        reaper.deliver(10, Exit::Code(3));
+        let mut w = std::pin::pin!(wait(&reaper, 10));
+        assert_eq!(w.as_mut().poll(&mut cx), Poll::Ready(Exit::Code(3)));
+
+        // Asked first, delivered later.
+        let mut w = std::pin::pin!(wait(&reaper, 11));
+        assert_eq!(w.as_mut().poll(&mut cx), Poll::Pending);
+        reaper.deliver(11, Exit::Signal(9));
+        assert_eq!(w.as_mut().poll(&mut cx), Poll::Ready(Exit::Signal(9)));
+
+        // A waiter that gave up: its exit is not kept for a later process with that pid.
+        let mut w = Box::pin(wait(&reaper, 12));
+        assert_eq!(w.as_mut().poll(&mut cx), Poll::Pending);
+        drop(w);
+        reaper.deliver(12, Exit::Code(0));
+        let table = reaper.table.borrow();
+        assert!(table.unclaimed.is_empty() && table.waiters.is_empty());
+    }
 }

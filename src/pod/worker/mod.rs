@@ -18,6 +18,7 @@
 mod adopt;
 mod network;
 mod probes;
+mod queue;
 mod start;
 mod stop;
 
@@ -132,24 +133,22 @@ pub struct Handle {
 
 /// Where the agent sends a worker its orders: straight into the worker's event queue (a
 /// channel and a forwarding task per pod cost ~3 KiB for nothing).
-pub struct Commands(async_channel::Sender<Event>);
+pub struct Commands(queue::Sender<Event>);
 
 impl Commands {
     /// Queues `command`; fails only when the worker is gone.
     pub fn try_send(&self, command: Command) -> Result<(), Command> {
-        self.0
-            .try_send(Event::Command(command))
-            .map_err(|e| match e.into_inner() {
-                Event::Command(c) => c,
-                // Only commands are sent here.
-                _ => Command::Stop,
-            })
+        self.0.send(Event::Command(command)).map_err(|e| match e {
+            Event::Command(c) => c,
+            // Only commands are sent here.
+            _ => Command::Stop,
+        })
     }
 }
 
 /// Starts a worker for `pod` (validated, with its uid set) on the context's executor.
-pub fn spawn(ctx: Rc<Context>, pod: Pod, source: String, adopted: Vec<Adopted>) -> Handle {
-    let (events, events_rx) = async_channel::unbounded();
+pub fn spawn(ctx: Rc<Context>, pod: Rc<Pod>, source: String, adopted: Vec<Adopted>) -> Handle {
+    let (events, events_rx) = queue::unbounded();
     let commands = Commands(events.clone());
     let worker = Worker::new(ctx.clone(), pod, source, events, events_rx);
     let task = ctx.executor.spawn(worker.run(adopted));
@@ -158,7 +157,8 @@ pub fn spawn(ctx: Rc<Context>, pod: Pod, source: String, adopted: Vec<Adopted>) 
 
 struct Worker {
     ctx: Rc<Context>,
-    pod: Pod,
+    /// Shared with the source set that holds it (static pods): one copy per pod.
+    pod: Rc<Pod>,
     source: String,
     restart: RestartPolicy,
     slots: Vec<Slot>,
@@ -171,8 +171,8 @@ struct Worker {
     next_volume_sync: Option<Instant>,
     start_time: i64,
     conditions: Vec<Condition>,
-    events: async_channel::Sender<Event>,
-    events_rx: async_channel::Receiver<Event>,
+    events: queue::Sender<Event>,
+    events_rx: queue::Receiver<Event>,
     terminating: bool,
     /// Each slot's probe task while its container runs.
     probing: Vec<Option<probes::Probing>>,
@@ -192,10 +192,10 @@ fn unix_now() -> i64 {
 impl Worker {
     fn new(
         ctx: Rc<Context>,
-        pod: Pod,
+        pod: Rc<Pod>,
         source: String,
-        events: async_channel::Sender<Event>,
-        events_rx: async_channel::Receiver<Event>,
+        events: queue::Sender<Event>,
+        events_rx: queue::Receiver<Event>,
     ) -> Worker {
         let spec = &pod.spec;
         let slots: Vec<Slot> = spec
@@ -293,7 +293,7 @@ impl Worker {
         Box::pin(self.resume_network()).await;
         loop {
             // Orders and exits that are already queued come first: a Stop never waits behind starts.
-            while let Ok(event) = self.events_rx.try_recv() {
+            while let Some(event) = self.events_rx.try_recv() {
                 if self.handle(event).await {
                     return;
                 }
@@ -314,14 +314,16 @@ impl Worker {
             if let Some(at) = self.next_volume_sync
                 && at <= now
             {
-                self.sync_volumes(now).await;
+                // Boxed like the verbs: it may fetch from the API server (a client request's
+                // state), which inline would stay in every worker's task for good.
+                Box::pin(self.sync_volumes(now)).await;
                 continue;
             }
             let wake_at = match (plan.wake_at, self.next_volume_sync) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let next = async { self.events_rx.recv().await.ok() };
+            let next = self.events_rx.recv();
             let event = match wake_at {
                 Some(at) => {
                     next.or(async {

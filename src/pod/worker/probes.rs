@@ -68,9 +68,9 @@ impl Plan {
             .transpose()?;
         Ok(Plan {
             probes: [
-                (ProbeKind::Startup, resolve(c.startup_probe.as_ref())?),
-                (ProbeKind::Liveness, resolve(c.liveness_probe.as_ref())?),
-                (ProbeKind::Readiness, resolve(c.readiness_probe.as_ref())?),
+                (ProbeKind::Startup, resolve(c.startup_probe.as_deref())?),
+                (ProbeKind::Liveness, resolve(c.liveness_probe.as_deref())?),
+                (ProbeKind::Readiness, resolve(c.readiness_probe.as_deref())?),
             ],
             post_start,
         })
@@ -268,7 +268,7 @@ struct ProbeTask {
     /// The bundle folder, for exec pid files.
     dir: PathBuf,
     pod_ip: Option<IpAddr>,
-    events: async_channel::Sender<Event>,
+    events: super::queue::Sender<Event>,
     slot: usize,
     label: String,
     /// Where this container's Unhealthy and FailedPostStartHook events go.
@@ -278,15 +278,12 @@ struct ProbeTask {
 }
 
 impl ProbeTask {
-    async fn send(&self, verdict: Verdict) {
-        let _ = self
-            .events
-            .send(Event::Probe {
-                slot: self.slot,
-                id: self.id.clone(),
-                verdict,
-            })
-            .await;
+    fn send(&self, verdict: Verdict) {
+        let _ = self.events.send(Event::Probe {
+            slot: self.slot,
+            id: self.id.clone(),
+            verdict,
+        });
     }
 
     /// Records the Events of transition `t` of this container (see [`events`]).
@@ -319,8 +316,7 @@ impl ProbeTask {
                     message: format!("FailedPostStartHook: {e}"),
                     grace_seconds: None,
                     probe: None,
-                })
-                .await;
+                });
                 return;
             }
         }
@@ -378,8 +374,7 @@ impl ProbeTask {
                             message,
                             grace_seconds,
                             probe: Some(kind),
-                        })
-                        .await;
+                        });
                         return;
                     }
                     Some(Effect::Started | Effect::Ready(_)) | None => {}
@@ -391,8 +386,7 @@ impl ProbeTask {
                 self.send(Verdict::Status {
                     started: shown.0,
                     ready: shown.1,
-                })
-                .await;
+                });
             }
         }
     }

@@ -159,7 +159,9 @@ impl Worker {
 
     pub(super) async fn wait_for_exits(&mut self, deadline: Instant) {
         while self.running.iter().any(Option::is_some) {
-            let event = async { self.events_rx.recv().await.ok() }
+            let event = self
+                .events_rx
+                .recv()
                 .or(async {
                     Timer::at(deadline).await;
                     None
