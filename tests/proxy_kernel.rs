@@ -18,285 +18,19 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::Duration;
 
-fn root_or_skip() -> bool {
-    let ok = rustix::process::geteuid().is_root() && Command::new("ip").arg("-V").output().is_ok();
-    if !ok && std::env::var_os("NANOLET_REQUIRE_ROOT_TESTS").is_some() {
-        panic!("root tests are required here but cannot run: need root and ip");
-    }
-    if !ok {
-        eprintln!("skipped: needs root and ip");
-    }
-    ok
-}
+const MODE: Mode = Mode::Nftables;
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
+#[path = "common/proxy_world.rs"]
+mod proxy_world;
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The node namespace, two endpoint namespaces, and a config dir; all removed on drop.
-struct World {
-    id: String,
-    node: String,
-    eps: Vec<String>,
-    dir: tempfile::TempDir,
-    agent: Option<Child>,
-    stop: Arc<AtomicBool>,
-}
+use proxy_world::{Mode, World, root_or_skip, service, slice};
 
 impl World {
-    fn new() -> World {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let id = format!("{}{n}", std::process::id() % 100_000);
-        let dir = tempfile::Builder::new()
-            .prefix("nanolet-proxy-")
-            .tempdir()
-            .unwrap();
-        // Constructed first, so that a failing setup step still cleans up on drop.
-        let w = World {
-            node: format!("pxn{id}"),
-            eps: vec![format!("pxa{id}"), format!("pxb{id}")],
-            id,
-            dir,
-            agent: None,
-            stop: Arc::new(AtomicBool::new(false)),
-        };
-        let (id, node) = (&w.id, &w.node);
-        for ns in std::iter::once(node).chain(&w.eps) {
-            sh(&["ip", "netns", "add", ns]);
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        }
-        for (i, ep) in w.eps.iter().enumerate() {
-            let (a, b) = (format!("pv{id}{i}"), format!("pe{id}{i}"));
-            sh(&[
-                "ip", "link", "add", &a, "netns", node, "type", "veth", "peer", "name", &b,
-                "netns", ep,
-            ]);
-            let net = i + 1;
-            sh(&[
-                "ip",
-                "-n",
-                node,
-                "addr",
-                "add",
-                &format!("10.201.{net}.1/24"),
-                "dev",
-                &a,
-            ]);
-            sh(&[
-                "ip",
-                "-n",
-                ep,
-                "addr",
-                "add",
-                &format!("10.201.{net}.2/24"),
-                "dev",
-                &b,
-            ]);
-            sh(&["ip", "-n", node, "link", "set", &a, "up"]);
-            sh(&["ip", "-n", ep, "link", "set", &b, "up"]);
-            sh(&[
-                "ip",
-                "-n",
-                ep,
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("10.201.{net}.1"),
-            ]);
-        }
-        // Service addresses nanolet fails to translate go nowhere: on-link on a veth where
-        // nobody answers ARP for them (a blackhole route would fail `connect` before
-        // nat-output could translate the address). The namespace has no way out anyway.
-        sh(&[
-            "ip",
-            "-n",
-            node,
-            "route",
-            "add",
-            "10.96.0.0/16",
-            "dev",
-            &format!("pv{id}0"),
-        ]);
-        let root = w.dir.path();
-        fs::create_dir_all(root.join("manifests")).unwrap();
-        fs::create_dir_all(root.join("services")).unwrap();
-        let config = format!(
-            "nodeName: node-{id}\ndataDir: {d}/state/data\nrunDir: {d}/state/run\npodLogsDir: {d}/state/logs\ncgroupParent: nanolet-proxy-test-{id}\nlogLevel: debug\nproxy:\n  clusterCIDR: 10.201.0.0/16\n  serviceCIDR: 10.96.0.0/16\n  nodeIPs: [10.201.1.1]\n  syncPeriod: 2s\n",
-            d = root.display()
-        );
-        fs::write(root.join("nanolet.yaml"), config).unwrap();
-        w
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn start_agent(&mut self) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path("agent.log"))
-            .unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.node, env!("CARGO_BIN_EXE_nanolet")])
-            .args(["agent", "--config-dir"])
-            .arg(self.dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.agent = Some(child);
-    }
-
-    fn kill_agent(&mut self) {
-        if let Some(mut c) = self.agent.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.path("agent.log")).unwrap_or_default()
-    }
-
-    fn write_services(&self, file: &str, text: &str) {
-        let tmp = self.path(&format!("services/.{file}.tmp"));
-        fs::write(&tmp, text).unwrap();
-        fs::rename(&tmp, self.path(&format!("services/{file}"))).unwrap();
-    }
-
-    /// Runs `f` on a thread inside namespace `ns`.
-    fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{ns}");
-        std::thread::spawn(move || {
-            let fd = fs::File::open(&path).unwrap();
-            rustix::thread::move_into_link_name_space(
-                std::os::fd::AsFd::as_fd(&fd),
-                Some(rustix::thread::LinkNameSpaceType::Network),
-            )
-            .unwrap();
-            f()
-        })
-        .join()
-        .unwrap()
-    }
-
-    /// TCP and UDP echo servers on port 8080 of every endpoint; each answers its own name.
-    fn start_servers(&self) {
-        for (i, ep) in self.eps.iter().enumerate() {
-            let name = format!("ep{}", i + 1);
-            let addr: SocketAddr = format!("10.201.{}.2:8080", i + 1).parse().unwrap();
-            let (tx, rx) = mpsc::channel();
-            let path = format!("/var/run/netns/{ep}");
-            let stop = self.stop.clone();
-            std::thread::spawn(move || {
-                let fd = fs::File::open(&path).unwrap();
-                rustix::thread::move_into_link_name_space(
-                    std::os::fd::AsFd::as_fd(&fd),
-                    Some(rustix::thread::LinkNameSpaceType::Network),
-                )
-                .unwrap();
-                let tcp = TcpListener::bind(addr).unwrap();
-                let udp = UdpSocket::bind(addr).unwrap();
-                tx.send(()).unwrap();
-                let n2 = name.clone();
-                let stop2 = stop.clone();
-                std::thread::spawn(move || {
-                    udp.set_read_timeout(Some(Duration::from_millis(200)))
-                        .unwrap();
-                    let mut buf = [0u8; 64];
-                    while !stop2.load(Ordering::SeqCst) {
-                        if let Ok((_, from)) = udp.recv_from(&mut buf) {
-                            let _ = udp.send_to(n2.as_bytes(), from);
-                        }
-                    }
-                });
-                tcp.set_nonblocking(true).unwrap();
-                while !stop.load(Ordering::SeqCst) {
-                    match tcp.accept() {
-                        Ok((mut s, _)) => {
-                            let name = name.clone();
-                            std::thread::spawn(move || {
-                                s.set_nonblocking(false).unwrap();
-                                // Echo lines prefixed with our name until the client closes.
-                                let mut buf = [0u8; 256];
-                                let _ = s.write_all(format!("{name}\n").as_bytes());
-                                while let Ok(n) = s.read(&mut buf) {
-                                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                                        break;
-                                    }
-                                }
-                            });
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                    }
-                }
-            });
-            rx.recv().unwrap();
-        }
-    }
-
-    /// One TCP connection from the node namespace: the name of the endpoint that answered,
-    /// or the error.
-    fn tcp(&self, to: &str) -> Result<String, std::io::ErrorKind> {
-        let to: SocketAddr = to.parse().unwrap();
-        World::in_ns(&self.node, move || {
-            let mut s =
-                TcpStream::connect_timeout(&to, Duration::from_secs(2)).map_err(|e| e.kind())?;
-            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            let mut buf = [0u8; 16];
-            let n = s.read(&mut buf).map_err(|e| e.kind())?;
-            Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
-        })
-    }
-
-    fn udp(&self, to: &str) -> Option<String> {
-        self.udp_from(0, to)
-    }
-
-    /// One datagram from local port `port` (0: any), so that several share a conntrack entry.
-    fn udp_from(&self, port: u16, to: &str) -> Option<String> {
-        let to: SocketAddr = to.parse().unwrap();
-        World::in_ns(&self.node, move || {
-            let s = UdpSocket::bind(("0.0.0.0", port)).unwrap();
-            s.set_read_timeout(Some(Duration::from_millis(500)))
-                .unwrap();
-            s.send_to(b"hi", to).unwrap();
-            let mut buf = [0u8; 16];
-            let (n, _) = s.recv_from(&mut buf).ok()?;
-            Some(String::from_utf8_lossy(&buf[..n]).to_string())
-        })
-    }
-
-    /// Polls `check` (bounded in time); panics with the agent's log.
-    fn wait_until(&self, what: &str, mut check: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if check() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("timed out waiting for {what}\nagent log:\n{}", self.log());
-    }
-
     fn nft_list(&self) -> String {
         let out = Command::new("ip")
             .args([
@@ -308,42 +42,12 @@ impl World {
     }
 }
 
-impl Drop for World {
-    fn drop(&mut self) {
-        self.kill_agent();
-        self.stop.store(true, Ordering::SeqCst);
-        for ns in std::iter::once(&self.node).chain(&self.eps) {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-        let _ = fs::remove_dir(format!("/sys/fs/cgroup/nanolet-proxy-test-{}", self.id));
-    }
-}
-
-fn service(name: &str, ip: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  clusterIP: {ip}\n  ports:\n  - {{name: tcp, port: 80, targetPort: 8080, protocol: TCP}}\n  - {{name: udp, port: 53, targetPort: 8080, protocol: UDP}}\n{extra}"
-    )
-}
-
-fn slice(service: &str, endpoints: &[&str]) -> String {
-    let eps: Vec<String> = endpoints
-        .iter()
-        .map(|a| {
-            format!("- {{addresses: [\"{a}\"], conditions: {{ready: true}}, nodeName: other}}")
-        })
-        .collect();
-    format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: IPv4\nports:\n- {{name: tcp, port: 8080, protocol: TCP}}\n- {{name: udp, port: 8080, protocol: UDP}}\nendpoints:\n{}\n",
-        eps.join("\n")
-    )
-}
-
 #[test]
 fn a_cluster_ip_spreads_over_endpoints_follows_removals_and_refuses_without_endpoints() {
-    if !root_or_skip() {
+    if !root_or_skip(MODE) {
         return;
     }
-    let mut w = World::new();
+    let mut w = World::new(MODE);
     w.start_servers();
     w.write_services(
         "web.yaml",
@@ -414,10 +118,10 @@ fn a_cluster_ip_spreads_over_endpoints_follows_removals_and_refuses_without_endp
 
 #[test]
 fn session_affinity_sticks_and_nodeports_answer() {
-    if !root_or_skip() {
+    if !root_or_skip(MODE) {
         return;
     }
-    let mut w = World::new();
+    let mut w = World::new(MODE);
     w.start_servers();
     let sticky = service(
         "sticky",
@@ -447,10 +151,10 @@ fn session_affinity_sticks_and_nodeports_answer() {
 
 #[test]
 fn restart_and_sigkill_keep_flows_and_a_whole_ruleset() {
-    if !root_or_skip() {
+    if !root_or_skip(MODE) {
         return;
     }
-    let mut w = World::new();
+    let mut w = World::new(MODE);
     w.start_servers();
     w.write_services(
         "web.yaml",
@@ -531,10 +235,10 @@ fn restart_and_sigkill_keep_flows_and_a_whole_ruleset() {
 
 #[test]
 fn udp_flows_to_a_removed_endpoint_are_flushed() {
-    if !root_or_skip() {
+    if !root_or_skip(MODE) {
         return;
     }
-    let mut w = World::new();
+    let mut w = World::new(MODE);
     w.start_servers();
     w.write_services(
         "dns.yaml",
