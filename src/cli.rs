@@ -509,11 +509,12 @@ fn proxy_dump(config_dir: &Path, iptables: bool) -> Result<(), Box<dyn std::erro
         .into());
     };
     let (services, slices, found) = crate::proxy::source::load_dir(&proxy.services_path);
-    let (text, problems) = if iptables {
-        crate::proxy::dump_iptables(&services, &slices, &proxy.node)
+    let format = if iptables {
+        crate::proxy::DumpFormat::Iptables
     } else {
-        crate::proxy::dump(&services, &slices, &proxy.node)
+        crate::proxy::DumpFormat::Nft
     };
+    let (text, problems) = crate::proxy::dump(&services, &slices, &proxy.node, format);
     for p in found.iter().chain(&problems) {
         eprintln!("{p}");
     }

@@ -55,56 +55,53 @@ mod tests;
 
 use serde_json::Value;
 
-/// `nanolet proxy dump`: the desired ruleset for these objects, as `nft -f` text, and one
-/// line per object that was skipped (invalid, or partly unusable), naming it.
+/// What `nanolet proxy dump` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DumpFormat {
+    /// The nftables ruleset as `nft -f` text.
+    Nft,
+    /// The iptables fallback's rules as `iptables-restore` input per family.
+    Iptables,
+}
+
+/// `nanolet proxy dump`: the desired rules for these objects in `format`, and one line per
+/// object that was skipped (invalid, or partly unusable), naming it.
 pub fn dump(
     services: &[Value],
     slices: &[Value],
     node: &model::NodeConfig,
+    format: DumpFormat,
 ) -> (String, Vec<String>) {
-    let Some((services, slices, mut problems)) = decode(services, slices, node) else {
-        return (
-            String::new(),
-            node.validate()
-                .err()
-                .map(|e| e.to_string())
-                .into_iter()
-                .collect(),
-        );
+    let (services, slices, mut problems) = match decode(services, slices, node) {
+        Ok(decoded) => decoded,
+        Err(e) => return (String::new(), vec![e]),
     };
-    let built = build::build(&services, &slices, node);
-    problems.extend(built.problems.iter().map(ToString::to_string));
-    (nft_text::render(&built.ruleset), problems)
+    let text = match format {
+        DumpFormat::Nft => {
+            let built = build::build(&services, &slices, node);
+            problems.extend(built.problems.iter().map(ToString::to_string));
+            nft_text::render(&built.ruleset)
+        }
+        DumpFormat::Iptables => {
+            let services: Vec<&model::Service> = services.iter().collect();
+            let slices: Vec<&model::EndpointSlice> = slices.iter().collect();
+            let rendered = iptables::render(&services, &slices, node);
+            problems.extend(rendered.problems.iter().map(ToString::to_string));
+            iptables_text::render_text(&rendered)
+        }
+    };
+    (text, problems)
 }
 
-/// `nanolet proxy dump --mode iptables`: the same, as `iptables-restore` input per family.
-pub fn dump_iptables(
+/// The valid objects, and one line per invalid one; the node config's error when it is invalid.
+type Decoded = (Vec<model::Service>, Vec<model::EndpointSlice>, Vec<String>);
+
+fn decode(
     services: &[Value],
     slices: &[Value],
     node: &model::NodeConfig,
-) -> (String, Vec<String>) {
-    let Some((services, slices, mut problems)) = decode(services, slices, node) else {
-        return (
-            String::new(),
-            node.validate()
-                .err()
-                .map(|e| e.to_string())
-                .into_iter()
-                .collect(),
-        );
-    };
-    let services: Vec<&model::Service> = services.iter().collect();
-    let slices: Vec<&model::EndpointSlice> = slices.iter().collect();
-    let rendered = iptables::render(&services, &slices, node);
-    problems.extend(rendered.problems.iter().map(ToString::to_string));
-    (iptables_text::render_text(&rendered), problems)
-}
-
-/// The valid objects, and one line per invalid one; `None` when the node config is invalid.
-type Decoded = (Vec<model::Service>, Vec<model::EndpointSlice>, Vec<String>);
-
-fn decode(services: &[Value], slices: &[Value], node: &model::NodeConfig) -> Option<Decoded> {
-    node.validate().ok()?;
+) -> Result<Decoded, String> {
+    node.validate().map_err(|e| e.to_string())?;
     let mut problems = Vec::new();
     let services: Vec<model::Service> = services
         .iter()
@@ -124,5 +121,5 @@ fn decode(services: &[Value], slices: &[Value], node: &model::NodeConfig) -> Opt
                 .flatten()
         })
         .collect();
-    Some((services, slices, problems))
+    Ok((services, slices, problems))
 }

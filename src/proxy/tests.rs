@@ -1308,7 +1308,7 @@ fn dump_renders_the_valid_objects_and_names_the_invalid_ones() {
         http_8080(),
         vec![ep("10.244.1.5", "node-a", "R")],
     )];
-    let (text, problems) = super::dump(&services, &slices, &node_v4());
+    let (text, problems) = super::dump(&services, &slices, &node_v4(), super::DumpFormat::Nft);
     assert_eq!(
         problems,
         vec![
@@ -1321,7 +1321,7 @@ fn dump_renders_the_valid_objects_and_names_the_invalid_ones() {
     let mut broken = node_v4();
     broken.masquerade_bit = 0x4001;
     assert_eq!(
-        super::dump(&services, &slices, &broken).1,
+        super::dump(&services, &slices, &broken, super::DumpFormat::Nft).1,
         vec!["node config: masqueradeBit: 0x4001 must have exactly one bit set"]
     );
 }
