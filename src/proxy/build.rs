@@ -35,7 +35,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 mod shared;
 use shared::PortInput;
@@ -446,24 +446,7 @@ impl<'a> TableBuilder<'a> {
         let Some(cluster_ip) = svc.cluster_ip(fam) else {
             return;
         };
-        let mut external_ips = Vec::new();
-        for ip in svc.external_ips.iter().filter(|ip| IpFamily::of(ip) == fam) {
-            if self.node.is_node_ip(ip) {
-                problems.push(BuildError {
-                    object: format!("service {}", svc.key()),
-                    problem: format!(
-                        "externalIP {ip} is this node's own address, skipped (it would capture the node's own ports)"
-                    ),
-                });
-            } else if self.node.service_cidrs.iter().any(|c| c.contains(ip)) {
-                problems.push(BuildError {
-                    object: format!("service {}", svc.key()),
-                    problem: format!("externalIP {ip} is inside the service CIDR, skipped"),
-                });
-            } else {
-                external_ips.push(*ip);
-            }
-        }
+        let external_ips = external_ips(svc, fam, self.node, problems);
         if let Some(set) = self.table.sets.get_mut(CLUSTER_IPS) {
             set.elements.insert(vec![KeyPart::Addr(cluster_ip)]);
         }
@@ -701,6 +684,35 @@ fn no_endpoints_verdict(is_local_policy: bool) -> MapVerdict {
     } else {
         MapVerdict::Goto(REJECT_CHAIN.to_string())
     }
+}
+
+/// The Service's externalIPs of family `fam` that may be proxied; the node's own addresses and
+/// addresses inside the service CIDR are skipped, each with a problem naming the Service.
+pub(crate) fn external_ips(
+    svc: &Service,
+    fam: IpFamily,
+    node: &NodeConfig,
+    problems: &mut Vec<BuildError>,
+) -> Vec<IpAddr> {
+    let mut usable = Vec::new();
+    for ip in svc.external_ips.iter().filter(|ip| IpFamily::of(ip) == fam) {
+        if node.is_node_ip(ip) {
+            problems.push(BuildError {
+                object: format!("service {}", svc.key()),
+                problem: format!(
+                    "externalIP {ip} is this node's own address, skipped (it would capture the node's own ports)"
+                ),
+            });
+        } else if node.service_cidrs.iter().any(|c| c.contains(ip)) {
+            problems.push(BuildError {
+                object: format!("service {}", svc.key()),
+                problem: format!("externalIP {ip} is inside the service CIDR, skipped"),
+            });
+        } else {
+            usable.push(*ip);
+        }
+    }
+    usable
 }
 
 /// All endpoints of one Service port in one family, deduplicated by address and port, in

@@ -34,7 +34,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use sha2::{Digest, Sha256};
 
-use super::build::{Backend, BuildError, backends, usable};
+use super::build::{Backend, BuildError, backends, external_ips, usable};
 use super::iptables_text::{Rule, host};
 use super::model::{
     Cidr, EndpointSlice, IpFamily, NodeConfig, Protocol, Service, ServicePort, TrafficPolicy,
@@ -307,24 +307,7 @@ impl<'a> FamilyBuilder<'a> {
         let Some(cluster_ip) = svc.cluster_ip(fam) else {
             return;
         };
-        let mut external_ips = Vec::new();
-        for ip in svc.external_ips.iter().filter(|ip| IpFamily::of(ip) == fam) {
-            if self.node.is_node_ip(ip) {
-                problems.push(BuildError {
-                    object: format!("service {}", svc.key()),
-                    problem: format!(
-                        "externalIP {ip} is this node's own address, skipped (it would capture the node's own ports)"
-                    ),
-                });
-            } else if self.node.service_cidrs.iter().any(|c| c.contains(ip)) {
-                problems.push(BuildError {
-                    object: format!("service {}", svc.key()),
-                    problem: format!("externalIP {ip} is inside the service CIDR, skipped"),
-                });
-            } else {
-                external_ips.push(*ip);
-            }
-        }
+        let external_ips = external_ips(svc, fam, self.node, problems);
         self.cluster_ips.insert(cluster_ip);
         for port in &svc.ports {
             let all = backends(svc, port, slices, fam, &self.node.node_name);
