@@ -20,12 +20,10 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
 use std::time::Duration;
 
 const MODE: Mode = Mode::Iptables;
@@ -33,7 +31,7 @@ const MODE: Mode = Mode::Iptables;
 #[path = "common/proxy_world.rs"]
 mod proxy_world;
 
-use proxy_world::{Mode, NEXT, World, root_or_skip, service, sh, slice};
+use proxy_world::{Mode, NEXT, World, many_services, root_or_skip, service, sh, slice};
 
 impl World {
     /// `iptables-legacy-save` in the node namespace.
@@ -347,46 +345,16 @@ fn iptables_mode_sigkill_mid_sync_leaves_old_or_new_rules_and_flows_survive_a_re
     w.wait_until("the clusterIP answers", || w.tcp("10.96.0.10:80").is_ok());
 
     // An established flow, held open across a SIGKILL and a restart of nanolet.
-    let (tx, rx) = mpsc::channel::<&'static str>();
-    let (done_tx, done_rx) = mpsc::channel::<Result<(), String>>();
-    let node = w.node.clone();
-    std::thread::spawn(move || {
-        let fd = fs::File::open(format!("/var/run/netns/{node}")).unwrap();
-        rustix::thread::move_into_link_name_space(
-            std::os::fd::AsFd::as_fd(&fd),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .unwrap();
-        let mut s = TcpStream::connect("10.96.0.10:80").unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut buf = [0u8; 64];
-        let _ = s.read(&mut buf).unwrap();
-        while let Ok(line) = rx.recv() {
-            let r = s
-                .write_all(line.as_bytes())
-                .and_then(|()| s.read(&mut buf).map(|_| ()))
-                .map_err(|e| e.to_string());
-            done_tx.send(r).unwrap();
-        }
-    });
-    tx.send("before\n").unwrap();
-    done_rx.recv().unwrap().unwrap();
+    let flow = w.hold_flow("10.96.0.10:80");
+    flow.exchange(
+        "before
+",
+    )
+    .unwrap();
 
     // SIGKILL while a large change is on its way: each table is the old or the new one (the
     // restore child, if it was running, finishes on its own), never a mix.
-    let many: String = (0..300)
-        .map(|i| {
-            format!(
-                "{}---\n{}---\n",
-                service(
-                    &format!("s{i}"),
-                    &format!("10.96.{}.{}", 1 + i / 250, i % 250 + 1),
-                    ""
-                ),
-                slice(&format!("s{i}"), &["10.201.1.2"])
-            )
-        })
-        .collect();
+    let many = many_services(300);
     w.write_services("many.yaml", &many);
     std::thread::sleep(Duration::from_millis(30));
     w.kill_agent();
@@ -400,8 +368,7 @@ fn iptables_mode_sigkill_mid_sync_leaves_old_or_new_rules_and_flows_survive_a_re
         "old (2) or new (602) chains, got {chains}\n{}",
         w.log()
     );
-    tx.send("after kill\n").unwrap();
-    done_rx.recv().unwrap().unwrap();
+    flow.exchange("after kill\n").unwrap();
 
     // Restart: the full sync rewrites the rules; the established flow carries on.
     fs::remove_file(w.path("services/many.yaml")).unwrap();
@@ -412,7 +379,6 @@ fn iptables_mode_sigkill_mid_sync_leaves_old_or_new_rules_and_flows_survive_a_re
         nat.matches(":NANOLET-SVC-").count() == 2
     });
     assert_eq!(jumps(&w.save()), 9);
-    tx.send("after restart\n").unwrap();
-    done_rx.recv().unwrap().unwrap();
+    flow.exchange("after restart\n").unwrap();
     assert!(w.tcp("10.96.0.10:80").is_ok());
 }

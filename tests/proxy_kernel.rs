@@ -17,10 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
-use std::sync::mpsc;
 use std::time::Duration;
 
 const MODE: Mode = Mode::Nftables;
@@ -28,7 +25,7 @@ const MODE: Mode = Mode::Nftables;
 #[path = "common/proxy_world.rs"]
 mod proxy_world;
 
-use proxy_world::{Mode, World, root_or_skip, service, slice};
+use proxy_world::{Mode, World, many_services, root_or_skip, service, slice};
 
 impl World {
     fn nft_list(&self) -> String {
@@ -168,46 +165,16 @@ fn restart_and_sigkill_keep_flows_and_a_whole_ruleset() {
     w.wait_until("the clusterIP answers", || w.tcp("10.96.0.10:80").is_ok());
 
     // An established flow, held open across a SIGKILL and a restart of nanolet.
-    let (tx, rx) = mpsc::channel::<&'static str>();
-    let (done_tx, done_rx) = mpsc::channel::<Result<(), String>>();
-    let node = w.node.clone();
-    std::thread::spawn(move || {
-        let fd = fs::File::open(format!("/var/run/netns/{node}")).unwrap();
-        rustix::thread::move_into_link_name_space(
-            std::os::fd::AsFd::as_fd(&fd),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .unwrap();
-        let mut s = TcpStream::connect("10.96.0.10:80").unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut buf = [0u8; 64];
-        let _ = s.read(&mut buf).unwrap();
-        while let Ok(line) = rx.recv() {
-            let r = s
-                .write_all(line.as_bytes())
-                .and_then(|()| s.read(&mut buf).map(|_| ()))
-                .map_err(|e| e.to_string());
-            done_tx.send(r).unwrap();
-        }
-    });
-    tx.send("before\n").unwrap();
-    done_rx.recv().unwrap().unwrap();
+    let flow = w.hold_flow("10.96.0.10:80");
+    flow.exchange(
+        "before
+",
+    )
+    .unwrap();
 
     // SIGKILL while it writes (a large change in flight): the kernel holds the old or the new
     // ruleset, never a mix: either way every chain the maps name exists and `nft` lists it.
-    let many: String = (0..300)
-        .map(|i| {
-            format!(
-                "{}---\n{}---\n",
-                service(
-                    &format!("s{i}"),
-                    &format!("10.96.{}.{}", 1 + i / 250, i % 250 + 1),
-                    ""
-                ),
-                slice(&format!("s{i}"), &["10.201.1.2"])
-            )
-        })
-        .collect();
+    let many = many_services(300);
     w.write_services("many.yaml", &many);
     std::thread::sleep(Duration::from_millis(30));
     w.kill_agent();
@@ -219,8 +186,7 @@ fn restart_and_sigkill_keep_flows_and_a_whole_ruleset() {
         ports == 2 || ports == 602,
         "old (2) or new (602) service ports, got {ports}"
     );
-    tx.send("after kill\n").unwrap();
-    done_rx.recv().unwrap().unwrap();
+    flow.exchange("after kill\n").unwrap();
 
     // Restart: the full sync replaces the table; the established flow carries on.
     fs::remove_file(w.path("services/many.yaml")).unwrap();
@@ -228,8 +194,7 @@ fn restart_and_sigkill_keep_flows_and_a_whole_ruleset() {
     w.wait_until("the restarted agent wrote its ruleset", || {
         w.nft_list().matches(": goto clusterip-").count() == 2
     });
-    tx.send("after restart\n").unwrap();
-    done_rx.recv().unwrap().unwrap();
+    flow.exchange("after restart\n").unwrap();
     assert!(w.tcp("10.96.0.10:80").is_ok());
 }
 

@@ -233,6 +233,37 @@ impl World {
         .unwrap()
     }
 
+    /// Opens a TCP connection to `to` from the node namespace (reading the endpoint's greeting)
+    /// and holds it open.
+    pub fn hold_flow(&self, to: &str) -> HeldFlow {
+        let to: SocketAddr = to.parse().unwrap();
+        let (lines, rx) = mpsc::channel::<&'static str>();
+        let (done_tx, answers) = mpsc::channel::<Result<(), String>>();
+        let path = format!("/var/run/netns/{}", self.node);
+        std::thread::spawn(move || {
+            let fd = fs::File::open(&path).unwrap();
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&fd),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .unwrap();
+            let mut s = TcpStream::connect(to).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf).unwrap();
+            while let Ok(line) = rx.recv() {
+                let r = s
+                    .write_all(line.as_bytes())
+                    .and_then(|()| s.read(&mut buf).map(|_| ()))
+                    .map_err(|e| e.to_string());
+                if done_tx.send(r).is_err() {
+                    break;
+                }
+            }
+        });
+        HeldFlow { lines, answers }
+    }
+
     /// TCP and UDP echo servers on port 8080 of every endpoint; each answers its own name.
     pub fn start_servers(&self) {
         for (i, ep) in self.eps.iter().enumerate() {
@@ -341,6 +372,39 @@ impl Drop for World {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
         let _ = fs::remove_dir(format!("/sys/fs/cgroup/{}{}", self.cgroup_prefix, self.id));
+    }
+}
+
+/// `n` one-endpoint Services `s0`, `s1`, … (ClusterIPs from 10.96.1.1) with their slices: a
+/// change large enough to be in flight when the agent is killed.
+pub fn many_services(n: u32) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "{}---\n{}---\n",
+                service(
+                    &format!("s{i}"),
+                    &format!("10.96.{}.{}", 1 + i / 250, i % 250 + 1),
+                    ""
+                ),
+                slice(&format!("s{i}"), &["10.201.1.2"])
+            )
+        })
+        .collect()
+}
+
+/// A TCP connection from the node namespace held open on its own thread, to show that an
+/// established flow survives what happens to the agent meanwhile.
+pub struct HeldFlow {
+    lines: mpsc::Sender<&'static str>,
+    answers: mpsc::Receiver<Result<(), String>>,
+}
+
+impl HeldFlow {
+    /// Sends `line` on the flow and waits for its echo.
+    pub fn exchange(&self, line: &'static str) -> Result<(), String> {
+        self.lines.send(line).map_err(|e| e.to_string())?;
+        self.answers.recv().map_err(|e| e.to_string())?
     }
 }
 
