@@ -104,14 +104,7 @@ pub fn build(services: &[Service], slices: &[EndpointSlice], node: &NodeConfig) 
     services.sort_by_key(|s| s.key());
     let mut slices: Vec<&EndpointSlice> = slices.iter().collect();
     slices.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    let mut families: Vec<IpFamily> = node
-        .node_ips
-        .iter()
-        .map(IpFamily::of)
-        .chain(node.service_cidrs.iter().map(|c| c.family()))
-        .collect();
-    families.sort();
-    families.dedup();
+    let families = node.families();
 
     let mut problems = Vec::new();
     let mut ruleset = Ruleset::default();

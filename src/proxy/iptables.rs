@@ -102,14 +102,7 @@ pub fn render(services: &[&Service], slices: &[&EndpointSlice], node: &NodeConfi
             .or_default()
             .push(s);
     }
-    let mut families: Vec<IpFamily> = node
-        .node_ips
-        .iter()
-        .map(IpFamily::of)
-        .chain(node.service_cidrs.iter().map(|c| c.family()))
-        .collect();
-    families.sort();
-    families.dedup();
+    let families = node.families();
     let mut problems = Vec::new();
     let mut out = Vec::new();
     for family in families {

@@ -519,6 +519,19 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// The IP families the proxy programs: those of the node's IPs and Service CIDRs, sorted.
+    pub fn families(&self) -> Vec<IpFamily> {
+        let mut families: Vec<IpFamily> = self
+            .node_ips
+            .iter()
+            .map(IpFamily::of)
+            .chain(self.service_cidrs.iter().map(|c| c.family()))
+            .collect();
+        families.sort();
+        families.dedup();
+        families
+    }
+
     /// Checks the node config itself; the ruleset builder relies on this.
     pub fn validate(&self) -> Result<(), ModelError> {
         let cx = Cx {
