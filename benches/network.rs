@@ -13,6 +13,9 @@
 //! (`nlbench0`, podCIDR 10.254.254.0/24, routed nowhere else) and its NAT table are removed at
 //! the end.
 
+#[allow(dead_code)]
+#[path = "../tests/common/busybox.rs"]
+mod busybox;
 #[path = "foundation/lab.rs"]
 #[allow(dead_code)]
 mod lab;

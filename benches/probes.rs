@@ -40,6 +40,10 @@
 mod procfs;
 
 #[allow(dead_code)]
+#[path = "../tests/common/busybox.rs"]
+mod busybox;
+
+#[allow(dead_code)]
 mod data;
 
 use std::fs;
@@ -273,22 +277,9 @@ fn main() {
     )
     .unwrap();
     let image = lab.cfg().join("images/busybox");
-    let arch = if cfg!(target_arch = "aarch64") {
-        "arm64"
-    } else {
-        "amd64"
-    };
-    let out =
-        Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("images/build-busybox-image"))
-            .arg(&image)
-            .arg(arch)
-            .output()
-            .expect("images/build-busybox-image");
-    assert!(
-        out.status.success(),
-        "build-busybox-image: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if let Err(e) = busybox::build_layout(&image) {
+        panic!("{e}");
+    }
 
     // Free loopback ports, held until all are chosen so that none repeats.
     let listeners: Vec<TcpListener> = (0..pods)

@@ -6,6 +6,9 @@
 //! folder, `/tmp/nanolet-volumes-bench` unless `NANOLET_BENCH_DIR` says otherwise).
 
 #[allow(dead_code)]
+#[path = "../tests/common/busybox.rs"]
+mod busybox;
+#[allow(dead_code)]
 #[path = "foundation/lab.rs"]
 mod lab;
 #[allow(dead_code)]

@@ -13,6 +13,7 @@
 
 mod common;
 
+use common::busybox::host_arch;
 use common::registry::{RealRegistry, tools_or_skip};
 
 use serde_json::{Value, json};
@@ -32,13 +33,6 @@ fn sha256(data: &[u8]) -> String {
     let sum = Sha256::digest(data);
     let hex: String = sum.iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
-}
-
-fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "aarch64" => "arm64",
-        _ => "amd64",
-    }
 }
 
 // ---- a tiny image, built by hand -------------------------------------------------------
@@ -402,18 +396,7 @@ fn busybox_pulls_with_progress_on_a_terminal_or_plain_lines() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let layout = tmp.path().join("layout");
-    let out =
-        Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("images/build-busybox-image"))
-            .arg(&layout)
-            .arg(host_arch())
-            .output()
-            .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let digest = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let digest = common::busybox::build_layout(&layout).unwrap();
     let registry = RealRegistry::start(None);
     registry.push(&layout, "busybox:latest", "busybox", "latest", None);
     let node = Node::new("");

@@ -152,17 +152,10 @@ impl Lab {
                 )?;
             }
             None => {
-                let script =
-                    Path::new(env!("CARGO_MANIFEST_DIR")).join("images/build-busybox-image");
-                let arch = if cfg!(target_arch = "aarch64") {
-                    "arm64"
-                } else {
-                    "amd64"
-                };
-                run(
-                    Command::new(&script).arg(&image_dir).arg(arch),
-                    &format!("{} {} {arch}", script.display(), image_dir.display()),
-                )?;
+                crate::busybox::build_layout(&image_dir).map_err(|detail| Error::Command {
+                    what: format!("building the busybox image into {}", image_dir.display()),
+                    detail,
+                })?;
             }
         }
         let state = base.join("state");

@@ -39,6 +39,9 @@
 //! Without root only the binary sizes are measured.
 
 mod baseline;
+#[allow(dead_code)]
+#[path = "../../tests/common/busybox.rs"]
+mod busybox;
 mod lab;
 mod procfs;
 mod report;

@@ -8,6 +8,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod apiserver;
+pub mod busybox;
 pub mod registry;
 
 use std::fs;
@@ -39,22 +40,9 @@ pub fn busybox_layout() -> &'static Path {
     LAYOUT.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("nanolet-test-busybox-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        let arch = if cfg!(target_arch = "aarch64") {
-            "arm64"
-        } else {
-            "amd64"
-        };
-        let out =
-            Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("images/build-busybox-image"))
-                .arg(&dir)
-                .arg(arch)
-                .output()
-                .expect("running images/build-busybox-image");
-        assert!(
-            out.status.success(),
-            "build-busybox-image: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if let Err(e) = busybox::build_layout(&dir) {
+            panic!("{e}");
+        }
         dir
     })
 }
