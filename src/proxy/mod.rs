@@ -13,7 +13,8 @@
 //!   shared-map shape (a Service is map elements; one chain per endpoint count).
 //! - [`ruleset`]: the ruleset as a typed value, and the diff between two of them.
 //! - [`nft_text`]: the ruleset as `nft -f` text (`nanolet proxy dump`).
-//! - [`state`]: the store fed by the watches, the sync gate, the next transaction;
+//! - [`store`]: the Services and EndpointSlices fed by the watches; [`state`]: the sync gate,
+//!   the next transaction;
 //!   [`fragments`]: what each Service adds to the ruleset, and the incremental diff of them.
 //! - [`trace`]: where a packet would go, following the same chains the kernel would.
 //!
@@ -48,6 +49,7 @@ pub mod ruleset;
 pub mod run;
 pub mod source;
 pub mod state;
+pub mod store;
 pub mod trace;
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //!                           ◄──(committed(transaction): the fragments the kernel accepted)─┘
 //! ```
 //!
-//! Events mark Services dirty (an EndpointSlice its Service, by
+//! Events go into the [`Store`] and mark Services dirty (an EndpointSlice its Service, by
 //! `kubernetes.io/service-name`, before and after the change); the next transaction rebuilds
 //! only those and diffs only their [`fragments`](super::fragments). What was applied is kept
 //! as the fragments, never as a second whole ruleset.
@@ -17,7 +17,7 @@
 //! deletion removes whatever the store held under that name.
 //! This module must never do I/O: the caller writes the transaction and reports success.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use serde_json::Value;
@@ -26,6 +26,7 @@ use super::build::BuildError;
 use super::fragments::{Applied, Fragment, Pending, fragment, plan, skeleton};
 use super::model::{EndpointSlice, ModelError, NodeConfig, Service};
 use super::ruleset::{Op, Ruleset};
+use super::store::Store;
 
 /// One change from the API server's watches.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,13 +86,10 @@ impl Transaction {
     }
 }
 
-/// The proxy's store of Services and EndpointSlices, keyed `namespace/name`.
+/// The store, the sync gate and what was applied.
 #[derive(Debug, Clone)]
 pub struct ProxyState {
-    services: BTreeMap<String, Service>,
-    slices: BTreeMap<String, EndpointSlice>,
-    /// Each Service's slices (`namespace/service-name` → slice keys).
-    slices_of: BTreeMap<String, BTreeSet<String>>,
+    store: Store,
     /// Services changed since the last committed transaction.
     dirty: BTreeSet<String>,
     phase: Phase,
@@ -100,9 +98,7 @@ pub struct ProxyState {
 impl Default for ProxyState {
     fn default() -> Self {
         ProxyState {
-            services: BTreeMap::new(),
-            slices: BTreeMap::new(),
-            slices_of: BTreeMap::new(),
+            store: Store::default(),
             dirty: BTreeSet::new(),
             phase: Phase::Waiting {
                 services_synced: false,
@@ -122,54 +118,21 @@ impl ProxyState {
     /// breaks a Service stops it being proxied) and its error returned.
     pub fn apply(&mut self, event: Event) -> Result<(), ModelError> {
         match event {
-            Event::ServiceApplied(v) => {
-                let key = key_of(&v);
-                self.services.remove(&key);
-                self.dirty.insert(key.clone());
-                if let Some(s) = Service::from_json(&v)? {
-                    self.services.insert(key, s);
-                }
-            }
+            Event::ServiceApplied(v) => self.store.put_service(&v, &mut self.dirty)?,
             Event::ServiceDeleted { namespace, name } => {
                 let key = format!("{namespace}/{name}");
-                self.services.remove(&key);
+                self.store.delete_service(&key);
                 self.dirty.insert(key);
             }
-            Event::EndpointSliceApplied(v) => {
-                let key = key_of(&v);
-                self.remove_slice(&key);
-                if let Some(s) = EndpointSlice::from_json(&v)? {
-                    let owner = format!("{}/{}", s.namespace, s.service_name);
-                    self.slices_of
-                        .entry(owner.clone())
-                        .or_default()
-                        .insert(key.clone());
-                    self.dirty.insert(owner);
-                    self.slices.insert(key, s);
-                }
-            }
+            Event::EndpointSliceApplied(v) => self.store.put_slice(&v, &mut self.dirty)?,
             Event::EndpointSliceDeleted { namespace, name } => {
-                self.remove_slice(&format!("{namespace}/{name}"));
+                self.store
+                    .delete_slice(&format!("{namespace}/{name}"), &mut self.dirty);
             }
             Event::ServicesSynced => self.mark_synced(true, false),
             Event::EndpointSlicesSynced => self.mark_synced(false, true),
         }
         Ok(())
-    }
-
-    /// Forgets a slice and marks the Service it belonged to dirty.
-    fn remove_slice(&mut self, key: &str) {
-        let Some(old) = self.slices.remove(key) else {
-            return;
-        };
-        let owner = format!("{}/{}", old.namespace, old.service_name);
-        if let Some(keys) = self.slices_of.get_mut(&owner) {
-            keys.remove(key);
-            if keys.is_empty() {
-                self.slices_of.remove(&owner);
-            }
-        }
-        self.dirty.insert(owner);
     }
 
     /// One Service's fragment, built from its own slices only.
@@ -180,14 +143,8 @@ impl ProxyState {
         skeleton: &Ruleset,
         problems: &mut Vec<BuildError>,
     ) -> Option<Fragment> {
-        let svc = self.services.get(name)?;
-        let slices: Vec<EndpointSlice> = self
-            .slices_of
-            .get(name)
-            .into_iter()
-            .flatten()
-            .filter_map(|k| self.slices.get(k).cloned())
-            .collect();
+        let svc = self.store.service(name)?;
+        let slices = self.store.slices_for(name);
         let (f, p) = fragment(svc, &slices, node, skeleton);
         problems.extend(p);
         Some(f)
@@ -251,7 +208,7 @@ impl ProxyState {
         // no second set of fragments, no delta against an empty state.
         let mut desired = skeleton.clone();
         let mut next = Applied::new(skeleton);
-        for n in self.services.keys() {
+        for n in self.store.service_keys() {
             if let Some(f) = self.fragment_of(n, node, &next.skeleton, &mut problems) {
                 next.adopt(n.clone(), f, &mut desired, &mut problems);
             }
@@ -302,25 +259,8 @@ impl ProxyState {
     /// The Services and EndpointSlices in the store, once both have synced (`None` before):
     /// the iptables backend renders them itself instead of taking a transaction.
     pub fn objects(&self) -> Option<(Vec<&Service>, Vec<&EndpointSlice>)> {
-        self.is_synced().then(|| {
-            (
-                self.services.values().collect(),
-                self.slices.values().collect(),
-            )
-        })
+        self.is_synced().then(|| self.store.objects())
     }
-}
-
-fn key_of(v: &Value) -> String {
-    let ns = v
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let name = v
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    format!("{ns}/{name}")
 }
 
 #[cfg(test)]
