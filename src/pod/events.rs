@@ -15,6 +15,7 @@
 //!   image missing, policy Never         ErrImageNeverPull   Warning  container  (+ Failed)
 //!   container config / create error     Failed              Warning  container
 //!   volume setup error                  FailedMount         Warning  pod
+//!   imagePullSecret missing/unreadable  FailedToRetrieveImagePullSecret Warning pod
 //!   sandbox error                       FailedCreatePodSandBox Warning pod
 //!   runc run ok                         Created, Started    Normal   container
 //!   runc run failed                     Failed              Warning  container
@@ -56,6 +57,8 @@ pub enum Transition<'a> {
     MountFailed { message: &'a str },
     /// The pod's sandbox (namespaces, network) could not be set up.
     SandboxFailed { message: &'a str },
+    /// These imagePullSecrets could not be retrieved (missing, or refused); the pull goes on.
+    PullSecretsUnretrievable { names: &'a [&'a str] },
     /// `runc run` made and started the container.
     Started,
     /// `runc run` failed.
@@ -111,6 +114,8 @@ pub const ERR_IMAGE_NEVER_PULL: &str = "ErrImageNeverPull";
 pub const FAILED_POST_START_HOOK: &str = "FailedPostStartHook";
 /// kubelet's reason for a pod sandbox that could not be created.
 pub const FAILED_CREATE_POD_SANDBOX: &str = "FailedCreatePodSandBox";
+/// kubelet's reason for imagePullSecrets it could not retrieve.
+pub const FAILED_TO_RETRIEVE_IMAGE_PULL_SECRET: &str = "FailedToRetrieveImagePullSecret";
 
 /// The Events kubelet records for `t` in container `name`.
 pub fn events(name: &str, t: &Transition<'_>) -> Vec<PodEvent> {
@@ -189,6 +194,14 @@ pub fn events(name: &str, t: &Transition<'_>) -> Vec<PodEvent> {
             Warning,
             FAILED_CREATE_POD_SANDBOX,
             format!("Failed to create pod sandbox: {message}"),
+        )],
+        Transition::PullSecretsUnretrievable { names } => vec![pod(
+            Warning,
+            FAILED_TO_RETRIEVE_IMAGE_PULL_SECRET,
+            format!(
+                "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
+                names.join(", ")
+            ),
         )],
         Transition::Started => vec![
             container(Normal, reason::CREATED, format!("Created container {name}")),
@@ -449,6 +462,20 @@ mod tests {
             "FailedMount is about the pod"
         );
         assert_eq!(one("app", Transition::Stopping).3, "Stopping container app");
+        assert_eq!(
+            one(
+                "app",
+                Transition::PullSecretsUnretrievable {
+                    names: &["regcred", "gone"]
+                }
+            ),
+            (
+                false,
+                Warning,
+                "FailedToRetrieveImagePullSecret",
+                "Unable to retrieve some image pull secrets (regcred, gone); attempting to pull the image may not succeed.".into()
+            )
+        );
     }
 
     #[test]

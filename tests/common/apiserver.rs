@@ -13,7 +13,9 @@
 //!   `spec.nodeName`, others 400; labelSelector `k=v`/`k`; `limit` + `continue` tokens in the
 //!   real format), watch (synthetic ADDED without resourceVersion, replay from a resourceVersion,
 //!   BOOKMARKs, 200 + ERROR 410 from a compacted one, `timeoutSeconds`),
-//!   `serviceaccounts/<name>/token`, `/version`, `/api`, `/apis`.
+//!   `serviceaccounts/<name>/token` (404 `serviceaccounts "x" not found` unless the
+//!   ServiceAccount was created; `default` always exists, as kube-controller-manager creates it
+//!   in every namespace), `/version`, `/api`, `/apis`.
 //! - faults ([`ApiServer::faults`] and the helpers): a required bearer token (401), queued
 //!   error answers (403/429/5xx with `Retry-After`), slow answers, dropped connections,
 //!   expired resourceVersions (410 as HTTP status for lists, ERROR events in open watches),
@@ -1739,6 +1741,22 @@ fn handle(req: &Incoming, q: &BTreeMap<String, String>, shared: &Shared) -> Answ
             },
             "DELETE",
         ) => s.delete(&res, ns, &name, &body, q),
+        (
+            Route::Object {
+                res,
+                name,
+                sub: Some(sub),
+                ns,
+            },
+            "POST",
+        ) if res.plural == "serviceaccounts"
+            && sub == "token"
+            && name != "default"
+            && s.get(&res, &ns, &name).is_none() =>
+        {
+            // kube-apiserver's answer for a ServiceAccount that does not exist.
+            not_found(&res, &name)
+        }
         (
             Route::Object {
                 res,
