@@ -151,6 +151,11 @@ fn config_maps_secrets_and_tokens_from_the_api_fill_volumes_and_env_and_follow_e
             {"serviceAccountToken": {"audience": "vault", "expirationSeconds": 600, "path": "vault-token"}}
         ]}}
     ]);
+    api.create(
+        "serviceaccounts",
+        Some("default"),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "robot"}}),
+    );
     let sa = "/var/run/secrets/kubernetes.io/serviceaccount";
     let script = format!(
         "while true; do echo \"color=$(cat /cfg/color) env=$COLOR pw=$password sec=$(cat /sec/password) \
@@ -360,8 +365,9 @@ fn a_refused_token_request_keeps_the_pod_creating_and_says_why() {
     node.start();
     let message = wait_waiting(&node, "tokened", "ContainerCreating", "MountVolume");
     assert!(
-        message.starts_with("MountVolume.SetUp failed for volume \"t\" : serviceaccount default/default: token request")
-            && message.contains("403"),
+        message.starts_with(
+            "MountVolume.SetUp failed for volume \"t\" : failed to fetch token: forbidden: "
+        ),
         "{message}"
     );
     // The API server relents: the next try gets a token and the pod starts.
@@ -502,8 +508,248 @@ fn image_pull_secrets_from_the_api_authenticate_pulls_and_unusable_ones_are_name
     assert!(!message.contains("s3cret"), "{message}");
     with("good", json!([{"name": "absent"}, {"name": "regcred"}]));
     wait_output(&node, "good", "pulled");
+    // kubelet's warning names the secrets it could not retrieve; "plain" was retrieved (it is
+    // only of another type) and the pull went on with "regcred".
+    for pod in ["wrong-type", "good"] {
+        let event = api
+            .wait_event("default", pod, "FailedToRetrieveImagePullSecret", MINUTE)
+            .expect("a FailedToRetrieveImagePullSecret event");
+        assert_eq!(
+            event["message"],
+            "Unable to retrieve some image pull secrets (absent); attempting to pull the image may not succeed.",
+            "{pod}"
+        );
+    }
     assert!(
         !node.agent_log().contains("s3cret"),
         "a password leaked into the agent log"
     );
+}
+
+fn service_account(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}})
+}
+
+#[test]
+fn a_missing_service_account_keeps_its_pod_creating_with_kubelets_failed_mount_and_others_run() {
+    if !root_or_skip() {
+        return;
+    }
+    let (mut node, api) = joined("");
+    let node_name = node.name.clone();
+    // The default kube-api-access-* volume, for a ServiceAccount nobody created.
+    let access = json!({"volumes": [{"name": "kube-api-access-g7x2p", "projected": {"sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}]}}],
+        "serviceAccountName": "ghost"});
+    api.create(
+        "pods",
+        Some("default"),
+        api_pod(
+            "haunted",
+            &node_name,
+            "cat /t/token; echo; exec sleep 1000",
+            access,
+            json!({"volumeMounts": [{"name": "kube-api-access-g7x2p", "mountPath": "/t"}]}),
+        ),
+    );
+    // A neighbour with an imagePullSecret that does not exist (its image is present).
+    api.create(
+        "pods",
+        Some("default"),
+        api_pod(
+            "steady",
+            &node_name,
+            "echo up; exec sleep 1000",
+            json!({"imagePullSecrets": [{"name": "nowhere"}]}),
+            json!({}),
+        ),
+    );
+    node.start();
+    let want = "MountVolume.SetUp failed for volume \"kube-api-access-g7x2p\" : \
+                failed to fetch token: serviceaccounts \"ghost\" not found";
+    assert_eq!(
+        wait_waiting(&node, "haunted", "ContainerCreating", "MountVolume"),
+        want
+    );
+    let event = api
+        .wait_event("default", "haunted", "FailedMount", MINUTE)
+        .expect("a FailedMount event");
+    assert_eq!(
+        (&event["type"], &event["message"]),
+        (&json!("Warning"), &json!(want))
+    );
+    assert_eq!(event["involvedObject"]["fieldPath"], Value::Null);
+    // Asked again (and refused with the API server's NotFound) while it waits.
+    // (`wait_for` holds the fake's lock: the condition reads the state it is given.)
+    let refused = api.wait_for(MINUTE, |s| {
+        let posts = s
+            .requests
+            .iter()
+            .filter(|r| r.path.ends_with("/serviceaccounts/ghost/token") && r.status == 404);
+        posts.count() >= 2
+    });
+    assert!(refused, "the token request was not asked again");
+    let s = node.snapshot().unwrap();
+    let phase = &api_pod_status(&s, "haunted").unwrap().phase;
+    assert_eq!(format!("{phase:?}"), "Pending");
+
+    // kubelet's event for the missing pull secret; the pod runs without it.
+    wait_output(&node, "steady", "up");
+    let event = api
+        .wait_event(
+            "default",
+            "steady",
+            "FailedToRetrieveImagePullSecret",
+            MINUTE,
+        )
+        .expect("a FailedToRetrieveImagePullSecret event");
+    assert_eq!(
+        event["message"],
+        "Unable to retrieve some image pull secrets (nowhere); attempting to pull the image may not succeed."
+    );
+    assert_eq!(event["type"], "Warning");
+
+    // The ServiceAccount appears: the next try gets a token and the pod starts.
+    api.create("serviceaccounts", Some("default"), service_account("ghost"));
+    wait_output(&node, "haunted", "fake-token.ghost.");
+    let s = node.snapshot().unwrap();
+    let steady = &api_pod_status(&s, "steady").unwrap().container_statuses[0];
+    assert!(
+        steady.restart_count == 0 && matches!(steady.state, ContainerState::Running { .. }),
+        "the neighbour was disturbed: {steady:?}"
+    );
+}
+
+/// GETs of `namespace/name` in `resource` the fake answered.
+fn gets(api: &ApiServer, resource: &str, name: &str) -> usize {
+    let path = format!("/api/v1/namespaces/default/{resource}/{name}");
+    api.requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == path)
+        .count()
+}
+
+#[test]
+fn pods_starting_together_fetch_a_shared_object_once() {
+    if !root_or_skip() {
+        return;
+    }
+    let (mut node, api) = joined("syncFrequency: 10m\n");
+    api.create(
+        "configmaps",
+        Some("default"),
+        config_map("shared", json!({"greeting": "hello"})),
+    );
+    // Slow enough that every pod needs the ConfigMap while the first GET is under way.
+    api.faults(|f| {
+        f.slow
+            .push(("/configmaps/shared".into(), Duration::from_secs(2)))
+    });
+    for name in ["one", "two", "three"] {
+        api.create(
+            "pods",
+            Some("default"),
+            api_pod(
+                name,
+                &node.name,
+                "echo greeting=$GREETING; exec sleep 1000",
+                json!({}),
+                json!({"env": [{"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "shared", "key": "greeting"}}}]}),
+            ),
+        );
+    }
+    node.start();
+    for name in ["one", "two", "three"] {
+        wait_output(&node, name, "greeting=hello");
+    }
+    assert_eq!(
+        gets(&api, "configmaps", "shared"),
+        1,
+        "one GET for three pods"
+    );
+}
+
+/// The kept copy of a ConfigMap or Secret.
+fn copy_of(node: &Node, folder: &str, name: &str) -> std::path::PathBuf {
+    node.path(&format!(
+        "state/data/api-objects/{folder}/default_{name}.json"
+    ))
+}
+
+#[test]
+fn copies_no_pod_references_are_pruned_and_a_stored_pods_survive_a_restart_offline() {
+    if !root_or_skip() {
+        return;
+    }
+    let (mut node, api) = joined("");
+    api.create(
+        "configmaps",
+        Some("default"),
+        config_map("only-a", json!({"k": "a"})),
+    );
+    api.create(
+        "secrets",
+        Some("default"),
+        secret("both", "Opaque", json!({"k": b64("b")})),
+    );
+    let env = |cm: Option<&str>| {
+        let mut from = vec![json!({"secretRef": {"name": "both"}, "prefix": "S_"})];
+        if let Some(cm) = cm {
+            from.push(json!({"configMapRef": {"name": cm}, "prefix": "C_"}));
+        }
+        json!({"envFrom": from})
+    };
+    let node_name = node.name.clone();
+    for (name, cm) in [("a", Some("only-a")), ("b", None)] {
+        api.create(
+            "pods",
+            Some("default"),
+            api_pod(
+                name,
+                &node_name,
+                "echo s=$S_k c=$C_k; sleep 1; exit 1",
+                json!({}),
+                env(cm),
+            ),
+        );
+    }
+    node.start();
+    wait_output(&node, "a", "s=b c=a");
+    wait_output(&node, "b", "s=b c=");
+    assert!(copy_of(&node, "configmaps", "only-a").exists());
+    assert!(copy_of(&node, "secrets", "both").exists());
+
+    // Pod a goes: the ConfigMap only it used goes; the Secret b still uses stays.
+    api.delete("pods", Some("default"), "a");
+    node.wait_for("the copy of only-a removed", MINUTE, |_| {
+        (!copy_of(&node, "configmaps", "only-a").exists()).then_some(())
+    });
+    assert!(copy_of(&node, "secrets", "both").exists());
+
+    // A copy left behind (its pod went while nanolet was away) goes at the next start, even
+    // without the API server; the stored pod's copy stays and serves its restarts.
+    let stale = copy_of(&node, "secrets", "left-behind");
+    fs::write(&stale, "{}").unwrap();
+    api.go_down();
+    node.stop_agent();
+    node.start();
+    node.wait_for("the stale copy removed at start", MINUTE, |_| {
+        (!stale.exists()).then_some(())
+    });
+    let restarts =
+        |s: &Snapshot| api_pod_status(s, "b").map(|p| p.container_statuses[0].restart_count);
+    let before = node.wait_for("the new agent's view of b", MINUTE, |s| {
+        (Some(s.agent_pid as u32) == node.agent_pid())
+            .then(|| restarts(s))
+            .flatten()
+    });
+    node.wait_for("b restarting offline", MINUTE, |s| {
+        (restarts(s)? >= before + 2).then_some(())
+    });
+    assert!(copy_of(&node, "secrets", "both").exists());
+    let s = node.snapshot().unwrap();
+    let out = output(&node, api_pod_status(&s, "b").unwrap(), "app");
+    let last = out.lines().rev().find(|l| l.starts_with("s=")).unwrap();
+    assert_eq!(last, "s=b c=", "{out}");
+    api.come_back();
 }
