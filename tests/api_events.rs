@@ -322,3 +322,58 @@ fn a_pulled_image_gets_pulling_and_pulled_and_a_failed_pull_gets_failed() {
         assert_eq!(e["involvedObject"]["fieldPath"], field);
     }
 }
+
+#[test]
+fn a_probe_redirected_to_another_host_succeeds_with_kubelets_probe_warning() {
+    if !root_or_skip() {
+        return;
+    }
+    let (mut node, api) = joined("");
+    node.start();
+    // busybox httpd with a CGI that answers 302 to another host, with a body; on the host's
+    // network (loopback, a free port) so that no pod network is needed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cgi = r#"#!/bin/sh
+printf 'HTTP/1.0 302 Found\r\nLocation: http://login.example/\r\nContent-Length: 13\r\n\r\nsee elsewhere'
+"#;
+    let script = format!(
+        "mkdir -p /www/cgi-bin && printf '%s' '{}' > /www/cgi-bin/moved && chmod +x /www/cgi-bin/moved && exec httpd -f -p 127.0.0.1:{port} -h /www",
+        cgi.replace('\'', "'\\''")
+    );
+    api.create(
+        "pods",
+        Some("default"),
+        api_pod(
+            "moved",
+            &node.name,
+            &script,
+            json!({"readinessProbe": {"httpGet": {"path": "/cgi-bin/moved", "port": port},
+                                      "periodSeconds": 1}}),
+            json!({"hostNetwork": true}),
+        ),
+    );
+    let warning = wait_event(&api, &node, "moved", "ProbeWarning");
+    assert_eq!(
+        summary(&warning),
+        owned(
+            "Warning",
+            "ProbeWarning",
+            "Readiness probe warning: Probe terminated redirects, Response body: see elsewhere",
+            "spec.containers{app}"
+        )
+    );
+    // A warning is a success: the pod becomes Ready, and nothing is Unhealthy.
+    node.wait_for("moved ready", MINUTE, |s| {
+        let pod = s.pods.iter().find(|p| p.name == "moved")?;
+        pod.container_statuses.first()?.ready.then_some(())
+    });
+    let reasons: Vec<Value> = events_about(&api, "moved")
+        .iter()
+        .map(|e| e["reason"].clone())
+        .collect();
+    assert!(!reasons.contains(&json!("Unhealthy")), "{reasons:?}");
+}

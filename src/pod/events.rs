@@ -21,6 +21,7 @@
 //!   runc run failed                     Failed              Warning  container
 //!   exit, restart waits for back-off    BackOff             Warning  container
 //!   probe failed                        Unhealthy           Warning  container
+//!   probe succeeded with a warning      ProbeWarning        Warning  container
 //!   liveness/startup kill, pod stop     Killing             Normal   container
 //!   postStart failed                    FailedPostStartHook Warning  container (+ Killing)
 //! ```
@@ -71,6 +72,8 @@ pub enum Transition<'a> {
     },
     /// A probe failed with `output`.
     Unhealthy { kind: ProbeKind, output: &'a str },
+    /// A probe succeeded with a warning (an httpGet redirected to another host).
+    ProbeWarning { kind: ProbeKind, output: &'a str },
     /// A liveness or startup probe failed its threshold: the container is killed;
     /// `restarts` is whether the pod's restartPolicy starts it again.
     ProbeKill { kind: ProbeKind, restarts: bool },
@@ -114,6 +117,8 @@ pub const ERR_IMAGE_NEVER_PULL: &str = "ErrImageNeverPull";
 pub const FAILED_POST_START_HOOK: &str = "FailedPostStartHook";
 /// kubelet's reason for a pod sandbox that could not be created.
 pub const FAILED_CREATE_POD_SANDBOX: &str = "FailedCreatePodSandBox";
+/// kubelet's reason for a probe that succeeded with a warning.
+pub const PROBE_WARNING: &str = "ProbeWarning";
 /// kubelet's reason for imagePullSecrets it could not retrieve.
 pub const FAILED_TO_RETRIEVE_IMAGE_PULL_SECRET: &str = "FailedToRetrieveImagePullSecret";
 
@@ -230,6 +235,11 @@ pub fn events(name: &str, t: &Transition<'_>) -> Vec<PodEvent> {
             Warning,
             reason::UNHEALTHY,
             format!("{} probe failed: {output}", kind.word()),
+        )],
+        Transition::ProbeWarning { kind, output } => vec![container(
+            Warning,
+            PROBE_WARNING,
+            format!("{} probe warning: {output}", kind.word()),
         )],
         Transition::ProbeKill { kind, restarts } => {
             let word = kind.word().to_lowercase();
@@ -494,6 +504,21 @@ mod tests {
                 Warning,
                 "Unhealthy",
                 "Readiness probe failed: HTTP probe failed with statuscode: 503".into()
+            )
+        );
+        assert_eq!(
+            one(
+                "app",
+                Transition::ProbeWarning {
+                    kind: ProbeKind::Readiness,
+                    output: "Probe terminated redirects, Response body: moved"
+                }
+            ),
+            (
+                true,
+                Warning,
+                "ProbeWarning",
+                "Readiness probe warning: Probe terminated redirects, Response body: moved".into()
             )
         );
         let kill = |kind, restarts| one("app", Transition::ProbeKill { kind, restarts }).3;
