@@ -11,37 +11,17 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use common::apiserver::ApiServer;
+use common::cluster::{api_pod_with, joined};
 use common::{Node, root_or_skip};
 use nanolet::pod::status::{ContainerState, PodStatus, Snapshot};
 use serde_json::{Value, json};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-/// A node joined to a fresh fake API server.
-fn joined(extra: &str) -> (Node, ApiServer) {
-    let api = ApiServer::start();
-    let node = Node::new(extra);
-    api.write_kubeconfig(node.dir.path(), None);
-    (node, api)
-}
-
 /// A pod bound to `node` with one busybox container `app` running `script`, plus `spec` and
 /// `container` fields.
 fn api_pod(name: &str, node: &str, script: &str, spec: Value, container: Value) -> Value {
-    let mut c = json!({"name": "app", "image": "busybox:latest", "imagePullPolicy": "IfNotPresent",
-                       "command": ["sh", "-c", script]});
-    for (k, v) in container.as_object().unwrap() {
-        c[k] = v.clone();
-    }
-    let mut pod = json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0, "containers": [c]}
-    });
-    for (k, v) in spec.as_object().unwrap() {
-        pod["spec"][k] = v.clone();
-    }
-    pod
+    api_pod_with(name, node, script, 0, &spec, &container)
 }
 
 fn config_map(name: &str, data: Value) -> Value {
@@ -119,6 +99,23 @@ fn wait_waiting(node: &Node, name: &str, want_reason: &str, want: &str) -> Strin
     )
 }
 
+/// Waits until the agent now running (restarted) has restarted the container of API pod `name`
+/// `more` times.
+fn wait_restarts_under_new_agent(node: &Node, name: &str, more: u32) {
+    let restarts =
+        |s: &Snapshot| api_pod_status(s, name).map(|p| p.container_statuses[0].restart_count);
+    let before = node.wait_for(&format!("the new agent's view of {name}"), MINUTE, |s| {
+        (Some(s.agent_pid as u32) == node.agent_pid())
+            .then(|| restarts(s))
+            .flatten()
+    });
+    node.wait_for(
+        &format!("{name} restarting {more} more times"),
+        MINUTE,
+        |s| (restarts(s)? >= before + more).then_some(()),
+    );
+}
+
 #[test]
 fn config_maps_secrets_and_tokens_from_the_api_fill_volumes_and_env_and_follow_edits() {
     if !root_or_skip() {
@@ -163,10 +160,7 @@ fn config_maps_secrets_and_tokens_from_the_api_fill_volumes_and_env_and_follow_e
          token=$(cat {sa}/token) ca=$(cat {sa}/ca.crt) ns=$(cat {sa}/namespace) vault=$(cat /vault/vault-token)\"; \
          sleep 0.3; done"
     );
-    let created = api.create(
-        "pods",
-        Some("default"),
-        api_pod(
+    let created = api.create_pod(api_pod(
             "reader",
             &node.name,
             &script,
@@ -181,8 +175,7 @@ fn config_maps_secrets_and_tokens_from_the_api_fill_volumes_and_env_and_follow_e
                     {"name": "vault", "mountPath": "/vault"}
                 ]
             }),
-        ),
-    );
+        ));
     let uid = created["metadata"]["uid"].as_str().unwrap().to_string();
     node.start();
     let out = wait_output(
@@ -265,11 +258,7 @@ fn missing_objects_and_keys_block_the_pod_with_kubelets_messages_until_they_appe
     let (mut node, api) = joined("syncFrequency: 1s\n");
     let node_name = node.name.clone();
     let pod = |name: &str, script: &str, spec: Value, container: Value| {
-        api.create(
-            "pods",
-            Some("default"),
-            api_pod(name, &node_name, script, spec, container),
-        );
+        api.create_pod(api_pod(name, &node_name, script, spec, container));
     };
     pod(
         "late-env",
@@ -350,18 +339,14 @@ fn a_refused_token_request_keeps_the_pod_creating_and_says_why() {
     let (mut node, api) = joined("");
     // Two refusals: the first attempt, and the retry ten seconds later.
     api.fail_next(2, 403, None, Some("/serviceaccounts/default/token"));
-    api.create(
-        "pods",
-        Some("default"),
-        api_pod(
-            "tokened",
-            &node.name,
-            "cat /t/token; echo; exec sleep 1000",
-            json!({"volumes": [{"name": "t", "projected": {"sources": [
+    api.create_pod(api_pod(
+        "tokened",
+        &node.name,
+        "cat /t/token; echo; exec sleep 1000",
+        json!({"volumes": [{"name": "t", "projected": {"sources": [
                 {"serviceAccountToken": {"path": "token"}}]}}]}),
-            json!({"volumeMounts": [{"name": "t", "mountPath": "/t"}]}),
-        ),
-    );
+        json!({"volumeMounts": [{"name": "t", "mountPath": "/t"}]}),
+    ));
     node.start();
     let message = wait_waiting(&node, "tokened", "ContainerCreating", "MountVolume");
     assert!(
@@ -386,33 +371,20 @@ fn last_known_objects_serve_a_restarting_container_through_an_outage_and_an_agen
         config_map("edge", json!({"site": "north"})),
     );
     // Exits after printing: every restart reads the env and the volume again.
-    api.create(
-        "pods",
-        Some("default"),
-        api_pod(
+    api.create_pod(api_pod(
             "blinker",
             &node.name,
             "echo site=$SITE file=$(cat /c/site); sleep 1; exit 1",
             json!({"volumes": [{"name": "c", "configMap": {"name": "edge"}}]}),
             json!({"env": [{"name": "SITE", "valueFrom": {"configMapKeyRef": {"name": "edge", "key": "site"}}}],
                    "volumeMounts": [{"name": "c", "mountPath": "/c"}]}),
-        ),
-    );
+        ));
     node.start();
     wait_output(&node, "blinker", "site=north file=north");
     api.go_down();
     node.stop_agent();
     node.start();
-    let restarts_now =
-        |s: &Snapshot| api_pod_status(s, "blinker").map(|p| p.container_statuses[0].restart_count);
-    let before = node.wait_for("the new agent's view", MINUTE, |s| {
-        (Some(s.agent_pid as u32) == node.agent_pid())
-            .then(|| restarts_now(s))
-            .flatten()
-    });
-    node.wait_for("two more restarts offline", MINUTE, |s| {
-        (restarts_now(s)? >= before + 2).then_some(())
-    });
+    wait_restarts_under_new_agent(&node, "blinker", 2);
     let s = node.snapshot().unwrap();
     let out = output(&node, api_pod_status(&s, "blinker").unwrap(), "app");
     let last = out.lines().rev().find(|l| l.starts_with("site=")).unwrap();
@@ -477,7 +449,7 @@ fn image_pull_secrets_from_the_api_authenticate_pulls_and_unusable_ones_are_name
             json!({"image": image, "imagePullPolicy": "Always"}),
         );
         pod["metadata"]["name"] = json!(name);
-        api.create("pods", Some("default"), pod);
+        api.create_pod(pod);
     };
     with("wrong-type", json!([{"name": "plain"}, {"name": "absent"}]));
     node.start();
@@ -541,29 +513,21 @@ fn a_missing_service_account_keeps_its_pod_creating_with_kubelets_failed_mount_a
     let access = json!({"volumes": [{"name": "kube-api-access-g7x2p", "projected": {"sources": [
             {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}]}}],
         "serviceAccountName": "ghost"});
-    api.create(
-        "pods",
-        Some("default"),
-        api_pod(
-            "haunted",
-            &node_name,
-            "cat /t/token; echo; exec sleep 1000",
-            access,
-            json!({"volumeMounts": [{"name": "kube-api-access-g7x2p", "mountPath": "/t"}]}),
-        ),
-    );
+    api.create_pod(api_pod(
+        "haunted",
+        &node_name,
+        "cat /t/token; echo; exec sleep 1000",
+        access,
+        json!({"volumeMounts": [{"name": "kube-api-access-g7x2p", "mountPath": "/t"}]}),
+    ));
     // A neighbour with an imagePullSecret that does not exist (its image is present).
-    api.create(
-        "pods",
-        Some("default"),
-        api_pod(
-            "steady",
-            &node_name,
-            "echo up; exec sleep 1000",
-            json!({"imagePullSecrets": [{"name": "nowhere"}]}),
-            json!({}),
-        ),
-    );
+    api.create_pod(api_pod(
+        "steady",
+        &node_name,
+        "echo up; exec sleep 1000",
+        json!({"imagePullSecrets": [{"name": "nowhere"}]}),
+        json!({}),
+    ));
     node.start();
     let want = "MountVolume.SetUp failed for volume \"kube-api-access-g7x2p\" : \
                 failed to fetch token: serviceaccounts \"ghost\" not found";
@@ -646,17 +610,13 @@ fn pods_starting_together_fetch_a_shared_object_once() {
             .push(("/configmaps/shared".into(), Duration::from_secs(2)))
     });
     for name in ["one", "two", "three"] {
-        api.create(
-            "pods",
-            Some("default"),
-            api_pod(
+        api.create_pod(api_pod(
                 name,
                 &node.name,
                 "echo greeting=$GREETING; exec sleep 1000",
                 json!({}),
                 json!({"env": [{"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "shared", "key": "greeting"}}}]}),
-            ),
-        );
+            ));
     }
     node.start();
     for name in ["one", "two", "three"] {
@@ -701,17 +661,13 @@ fn copies_no_pod_references_are_pruned_and_a_stored_pods_survive_a_restart_offli
     };
     let node_name = node.name.clone();
     for (name, cm) in [("a", Some("only-a")), ("b", None)] {
-        api.create(
-            "pods",
-            Some("default"),
-            api_pod(
-                name,
-                &node_name,
-                "echo s=$S_k c=$C_k; sleep 1; exit 1",
-                json!({}),
-                env(cm),
-            ),
-        );
+        api.create_pod(api_pod(
+            name,
+            &node_name,
+            "echo s=$S_k c=$C_k; sleep 1; exit 1",
+            json!({}),
+            env(cm),
+        ));
     }
     node.start();
     wait_output(&node, "a", "s=b c=a");
@@ -736,16 +692,7 @@ fn copies_no_pod_references_are_pruned_and_a_stored_pods_survive_a_restart_offli
     node.wait_for("the stale copy removed at start", MINUTE, |_| {
         (!stale.exists()).then_some(())
     });
-    let restarts =
-        |s: &Snapshot| api_pod_status(s, "b").map(|p| p.container_statuses[0].restart_count);
-    let before = node.wait_for("the new agent's view of b", MINUTE, |s| {
-        (Some(s.agent_pid as u32) == node.agent_pid())
-            .then(|| restarts(s))
-            .flatten()
-    });
-    node.wait_for("b restarting offline", MINUTE, |s| {
-        (restarts(s)? >= before + 2).then_some(())
-    });
+    wait_restarts_under_new_agent(&node, "b", 2);
     assert!(copy_of(&node, "secrets", "both").exists());
     let s = node.snapshot().unwrap();
     let out = output(&node, api_pod_status(&s, "b").unwrap(), "app");

@@ -1293,6 +1293,11 @@ impl ApiServer {
         a.body
     }
 
+    /// Creates a pod in `default`, as a user would (see [`ApiServer::create`]).
+    pub fn create_pod(&self, pod: Value) -> Value {
+        self.create("pods", Some("default"), pod)
+    }
+
     /// Deletes an object as a user would (pods bound to a node: graceful).
     pub fn delete(&self, resource: &str, namespace: Option<&str>, name: &str) -> Value {
         let res = find_res(resource);
