@@ -700,3 +700,50 @@ fn copies_no_pod_references_are_pruned_and_a_stored_pods_survive_a_restart_offli
     assert_eq!(last, "s=b c=", "{out}");
     api.come_back();
 }
+
+#[test]
+fn a_config_map_deleted_under_a_running_pod_is_a_failed_mount_and_the_pod_runs_on() {
+    if !root_or_skip() {
+        return;
+    }
+    let (mut node, api) = joined("syncFrequency: 1s\n");
+    api.create(
+        "configmaps",
+        Some("default"),
+        config_map("fleeting", json!({"mode": "on"})),
+    );
+    api.create_pod(api_pod(
+        "holder",
+        &node.name,
+        "while true; do echo mode=$(cat /c/mode); sleep 0.3; done",
+        json!({"volumes": [{"name": "c", "configMap": {"name": "fleeting"}}]}),
+        json!({"volumeMounts": [{"name": "c", "mountPath": "/c"}]}),
+    ));
+    node.start();
+    wait_output(&node, "holder", "mode=on");
+    api.delete("configmaps", Some("default"), "fleeting");
+    let event = api
+        .wait_event("default", "holder", "FailedMount", MINUTE)
+        .expect("a FailedMount event");
+    assert_eq!(
+        event["message"],
+        "MountVolume.SetUp failed for volume \"c\" : configmap \"fleeting\" not found"
+    );
+    // The container runs on with the last contents it had.
+    let before = node.snapshot().unwrap();
+    let before = api_pod_status(&before, "holder").unwrap().clone();
+    let lines_then = output(&node, &before, "app").lines().count();
+    let out = node.wait_for("three more lines", MINUTE, |s| {
+        let out = output(&node, api_pod_status(s, "holder")?, "app");
+        (out.lines().count() >= lines_then + 3).then_some(out)
+    });
+    let tail: Vec<&str> = out.lines().skip(lines_then).collect();
+    assert!(tail.iter().all(|l| *l == "mode=on"), "{tail:?}");
+    let s = node.snapshot().unwrap();
+    let now = &api_pod_status(&s, "holder").unwrap().container_statuses[0];
+    assert_eq!(now.restart_count, 0);
+    assert_eq!(
+        now.container_id, before.container_statuses[0].container_id,
+        "the container was replaced"
+    );
+}
