@@ -442,7 +442,9 @@ impl Agent {
             .collect();
         if let Some(api) = &self.api {
             // On disk before it runs: after a reboot without the API server it runs again.
-            api.pods.flush();
+            if api.pods.flush() {
+                self.prune_api_objects();
+            }
             desired.extend(
                 api.pods
                     .desired()

@@ -20,18 +20,9 @@ fn pods_start_run_and_report_exit_codes() {
         return;
     }
     let mut node = Node::new("");
-    node.write_manifest(
-        "sleeper.yaml",
-        &pod_yaml("sleeper", "echo hello from $HOSTNAME; exec sleep 1000", ""),
-    );
-    node.write_manifest(
-        "seven.yaml",
-        &pod_yaml("seven", "exit 7", "  restartPolicy: Never\n"),
-    );
-    node.write_manifest(
-        "done.yaml",
-        &pod_yaml("done", "true", "  restartPolicy: OnFailure\n"),
-    );
+    node.write_pod("sleeper", "echo hello from $HOSTNAME; exec sleep 1000", "");
+    node.write_pod("seven", "exit 7", "  restartPolicy: Never\n");
+    node.write_pod("done", "true", "  restartPolicy: OnFailure\n");
     node.start();
     let sleeper = node.wait_running("sleeper");
     assert_eq!(sleeper.phase, Phase::Running);
@@ -92,7 +83,7 @@ fn crashing_container_restarts_with_growing_back_off() {
         return;
     }
     let mut node = Node::new("");
-    node.write_manifest("crash.yaml", &pod_yaml("crash", "echo run; exit 3", ""));
+    node.write_pod("crash", "echo run; exit 3", "");
     node.start();
     // Record each attempt's start as the snapshot shows it.
     let mut starts: Vec<(u32, i64)> = Vec::new();
@@ -134,21 +125,15 @@ fn trapped_sigterm_gets_its_grace_period_and_ignoring_it_gets_sigkill() {
     }
     let mut node = Node::new("");
     let graceful = "trap 'echo got TERM; sleep 2; echo bye; exit 0' TERM; echo ready; while true; do sleep 1 & wait; done";
-    node.write_manifest(
-        "graceful.yaml",
-        &pod_yaml(
-            "graceful",
-            graceful,
-            "  terminationGracePeriodSeconds: 30\n",
-        ),
+    node.write_pod(
+        "graceful",
+        graceful,
+        "  terminationGracePeriodSeconds: 30\n",
     );
-    node.write_manifest(
-        "stubborn.yaml",
-        &pod_yaml(
-            "stubborn",
-            "trap '' TERM; echo ready; while true; do sleep 1; done",
-            "  terminationGracePeriodSeconds: 2\n",
-        ),
+    node.write_pod(
+        "stubborn",
+        "trap '' TERM; echo ready; while true; do sleep 1; done",
+        "  terminationGracePeriodSeconds: 2\n",
     );
     node.start();
     let pod = node.wait_running("graceful");
@@ -228,24 +213,18 @@ fn changing_a_manifest_recreates_the_pod() {
         return;
     }
     let mut node = Node::new("");
-    node.write_manifest(
-        "web.yaml",
-        &pod_yaml(
-            "web",
-            "echo v1; exec sleep 1000",
-            "  terminationGracePeriodSeconds: 1\n",
-        ),
+    node.write_pod(
+        "web",
+        "echo v1; exec sleep 1000",
+        "  terminationGracePeriodSeconds: 1\n",
     );
     node.start();
     let v1 = node.wait_running("web");
     let old_ids = node.runc_ids();
-    node.write_manifest(
-        "web.yaml",
-        &pod_yaml(
-            "web",
-            "echo v2; exec sleep 1000",
-            "  terminationGracePeriodSeconds: 1\n",
-        ),
+    node.write_pod(
+        "web",
+        "echo v2; exec sleep 1000",
+        "  terminationGracePeriodSeconds: 1\n",
     );
     let v2 = node.wait_for("the new pod running", MINUTE, |s| {
         node.pod(s, "web")
@@ -266,13 +245,10 @@ fn a_restarted_agent_adopts_running_containers() {
         return;
     }
     let mut node = Node::new("");
-    node.write_manifest(
-        "keep.yaml",
-        &pod_yaml(
-            "keep",
-            "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done",
-            "",
-        ),
+    node.write_pod(
+        "keep",
+        "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done",
+        "",
     );
     node.start();
     let before = node.wait_running("keep");
@@ -339,7 +315,7 @@ fn bad_manifests_are_reported_and_never_stop_the_others() {
     }
     let mut node = Node::new("");
     let dir = node.path("manifests");
-    node.write_manifest("good.yaml", &pod_yaml("good", "exec sleep 1000", ""));
+    node.write_pod("good", "exec sleep 1000", "");
     node.write_manifest(
         "broken.yaml",
         "apiVersion: v1\nkind: Pod\nmetadata: {name: [unclosed\n",
@@ -459,13 +435,10 @@ fn after_a_reboot_pods_start_fresh_and_stale_state_is_cleared() {
         return;
     }
     let mut node = Node::new("");
-    node.write_manifest(
-        "svc.yaml",
-        &pod_yaml(
-            "svc",
-            "exec sleep 1000",
-            "  terminationGracePeriodSeconds: 0\n",
-        ),
+    node.write_pod(
+        "svc",
+        "exec sleep 1000",
+        "  terminationGracePeriodSeconds: 0\n",
     );
     node.start();
     node.wait_running("svc");
@@ -534,15 +507,12 @@ fn a_pod_removed_while_the_agent_was_away_is_stopped_and_cleaned_up() {
         return;
     }
     let mut node = Node::new("");
-    node.write_manifest(
-        "gone.yaml",
-        &pod_yaml(
-            "gone",
-            "exec sleep 1000",
-            "  terminationGracePeriodSeconds: 1\n",
-        ),
+    node.write_pod(
+        "gone",
+        "exec sleep 1000",
+        "  terminationGracePeriodSeconds: 1\n",
     );
-    node.write_manifest("stays.yaml", &pod_yaml("stays", "exec sleep 1000", ""));
+    node.write_pod("stays", "exec sleep 1000", "");
     node.start();
     let gone = node.wait_running("gone");
     let stays = node.wait_running("stays");
@@ -667,8 +637,8 @@ fn node_shutdown_stops_every_pod_gracefully_then_the_agent() {
     }
     let mut node = Node::new("shutdownGracePeriod: 20s\n");
     let graceful = "trap 'echo stopping; exit 0' TERM; while true; do sleep 1 & wait; done";
-    node.write_manifest("a.yaml", &pod_yaml("a", graceful, ""));
-    node.write_manifest("b.yaml", &pod_yaml("b", graceful, ""));
+    node.write_pod("a", graceful, "");
+    node.write_pod("b", graceful, "");
     node.start();
     let a = node.wait_running("a");
     node.wait_running("b");
@@ -707,13 +677,10 @@ fn image_gc_removes_unused_images_and_keeps_those_a_pod_uses() {
     let mut node = Node::new(
         "imageGCHighThresholdPercent: 1\nimageGCLowThresholdPercent: 0\nimageMinimumGCAge: 0s\n",
     );
-    node.write_manifest(
-        "web.yaml",
-        &pod_yaml(
-            "web",
-            "exec sleep 1000",
-            "  terminationGracePeriodSeconds: 0\n",
-        ),
+    node.write_pod(
+        "web",
+        "exec sleep 1000",
+        "  terminationGracePeriodSeconds: 0\n",
     );
     node.start();
     node.wait_running("web");
@@ -768,13 +735,10 @@ fn an_image_whose_rootfs_was_removed_is_unpacked_again_for_its_pod() {
     assert_eq!(unpacked.len(), 1, "{unpacked:?}");
     fs::remove_dir_all(&unpacked[0]).unwrap();
     fs::remove_dir_all(node.path("images/busybox")).unwrap();
-    node.write_manifest(
-        "web.yaml",
-        &pod_yaml(
-            "web",
-            "exec sleep 1000",
-            "  terminationGracePeriodSeconds: 0\n",
-        ),
+    node.write_pod(
+        "web",
+        "exec sleep 1000",
+        "  terminationGracePeriodSeconds: 0\n",
     );
     node.start();
     node.wait_running("web");

@@ -9,70 +9,34 @@ mod common;
 use std::time::Duration;
 
 use common::apiserver::ApiServer;
+use common::cluster::{api_pod_with, joined};
 use common::registry::{RealRegistry, tools_or_skip};
 use common::{Node, busybox_layout, root_or_skip};
 use serde_json::{Value, json};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-/// A node joined to a fresh fake API server.
-fn joined(extra: &str) -> (Node, ApiServer) {
-    let api = ApiServer::start();
-    let node = Node::new(extra);
-    api.write_kubeconfig(node.dir.path(), None);
-    (node, api)
-}
-
 /// A pod bound to `node` whose one container `app` runs `script`; `container` and `spec` are
 /// merged into the container and the pod spec.
 fn api_pod(name: &str, node: &str, script: &str, container: Value, spec: Value) -> Value {
-    let mut c = json!({"name": "app", "image": "busybox:latest",
-                       "imagePullPolicy": "IfNotPresent",
-                       "command": ["sh", "-c", script]});
-    merge(&mut c, &container);
-    let mut pod = json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1, "containers": [c]}
-    });
-    merge(&mut pod["spec"], &spec);
-    pod
+    api_pod_with(name, node, script, 1, &spec, &container)
 }
 
-fn merge(into: &mut Value, extra: &Value) {
-    if let (Some(o), Some(e)) = (into.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            o.insert(k.clone(), v.clone());
-        }
-    }
-}
-
-/// The Events the agent created (POSTed) about pod `pod`, in order.
+/// The Events the agent created about pod `pod`, in order.
 fn events_about(api: &ApiServer, pod: &str) -> Vec<Value> {
-    api.requests()
-        .into_iter()
-        .filter(|r| r.method == "POST" && r.path == "/api/v1/namespaces/default/events")
-        .map(|r| r.body)
-        .filter(|e| e["involvedObject"]["name"] == pod)
-        .collect()
+    api.events_about("default", pod)
 }
 
 /// Waits for an Event about `pod` with `reason`, and returns it.
 fn wait_event(api: &ApiServer, node: &Node, pod: &str, reason: &str) -> Value {
-    let found = api.wait_for(2 * MINUTE, |s| {
-        s.requests.iter().any(|r| {
-            r.method == "POST"
-                && r.body["involvedObject"]["name"] == pod
-                && r.body["reason"] == reason
+    api.wait_event("default", pod, reason, 2 * MINUTE)
+        .unwrap_or_else(|| {
+            panic!(
+                "no {reason} event about {pod}; events: {:#?}\nagent log:\n{}",
+                events_about(api, pod),
+                node.agent_log()
+            )
         })
-    });
-    let events = events_about(api, pod);
-    assert!(
-        found,
-        "no {reason} event about {pod}; events: {events:#?}\nagent log:\n{}",
-        node.agent_log()
-    );
-    events.into_iter().find(|e| e["reason"] == reason).unwrap()
 }
 
 fn summary(e: &Value) -> (String, String, String, String) {
@@ -97,41 +61,25 @@ fn starts_crash_loops_probe_kills_and_mount_failures_become_kubelets_events() {
     let (mut node, api) = joined("");
     node.start();
     let nn = node.name.clone();
-    api.create(
-        "pods",
-        Some("default"),
-        api_pod("web", &nn, "exec sleep 1000", json!({}), json!({})),
-    );
-    let crash = api.create(
-        "pods",
-        Some("default"),
-        api_pod("crash", &nn, "exit 1", json!({}), json!({})),
-    );
-    api.create(
-        "pods",
-        Some("default"),
-        api_pod(
-            "sick",
-            &nn,
-            "exec sleep 1000",
-            json!({"livenessProbe": {"exec": {"command": ["cat", "/tmp/healthy"]},
+    api.create_pod(api_pod("web", &nn, "exec sleep 1000", json!({}), json!({})));
+    let crash = api.create_pod(api_pod("crash", &nn, "exit 1", json!({}), json!({})));
+    api.create_pod(api_pod(
+        "sick",
+        &nn,
+        "exec sleep 1000",
+        json!({"livenessProbe": {"exec": {"command": ["cat", "/tmp/healthy"]},
                                      "periodSeconds": 1, "failureThreshold": 2}}),
-            json!({}),
-        ),
-    );
+        json!({}),
+    ));
     let missing = node.path("no-such-file");
-    api.create(
-        "pods",
-        Some("default"),
-        api_pod(
-            "nofile",
-            &nn,
-            "exec sleep 1000",
-            json!({"volumeMounts": [{"name": "data", "mountPath": "/data"}]}),
-            json!({"volumes": [{"name": "data",
+    api.create_pod(api_pod(
+        "nofile",
+        &nn,
+        "exec sleep 1000",
+        json!({"volumeMounts": [{"name": "data", "mountPath": "/data"}]}),
+        json!({"volumes": [{"name": "data",
                                 "hostPath": {"path": missing, "type": "File"}}]}),
-        ),
-    );
+    ));
 
     // An image in the store, a container made and started.
     let field = "spec.containers{app}";
@@ -246,29 +194,21 @@ fn a_pulled_image_gets_pulling_and_pulled_and_a_failed_pull_gets_failed() {
     node.start();
     let nn = node.name.clone();
     let image = format!("{}/busybox:latest", registry.host());
-    api.create(
-        "pods",
-        Some("default"),
-        api_pod(
-            "pulled",
-            &nn,
-            "exec sleep 1000",
-            json!({"image": image, "imagePullPolicy": "Always"}),
-            json!({}),
-        ),
-    );
+    api.create_pod(api_pod(
+        "pulled",
+        &nn,
+        "exec sleep 1000",
+        json!({"image": image, "imagePullPolicy": "Always"}),
+        json!({}),
+    ));
     // Nothing listens on port 1: the pull fails at once.
-    api.create(
-        "pods",
-        Some("default"),
-        api_pod(
-            "unpullable",
-            &nn,
-            "exec sleep 1000",
-            json!({"image": "127.0.0.1:1/nothing:here", "imagePullPolicy": "Always"}),
-            json!({}),
-        ),
-    );
+    api.create_pod(api_pod(
+        "unpullable",
+        &nn,
+        "exec sleep 1000",
+        json!({"image": "127.0.0.1:1/nothing:here", "imagePullPolicy": "Always"}),
+        json!({}),
+    ));
     let field = "spec.containers{app}";
     let pulling = wait_event(&api, &node, "pulled", "Pulling");
     assert_eq!(
@@ -321,4 +261,58 @@ fn a_pulled_image_gets_pulling_and_pulled_and_a_failed_pull_gets_failed() {
         assert_eq!(e["type"], "Warning");
         assert_eq!(e["involvedObject"]["fieldPath"], field);
     }
+}
+
+#[test]
+fn a_probe_redirected_to_another_host_succeeds_with_kubelets_probe_warning() {
+    if !root_or_skip() {
+        return;
+    }
+    let (mut node, api) = joined("");
+    node.start();
+    // busybox httpd with a CGI that answers 302 to another host, with a body; on the host's
+    // network (loopback, a free port) so that no pod network is needed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cgi = r#"#!/bin/sh
+printf 'HTTP/1.0 302 Found\r\nLocation: http://login.example/\r\nContent-Length: 13\r\n\r\nsee elsewhere'
+"#;
+    let script = format!(
+        "mkdir -p /www/cgi-bin && printf '%s' '{}' > /www/cgi-bin/moved && chmod +x /www/cgi-bin/moved && exec httpd -f -p 127.0.0.1:{port} -h /www",
+        cgi.replace('\'', "'\\''")
+    );
+    api.create_pod(api_pod(
+        "moved",
+        &node.name,
+        &script,
+        json!({"readinessProbe": {"httpGet": {"path": "/cgi-bin/moved", "port": port},
+                                      "periodSeconds": 1}}),
+        json!({"hostNetwork": true}),
+    ));
+    let warning = wait_event(&api, &node, "moved", "ProbeWarning");
+    assert_eq!(
+        summary(&warning),
+        owned(
+            "Warning",
+            "ProbeWarning",
+            "Readiness probe warning: Probe terminated redirects, Response body: see elsewhere",
+            "spec.containers{app}"
+        )
+    );
+    // A warning is a success: the pod becomes Ready, and no probe fails once httpd answers
+    // (an Unhealthy before that is kubelet's too: connection refused while httpd starts).
+    node.wait_for("moved ready", MINUTE, |s| {
+        let pod = s.pods.iter().find(|p| p.name == "moved")?;
+        pod.container_statuses.first()?.ready.then_some(())
+    });
+    let reasons: Vec<Value> = events_about(&api, "moved")
+        .iter()
+        .map(|e| e["reason"].clone())
+        .collect();
+    let first_warning = reasons.iter().position(|r| r == "ProbeWarning");
+    let last_unhealthy = reasons.iter().rposition(|r| r == "Unhealthy");
+    assert!(last_unhealthy < first_warning, "{reasons:?}");
 }

@@ -9,38 +9,15 @@ mod common;
 use std::time::Duration;
 
 use common::apiserver::ApiServer;
+use common::cluster::{api_pod_with, joined};
 use common::{Node, pod_yaml, root_or_skip};
 use serde_json::{Value, json};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-/// A node joined to a fresh fake API server.
-fn joined(extra: &str) -> (Node, ApiServer) {
-    let api = ApiServer::start();
-    let node = Node::new(extra);
-    api.write_kubeconfig(node.dir.path(), None);
-    (node, api)
-}
-
 /// A pod bound to `node` with one busybox container running `script`.
 fn api_pod(name: &str, node: &str, script: &str, spec: Value) -> Value {
-    let mut pod = json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "nodeName": node,
-            "terminationGracePeriodSeconds": 2,
-            "containers": [{"name": "app", "image": "busybox:latest",
-                            "imagePullPolicy": "IfNotPresent",
-                            "command": ["sh", "-c", script]}]
-        }
-    });
-    if let (Some(s), Some(extra)) = (pod["spec"].as_object_mut(), spec.as_object()) {
-        for (k, v) in extra {
-            s.insert(k.clone(), v.clone());
-        }
-    }
-    pod
+    api_pod_with(name, node, script, 2, &spec, &json!({}))
 }
 
 fn pod_in_api(api: &ApiServer, name: &str) -> Option<Value> {
@@ -91,11 +68,7 @@ fn an_api_pod_runs_reports_running_and_is_deleted_gracefully() {
     }
     let (mut node, api) = joined("");
     node.start();
-    let created = api.create(
-        "pods",
-        Some("default"),
-        api_pod("web", &node.name, "exec sleep 1000", json!({})),
-    );
+    let created = api.create_pod(api_pod("web", &node.name, "exec sleep 1000", json!({})));
     let uid = created["metadata"]["uid"].as_str().unwrap().to_string();
     wait_api(&api, &node, "web running and ready", is_running_and_ready);
     let pod = pod_in_api(&api, "web").unwrap();
@@ -141,21 +114,13 @@ fn gone_on_a_list_and_inside_a_watch_relists_and_nothing_restarts() {
     }
     let (mut node, api) = joined("");
     node.start();
-    api.create(
-        "pods",
-        Some("default"),
-        api_pod("one", &node.name, "exec sleep 1000", json!({})),
-    );
+    api.create_pod(api_pod("one", &node.name, "exec sleep 1000", json!({})));
     wait_api(&api, &node, "one running", is_running_and_ready);
     let before = node.runc_ids();
     // The relist that the ERROR 410 causes gets a 410 itself first.
     api.fail_next(1, 410, None, Some("/api/v1/pods"));
     api.expire();
-    api.create(
-        "pods",
-        Some("default"),
-        api_pod("two", &node.name, "exec sleep 1000", json!({})),
-    );
+    api.create_pod(api_pod("two", &node.name, "exec sleep 1000", json!({})));
     wait_api(&api, &node, "two running", is_running_and_ready);
     let after = node.runc_ids();
     assert!(
@@ -174,16 +139,8 @@ fn with_the_api_server_down_pods_keep_running_and_restarting() {
     }
     let (mut node, api) = joined("");
     node.start();
-    api.create(
-        "pods",
-        Some("default"),
-        api_pod("steady", &node.name, "exec sleep 1000", json!({})),
-    );
-    api.create(
-        "pods",
-        Some("default"),
-        api_pod("crash", &node.name, "sleep 1; exit 3", json!({})),
-    );
+    api.create_pod(api_pod("steady", &node.name, "exec sleep 1000", json!({})));
+    api.create_pod(api_pod("crash", &node.name, "sleep 1; exit 3", json!({})));
     wait_api(&api, &node, "steady running", is_running_and_ready);
     let steady = node.wait_for("steady running", MINUTE, |s| {
         local(s, "steady")
@@ -229,11 +186,7 @@ fn after_a_reboot_while_offline_pods_start_from_the_store_and_deletions_apply_on
     let (mut node, api) = joined("");
     node.start();
     for name in ["keep", "drop"] {
-        api.create(
-            "pods",
-            Some("default"),
-            api_pod(name, &node.name, "exec sleep 1000", json!({})),
-        );
+        api.create_pod(api_pod(name, &node.name, "exec sleep 1000", json!({})));
     }
     wait_api(&api, &node, "keep running", is_running_and_ready);
     wait_api(&api, &node, "drop running", is_running_and_ready);
@@ -292,7 +245,7 @@ fn big_odd_and_unknown_pods_are_handled_and_never_stop_the_others() {
     // A 1 MiB annotation: runs.
     let mut big = api_pod("big", &node.name, "exec sleep 1000", json!({}));
     big["metadata"]["annotations"] = json!({"example.com/blob": "x".repeat(1 << 20)});
-    api.create("pods", Some("default"), big);
+    api.create_pod(big);
     // Fields this nanolet does not know (a newer server): ignored, the pod runs.
     let mut future = api_pod(
         "future",
@@ -301,14 +254,14 @@ fn big_odd_and_unknown_pods_are_handled_and_never_stop_the_others() {
         json!({"futureField": {"a": 1}}),
     );
     future["spec"]["containers"][0]["futureContainerField"] = json!(true);
-    api.create("pods", Some("default"), future);
+    api.create_pod(future);
     // 1000 containers: admitted as kubelet would; each waits for its image (never pulled here).
     let containers: Vec<Value> = (0..1000)
         .map(|i| json!({"name": format!("c{i}"), "image": "example.invalid/absent:1", "imagePullPolicy": "Never"}))
         .collect();
     let mut wide = api_pod("wide", &node.name, "true", json!({}));
     wide["spec"]["containers"] = Value::Array(containers);
-    api.create("pods", Some("default"), wide);
+    api.create_pod(wide);
     wait_api(&api, &node, "big running", is_running_and_ready);
     wait_api(&api, &node, "future running", is_running_and_ready);
     wait_api(&api, &node, "wide reported", |p| {
@@ -329,11 +282,7 @@ fn a_burst_of_ten_thousand_watch_events_keeps_memory_bounded() {
     }
     let (mut node, api) = joined("");
     node.start();
-    api.create(
-        "pods",
-        Some("default"),
-        api_pod("hot", &node.name, "exec sleep 1000", json!({})),
-    );
+    api.create_pod(api_pod("hot", &node.name, "exec sleep 1000", json!({})));
     wait_api(&api, &node, "hot running", is_running_and_ready);
     let pid = node.agent_pid().unwrap();
     let rss = || {

@@ -95,5 +95,16 @@ impl Agent {
                 .detach();
         });
         self.api = Some(ApiLink { pods, confirm });
+        // What pods deleted while nanolet was away used (the stored pods are kept).
+        self.prune_api_objects();
+    }
+
+    /// Removes the kept ConfigMaps, Secrets and tokens that no pod bound to this node (as the
+    /// pod store holds them) references any more: at start and when a pod is forgotten.
+    pub(super) fn prune_api_objects(&self) {
+        if let (Some(api), Some(objects)) = (&self.api, &self.ctx.api_objects) {
+            let (keep, tokens) = api.pods.referenced();
+            objects.prune(&keep, &tokens);
+        }
     }
 }

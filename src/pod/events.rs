@@ -15,11 +15,13 @@
 //!   image missing, policy Never         ErrImageNeverPull   Warning  container  (+ Failed)
 //!   container config / create error     Failed              Warning  container
 //!   volume setup error                  FailedMount         Warning  pod
+//!   imagePullSecret missing/unreadable  FailedToRetrieveImagePullSecret Warning pod
 //!   sandbox error                       FailedCreatePodSandBox Warning pod
 //!   runc run ok                         Created, Started    Normal   container
 //!   runc run failed                     Failed              Warning  container
 //!   exit, restart waits for back-off    BackOff             Warning  container
 //!   probe failed                        Unhealthy           Warning  container
+//!   probe succeeded with a warning      ProbeWarning        Warning  container
 //!   liveness/startup kill, pod stop     Killing             Normal   container
 //!   postStart failed                    FailedPostStartHook Warning  container (+ Killing)
 //! ```
@@ -56,6 +58,8 @@ pub enum Transition<'a> {
     MountFailed { message: &'a str },
     /// The pod's sandbox (namespaces, network) could not be set up.
     SandboxFailed { message: &'a str },
+    /// These imagePullSecrets could not be retrieved (missing, or refused); the pull goes on.
+    PullSecretsUnretrievable { names: &'a [&'a str] },
     /// `runc run` made and started the container.
     Started,
     /// `runc run` failed.
@@ -68,6 +72,8 @@ pub enum Transition<'a> {
     },
     /// A probe failed with `output`.
     Unhealthy { kind: ProbeKind, output: &'a str },
+    /// A probe succeeded with a warning (an httpGet redirected to another host).
+    ProbeWarning { kind: ProbeKind, output: &'a str },
     /// A liveness or startup probe failed its threshold: the container is killed;
     /// `restarts` is whether the pod's restartPolicy starts it again.
     ProbeKill { kind: ProbeKind, restarts: bool },
@@ -111,6 +117,10 @@ pub const ERR_IMAGE_NEVER_PULL: &str = "ErrImageNeverPull";
 pub const FAILED_POST_START_HOOK: &str = "FailedPostStartHook";
 /// kubelet's reason for a pod sandbox that could not be created.
 pub const FAILED_CREATE_POD_SANDBOX: &str = "FailedCreatePodSandBox";
+/// kubelet's reason for a probe that succeeded with a warning.
+pub const PROBE_WARNING: &str = "ProbeWarning";
+/// kubelet's reason for imagePullSecrets it could not retrieve.
+pub const FAILED_TO_RETRIEVE_IMAGE_PULL_SECRET: &str = "FailedToRetrieveImagePullSecret";
 
 /// The Events kubelet records for `t` in container `name`.
 pub fn events(name: &str, t: &Transition<'_>) -> Vec<PodEvent> {
@@ -190,6 +200,14 @@ pub fn events(name: &str, t: &Transition<'_>) -> Vec<PodEvent> {
             FAILED_CREATE_POD_SANDBOX,
             format!("Failed to create pod sandbox: {message}"),
         )],
+        Transition::PullSecretsUnretrievable { names } => vec![pod(
+            Warning,
+            FAILED_TO_RETRIEVE_IMAGE_PULL_SECRET,
+            format!(
+                "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
+                names.join(", ")
+            ),
+        )],
         Transition::Started => vec![
             container(Normal, reason::CREATED, format!("Created container {name}")),
             container(Normal, reason::STARTED, format!("Started container {name}")),
@@ -217,6 +235,11 @@ pub fn events(name: &str, t: &Transition<'_>) -> Vec<PodEvent> {
             Warning,
             reason::UNHEALTHY,
             format!("{} probe failed: {output}", kind.word()),
+        )],
+        Transition::ProbeWarning { kind, output } => vec![container(
+            Warning,
+            PROBE_WARNING,
+            format!("{} probe warning: {output}", kind.word()),
         )],
         Transition::ProbeKill { kind, restarts } => {
             let word = kind.word().to_lowercase();
@@ -449,6 +472,20 @@ mod tests {
             "FailedMount is about the pod"
         );
         assert_eq!(one("app", Transition::Stopping).3, "Stopping container app");
+        assert_eq!(
+            one(
+                "app",
+                Transition::PullSecretsUnretrievable {
+                    names: &["regcred", "gone"]
+                }
+            ),
+            (
+                false,
+                Warning,
+                "FailedToRetrieveImagePullSecret",
+                "Unable to retrieve some image pull secrets (regcred, gone); attempting to pull the image may not succeed.".into()
+            )
+        );
     }
 
     #[test]
@@ -467,6 +504,21 @@ mod tests {
                 Warning,
                 "Unhealthy",
                 "Readiness probe failed: HTTP probe failed with statuscode: 503".into()
+            )
+        );
+        assert_eq!(
+            one(
+                "app",
+                Transition::ProbeWarning {
+                    kind: ProbeKind::Readiness,
+                    output: "Probe terminated redirects, Response body: moved"
+                }
+            ),
+            (
+                true,
+                Warning,
+                "ProbeWarning",
+                "Readiness probe warning: Probe terminated redirects, Response body: moved".into()
             )
         );
         let kill = |kind, restarts| one("app", Transition::ProbeKill { kind, restarts }).3;

@@ -72,6 +72,17 @@ pub fn credentials(secrets: &[Fetched], domain: &str) -> (Option<Credentials>, V
     (None, notes)
 }
 
+/// The secrets kubelet could not retrieve (missing, or the API server would not give them),
+/// in order: the names its FailedToRetrieveImagePullSecret event lists. A secret that is there
+/// but unusable (another type, no key) is not one of them: kubelet retrieved it.
+pub fn unretrievable(secrets: &[Fetched]) -> Vec<&str> {
+    secrets
+        .iter()
+        .filter(|(_, fetched)| !matches!(fetched, Ok(Some(_))))
+        .map(|(name, _)| name.as_str())
+        .collect()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -132,7 +143,9 @@ mod tests {
         let broken = secret("broken", DOCKER_CONFIG_JSON, ".dockerconfigjson", "{");
         let missing: Fetched = ("gone".into(), Ok(None));
         let failed: Fetched = ("denied".into(), Err("http 403: forbidden".into()));
-        let (c, notes) = credentials(&[opaque, empty, broken, missing, failed], "r.io");
+        let all = [opaque, empty, broken, missing, failed];
+        assert_eq!(unretrievable(&all), ["gone", "denied"]);
+        let (c, notes) = credentials(&all, "r.io");
         assert!(c.is_none());
         let text = notes.join("\n");
         for want in [

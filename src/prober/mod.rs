@@ -1,5 +1,6 @@
 //! Probe and hook I/O: runs one resolved [`Action`] against one container and says whether it
-//! succeeded (`Err` carries kubelet-style detail). One file per external system: [`http`],
+//! succeeded (`Err` carries kubelet-style detail; `Ok(Some(warning))` is kubelet's
+//! `probe.Warning`, a success with something to say: an httpGet redirected to another host). One file per external system: [`http`],
 //! [`tcp`], [`grpc`]; exec goes through [`Runc::exec`].
 //!
 //! Everything runs on the agent's one thread; every action ends by its timeout, and every
@@ -31,8 +32,12 @@ pub struct Target<'a> {
 }
 
 /// Runs `action` within `timeout` (a `sleep` runs for its own length).
-pub async fn run(action: &Action, target: &Target<'_>, timeout: Duration) -> Result<(), String> {
-    match action {
+pub async fn run(
+    action: &Action,
+    target: &Target<'_>,
+    timeout: Duration,
+) -> Result<Option<String>, String> {
+    let done = match action {
         Action::Exec { command } => exec(command, target, timeout).await,
         Action::HttpGet {
             scheme,
@@ -45,7 +50,7 @@ pub async fn run(action: &Action, target: &Target<'_>, timeout: Duration) -> Res
                 return Err("HTTPS is not supported by nanolet".to_string());
             }
             let addr = address(host, *port, target.pod_ip)?;
-            http::get(addr, path, headers, timeout).await
+            return http::get(addr, path, headers, timeout).await;
         }
         Action::TcpSocket { host, port } => {
             let addr = address(host, *port, target.pod_ip)?;
@@ -59,7 +64,8 @@ pub async fn run(action: &Action, target: &Target<'_>, timeout: Duration) -> Res
             Timer::after(Duration::from_secs(*seconds)).await;
             Ok(())
         }
-    }
+    };
+    done.map(|()| None)
 }
 
 async fn exec(command: &[String], target: &Target<'_>, timeout: Duration) -> Result<(), String> {

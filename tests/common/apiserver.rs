@@ -13,9 +13,11 @@
 //!   `spec.nodeName`, others 400; labelSelector `k=v`/`k`; `limit` + `continue` tokens in the
 //!   real format), watch (synthetic ADDED without resourceVersion, replay from a resourceVersion,
 //!   BOOKMARKs, 200 + ERROR 410 from a compacted one, `timeoutSeconds`),
-//!   `serviceaccounts/<name>/token`, `/version`, `/api`, `/apis`.
+//!   `serviceaccounts/<name>/token` (404 `serviceaccounts "x" not found` unless the
+//!   ServiceAccount was created; `default` always exists, as kube-controller-manager creates it
+//!   in every namespace), `/version`, `/api`, `/apis`.
 //! - faults ([`ApiServer::faults`] and the helpers): a required bearer token (401), queued
-//!   error answers (403/429/5xx with `Retry-After`), slow answers, dropped connections,
+//!   error answers (403/429/5xx with `Retry-After`), slow answers (all, or by path), dropped connections,
 //!   expired resourceVersions (410 as HTTP status for lists, ERROR events in open watches),
 //!   going down (connections refused) and coming back on the same port, gzip answers.
 //! - observation: every request with its status, and bytes in and out.
@@ -56,6 +58,8 @@ pub struct Faults {
     pub fail: VecDeque<Fail>,
     /// Every answer waits this long first.
     pub delay: Duration,
+    /// Answers to requests whose path contains the string wait this long first (with `delay`).
+    pub slow: Vec<(String, Duration)>,
     /// Compress answers with gzip when the client accepts it.
     pub gzip: bool,
     /// BOOKMARK events this often on watches that asked for them (plus one before a watch ends).
@@ -1289,6 +1293,11 @@ impl ApiServer {
         a.body
     }
 
+    /// Creates a pod in `default`, as a user would (see [`ApiServer::create`]).
+    pub fn create_pod(&self, pod: Value) -> Value {
+        self.create("pods", Some("default"), pod)
+    }
+
     /// Deletes an object as a user would (pods bound to a node: graceful).
     pub fn delete(&self, resource: &str, namespace: Option<&str>, name: &str) -> Value {
         let res = find_res(resource);
@@ -1307,6 +1316,40 @@ impl ApiServer {
     /// Every request so far.
     pub fn requests(&self) -> Vec<Recorded> {
         self.shared.lock().requests.clone()
+    }
+
+    /// The Events created (POSTed; repeats are PATCHes of these) about pod `namespace/pod`,
+    /// in order.
+    pub fn events_about(&self, namespace: &str, pod: &str) -> Vec<Value> {
+        let path = format!("/api/v1/namespaces/{namespace}/events");
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.path == path)
+            .map(|r| r.body)
+            .filter(|e| e["involvedObject"]["name"] == pod)
+            .collect()
+    }
+
+    /// Waits (up to `limit`) for an Event about pod `namespace/pod` with `reason`; returns it.
+    pub fn wait_event(
+        &self,
+        namespace: &str,
+        pod: &str,
+        reason: &str,
+        limit: Duration,
+    ) -> Option<Value> {
+        let path = format!("/api/v1/namespaces/{namespace}/events");
+        self.wait_for(limit, |s| {
+            s.requests.iter().any(|r| {
+                r.method == "POST"
+                    && r.path == path
+                    && r.body["involvedObject"]["name"] == pod
+                    && r.body["reason"] == reason
+            })
+        });
+        self.events_about(namespace, pod)
+            .into_iter()
+            .find(|e| e["reason"] == reason)
     }
 
     /// (bytes received, bytes sent) so far.
@@ -1546,7 +1589,15 @@ fn serve(stream: TcpStream, shared: Arc<Shared>) {
     let mut writer = write_half;
     let mut reader = BufReader::new(stream);
     while let Some(req) = read_request(&mut reader, &shared, generation) {
-        let delay = shared.lock().faults.delay;
+        let delay = {
+            let s = shared.lock();
+            let slow = s
+                .faults
+                .slow
+                .iter()
+                .filter(|(p, _)| req.path.contains(p.as_str()));
+            s.faults.delay + slow.map(|(_, d)| *d).sum::<Duration>()
+        };
         if !delay.is_zero() {
             std::thread::sleep(delay);
         }
@@ -1739,6 +1790,22 @@ fn handle(req: &Incoming, q: &BTreeMap<String, String>, shared: &Shared) -> Answ
             },
             "DELETE",
         ) => s.delete(&res, ns, &name, &body, q),
+        (
+            Route::Object {
+                res,
+                name,
+                sub: Some(sub),
+                ns,
+            },
+            "POST",
+        ) if res.plural == "serviceaccounts"
+            && sub == "token"
+            && name != "default"
+            && s.get(&res, &ns, &name).is_none() =>
+        {
+            // kube-apiserver's answer for a ServiceAccount that does not exist.
+            not_found(&res, &name)
+        }
         (
             Route::Object {
                 res,

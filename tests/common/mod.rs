@@ -9,6 +9,7 @@
 
 pub mod apiserver;
 pub mod busybox;
+pub mod cluster;
 pub mod registry;
 
 use std::fs;
@@ -153,6 +154,11 @@ impl Node {
         let tmp = self.path(&format!("manifests/.{file}.tmp"));
         fs::write(&tmp, text).unwrap();
         fs::rename(&tmp, self.path(&format!("manifests/{file}"))).unwrap();
+    }
+
+    /// Writes the manifest `<name>.yaml`: [`pod_yaml`] with `extra_spec`.
+    pub fn write_pod(&self, name: &str, script: &str, extra_spec: &str) {
+        self.write_manifest(&format!("{name}.yaml"), &pod_yaml(name, script, extra_spec));
     }
 
     pub fn remove_manifest(&self, file: &str) {

@@ -428,6 +428,9 @@ impl Worker {
         };
         if let Err(e) = self.volumes.set_up(&self.pod, &inputs) {
             log::warn!("pod {}: {e}", self.name());
+            // As kubelet's remounts: a FailedMount, and the running pod keeps its last contents.
+            let message = e.to_string();
+            self.record(0, &Transition::MountFailed { message: &message });
         }
     }
 

@@ -246,7 +246,7 @@ impl Worker {
                     None
                 };
                 match hook.or(over).await {
-                    Some(Ok(())) => {}
+                    Some(Ok(_)) => {}
                     Some(Err(e)) => log::warn!("{label}: FailedPreStopHook: {e}"),
                     None => log::warn!("{label}: preStop hook did not finish in the grace period"),
                 }
@@ -357,7 +357,12 @@ impl ProbeTask {
             .await;
             for (kind, result) in [startup, liveness, readiness].into_iter().flatten() {
                 let outcome = match result {
-                    Ok(()) => Outcome::Success,
+                    Ok(warning) => {
+                        if let Some(output) = &warning {
+                            self.record(&Transition::ProbeWarning { kind, output });
+                        }
+                        Outcome::Success
+                    }
                     Err(e) => {
                         log::debug!("{}: {} probe failed: {e}", self.label, kind.word());
                         self.record(&Transition::Unhealthy { kind, output: &e });

@@ -308,33 +308,48 @@ impl Worker {
             .join(format!("{attempt}.log"))
     }
 
-    /// The credentials of an API pod's imagePullSecrets for `image`'s registry (none for
-    /// static pods: the node's `config.json` serves them), and notes on unusable secrets.
-    fn pull_credentials(
-        &self,
-        image: &str,
-    ) -> (Option<crate::image::auth::Credentials>, Vec<String>) {
+    /// An API pod's imagePullSecrets as the cache has them (none for static pods: the node's
+    /// `config.json` serves them).
+    fn pull_secrets(&self) -> Vec<crate::pod::pull_secrets::Fetched> {
         let Some(api) = self
             .ctx
             .api_objects
             .as_ref()
             .filter(|_| self.source == "api")
         else {
-            return (None, Vec::new());
-        };
-        let names = crate::source::api::objects::pull_secret_names(&self.pod);
-        let Ok(reference) = crate::image::reference::Reference::parse(image) else {
-            return (None, Vec::new());
+            return Vec::new();
         };
         let ns = &self.pod.metadata.namespace;
-        let fetched: Vec<crate::pod::pull_secrets::Fetched> = names
+        crate::source::api::objects::pull_secret_names(&self.pod)
             .into_iter()
             .map(|name| {
                 let found = api.secret_with_type(ns, &name);
                 (name, found)
             })
-            .collect();
-        crate::pod::pull_secrets::credentials(&fetched, &reference.domain)
+            .collect()
+    }
+
+    /// The credentials of the pod's imagePullSecrets for `image`'s registry, and notes on
+    /// unusable secrets.
+    fn pull_credentials(
+        &self,
+        image: &str,
+    ) -> (Option<crate::image::auth::Credentials>, Vec<String>) {
+        let Ok(reference) = crate::image::reference::Reference::parse(image) else {
+            return (None, Vec::new());
+        };
+        crate::pod::pull_secrets::credentials(&self.pull_secrets(), &reference.domain)
+    }
+
+    /// kubelet's FailedToRetrieveImagePullSecret when an imagePullSecret is missing or cannot
+    /// be read (kubelet checks at every pod sync; nanolet at every container start). The pull
+    /// goes on with the secrets that are there.
+    fn report_unretrievable_pull_secrets(&self, i: usize) {
+        let fetched = self.pull_secrets();
+        let names = crate::pod::pull_secrets::unretrievable(&fetched);
+        if !names.is_empty() {
+            self.record(i, &Transition::PullSecretsUnretrievable { names: &names });
+        }
     }
 
     /// Starts container `i`: everything up to `runc run --detach`.
@@ -342,6 +357,7 @@ impl Worker {
         let now = Instant::now();
         // The copies of the pod's ConfigMaps, Secrets (pull secrets too) and tokens.
         self.fetch_objects().await;
+        self.report_unretrievable_pull_secrets(i);
         let (image, image_rootfs) = match self.image_for(i).await {
             Ok(found) => found,
             Err((reason, message)) => return self.create_error(i, reason, message),

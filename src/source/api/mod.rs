@@ -13,6 +13,7 @@
 //! - [`set`] (pure): which API pods run, which terminate, which are mirrors.
 //! - [`client`]: the API calls, as a trait the loops are written against.
 //! - [`objects`]: ConfigMaps, Secrets and service account tokens for API pods (cache + GETs).
+//! - [`copies`]: their copies on disk, kept for edge autonomy, pruned when no pod uses them.
 //! - [`ApiPods`] and [`run_watch`] (I/O): the shared state and the watch loop.
 //!
 //! Edge autonomy: at start the stored pods are loaded before the first reconcile, so pods run
@@ -20,13 +21,14 @@
 
 pub mod api_client;
 pub mod client;
+pub mod copies;
 pub mod decode;
 pub mod objects;
 pub mod set;
 pub mod watcher;
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::rc::Rc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -141,9 +143,11 @@ impl ApiPods {
     }
 
     /// Writes the pods that changed to the store. The agent calls it before it starts workers,
-    /// so that a pod runs only once it would run again after a reboot.
-    pub fn flush(&self) {
+    /// so that a pod runs only once it would run again after a reboot. Returns whether a pod
+    /// was forgotten (the copies of its objects may then go: see [`ApiPods::referenced`]).
+    pub fn flush(&self) -> bool {
         let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+        let forgot = dirty.values().any(Option::is_none);
         for (uid, object) in dirty {
             let result = match &object {
                 Some(object) => self.store.save(&uid, object),
@@ -153,6 +157,13 @@ impl ApiPods {
                 log::error!("pod store: pod uid {uid}: {e}");
             }
         }
+        forgot
+    }
+
+    /// What the pods bound to this node reference (ConfigMaps, Secrets, tokens): every pod of
+    /// the set, which is what the store holds (or, before the first list, what it held).
+    pub fn referenced(&self) -> (BTreeSet<objects::ObjectKey>, BTreeSet<objects::TokenKey>) {
+        objects::references_of(self.set.borrow().all())
     }
 
     /// The API pods to run.

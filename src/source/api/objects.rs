@@ -12,13 +12,19 @@
 //! Rules (kubelet's): a 404 is "not found" (the readers turn it into `configmap "x" not found`
 //! unless the reference is optional) and is asked again at the next need; an `immutable` object
 //! is never fetched again; a token is requested again when 80 % of its lifetime has passed or
-//! it is 24 h old. Edge autonomy: every object and token fetched is kept in
-//! `<dataDir>/api-objects/` (atomic writes, files 0600 in a 0700 folder: it holds Secrets), loaded when the
-//! agent starts without the API server, and used while the API server cannot be reached; a
-//! failed fetch is retried at most every [`ERROR_RETRY`] so an outage does not slow every start.
+//! it is 24 h old; a token request that fails (a ServiceAccount that does not exist: 404) is
+//! retried with kubelet's volume back-off ([`token_retry_delay`]) and named in kubelet's words
+//! (`failed to fetch token: serviceaccounts "x" not found`), which the volume turns into a
+//! FailedMount. Edge autonomy: every object and token fetched is kept on disk ([`Copies`]),
+//! loaded when the agent starts without the API server, and used while the API server cannot
+//! be reached; a failed fetch is retried at most every [`ERROR_RETRY`] so an outage does not slow
+//! every start. Copies no pod of this node references any more are removed ([`ApiObjects::prune`]).
 //!
-//! The decisions ([`needs_fetch`], [`token_due`], [`references`]) are pure; the I/O is the
-//! [`Client`] calls and the files.
+//! One request in flight per object: when two pods need the same ConfigMap or Secret at once,
+//! the second waits for the first one's answer instead of asking again.
+//!
+//! The decisions ([`needs_fetch`], [`token_due`], [`token_retry_delay`], [`references`]) are
+//! pure; the I/O is the [`Client`] calls and, through [`Copies`], the files.
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -28,6 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+use super::copies::Copies;
 use crate::api::Client;
 use crate::api::request::Resource;
 use crate::k8s::Pod;
@@ -38,6 +45,10 @@ use crate::k8s::volume::Source;
 pub const ERROR_RETRY: Duration = Duration::from_secs(10);
 /// A token older than this is requested again whatever its expiry (kubelet's rule).
 pub const TOKEN_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// The first wait after a failed token request (kubelet's volume operations back-off)...
+pub const TOKEN_RETRY_INITIAL: Duration = Duration::from_millis(500);
+/// ...doubling after each failure, up to this (kubelet's 2 min 2 s).
+pub const TOKEN_RETRY_MAX: Duration = Duration::from_secs(122);
 
 /// ConfigMap or Secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -57,12 +68,6 @@ impl Kind {
         match self {
             Kind::ConfigMap => Resource::CONFIG_MAPS,
             Kind::Secret => Resource::SECRETS,
-        }
-    }
-    fn folder(self) -> &'static str {
-        match self {
-            Kind::ConfigMap => "configmaps",
-            Kind::Secret => "secrets",
         }
     }
     fn lower(self) -> &'static str {
@@ -148,6 +153,19 @@ pub fn references(pod: &Pod) -> (BTreeSet<ObjectKey>, BTreeSet<TokenKey>) {
     }
     for name in pull_secret_names(pod) {
         objects.insert(key(Kind::Secret, &name));
+    }
+    (objects, tokens)
+}
+
+/// What any of `pods` references (the copies to keep). Pure.
+pub fn references_of<'a>(
+    pods: impl IntoIterator<Item = &'a Pod>,
+) -> (BTreeSet<ObjectKey>, BTreeSet<TokenKey>) {
+    let (mut objects, mut tokens) = (BTreeSet::new(), BTreeSet::new());
+    for pod in pods {
+        let (o, t) = references(pod);
+        objects.extend(o);
+        tokens.extend(t);
     }
     (objects, tokens)
 }
@@ -239,15 +257,62 @@ pub fn token_due(t: &Token, now: i64) -> bool {
     age < 0 || age * 5 >= lifetime * 4 || age >= TOKEN_MAX_AGE.as_secs() as i64
 }
 
+/// How long to wait before the next token request after `failures` failed ones in a row
+/// (at least one): kubelet's exponential back-off for volume operations. Pure.
+pub fn token_retry_delay(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    TOKEN_RETRY_INITIAL
+        .saturating_mul(1 << doublings)
+        .min(TOKEN_RETRY_MAX)
+}
+
+/// A token whose requests fail: since when (the last one) and how many in a row.
+#[derive(Debug, Clone, Copy)]
+struct Failing {
+    at: Instant,
+    failures: u32,
+}
+
+/// Fetches under way, by object. A later need of the same object waits on the receiver, which
+/// reports "closed" when the fetch is over (its answer is then in the cache), however it ended.
+type InFlightMap = RefCell<HashMap<ObjectKey, async_channel::Receiver<()>>>;
+
+/// Marks a fetch of `key` as under way for as long as it lives (also when the fetch's future is
+/// dropped half-way: the waiters are released and fetch themselves).
+struct InFlight<'a> {
+    map: &'a InFlightMap,
+    key: ObjectKey,
+    _done: async_channel::Sender<()>,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(map: &'a InFlightMap, key: &ObjectKey) -> InFlight<'a> {
+        let (tx, rx) = async_channel::bounded(1);
+        map.borrow_mut().insert(key.clone(), rx);
+        InFlight {
+            map,
+            key: key.clone(),
+            _done: tx,
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.map.borrow_mut().remove(&self.key);
+    }
+}
+
 /// The cache, and the API server it fills from.
 pub struct ApiObjects {
     client: Rc<Client>,
-    dir: PathBuf,
+    copies: Copies,
     ttl: Duration,
     objects: RefCell<HashMap<ObjectKey, Entry>>,
+    in_flight: InFlightMap,
     tokens: RefCell<HashMap<TokenKey, Result<Token, String>>>,
-    /// When a token request last failed (retried after [`ERROR_RETRY`]).
-    token_errors: RefCell<HashMap<TokenKey, Instant>>,
+    /// Tokens whose requests fail (retried after [`token_retry_delay`]).
+    token_errors: RefCell<HashMap<TokenKey, Failing>>,
 }
 
 impl ApiObjects {
@@ -255,9 +320,10 @@ impl ApiObjects {
     pub fn new(client: Rc<Client>, dir: PathBuf, ttl: Duration) -> ApiObjects {
         ApiObjects {
             client,
-            dir,
+            copies: Copies::new(dir),
             ttl,
             objects: RefCell::new(HashMap::new()),
+            in_flight: RefCell::new(HashMap::new()),
             tokens: RefCell::new(HashMap::new()),
             token_errors: RefCell::new(HashMap::new()),
         }
@@ -278,8 +344,16 @@ impl ApiObjects {
                 };
                 self.objects.borrow_mut().insert(key.clone(), entry);
             }
+            let under_way = self.in_flight.borrow().get(&key).cloned();
+            if let Some(done) = under_way {
+                // Another pod's fetch of this object is under way: its answer serves this
+                // pod too (closed when it is over: nothing is ever sent).
+                let _ = done.recv().await;
+                continue;
+            }
             let due = needs_fetch(self.objects.borrow().get(&key), Instant::now(), self.ttl);
             if due {
+                let _flight = InFlight::start(&self.in_flight, &key);
                 self.fetch(&key).await;
             }
         }
@@ -306,7 +380,7 @@ impl ApiObjects {
         match result {
             Ok(Some((known, raw))) => {
                 if entry.known.as_ref() != Some(&known) {
-                    self.save(key, &raw);
+                    self.copies.save(key, &raw);
                 }
                 *entry = Entry {
                     known: Some(known),
@@ -316,7 +390,7 @@ impl ApiObjects {
             }
             Ok(None) => {
                 if entry.known.as_ref() != Some(&Known::NotFound) {
-                    let _ = std::fs::remove_file(self.path(key));
+                    self.copies.remove(key);
                 }
                 *entry = Entry {
                     known: Some(Known::NotFound),
@@ -344,15 +418,16 @@ impl ApiObjects {
     async fn fetch_token(&self, pod: &Pod, key: &TokenKey) {
         let now = unix_now();
         let current = self.tokens.borrow().get(key).cloned();
-        let current = current.or_else(|| self.load_token(key).map(Ok));
+        let current = current.or_else(|| self.copies.load_token(key).map(Ok));
         if let Some(Ok(t)) = &current
             && !token_due(t, now)
         {
             self.tokens.borrow_mut().insert(key.clone(), Ok(t.clone()));
             return;
         }
-        if let Some(at) = self.token_errors.borrow().get(key)
-            && at.elapsed() < ERROR_RETRY
+        let failing = self.token_errors.borrow().get(key).copied();
+        if let Some(f) = failing
+            && f.at.elapsed() < token_retry_delay(f.failures)
         {
             return;
         }
@@ -373,36 +448,65 @@ impl ApiObjects {
             "token",
             &body,
         );
-        let what = format!(
-            "serviceaccount {}/{}: token request",
-            m.namespace, key.service_account
-        );
+        // The log names everything; the volume's message (and its FailedMount) is kubelet's.
         let result = match self.client.json::<Value>(&req).await {
-            Ok(answer) => token_of(&answer, now).map_err(|e| format!("{what}: {e}")),
-            Err(e) => Err(format!("{what}: {e}")),
+            Ok(answer) => token_of(&answer, now).map_err(|e| (e.to_string(), e.to_string())),
+            Err(e) => Err((e.to_string(), server_words(&e))),
         };
         match result {
             Ok(t) => {
                 self.token_errors.borrow_mut().remove(key);
-                self.save_token(key, &t);
+                self.copies.save_token(key, &t);
                 self.tokens.borrow_mut().insert(key.clone(), Ok(t));
             }
-            Err(e) => {
-                self.token_errors
-                    .borrow_mut()
-                    .insert(key.clone(), Instant::now());
+            Err((logged, words)) => {
+                let failures = {
+                    let mut errors = self.token_errors.borrow_mut();
+                    let f = errors.entry(key.clone()).or_insert(Failing {
+                        at: Instant::now(),
+                        failures: 0,
+                    });
+                    f.at = Instant::now();
+                    f.failures = f.failures.saturating_add(1);
+                    f.failures
+                };
+                let what = format!(
+                    "pod {}/{}: serviceaccount {}/{}: token request: {logged}; next try in {:?}",
+                    m.namespace,
+                    m.name,
+                    m.namespace,
+                    key.service_account,
+                    token_retry_delay(failures)
+                );
                 match current {
                     // A token that has not expired yet still serves through an outage.
                     Some(Ok(t)) if t.expires > now => {
-                        log::warn!("{e}; keeping the current token");
+                        log::warn!("{what}; keeping the current token");
                         self.tokens.borrow_mut().insert(key.clone(), Ok(t));
                     }
                     _ => {
-                        log::warn!("{e}");
+                        log::warn!("{what}");
+                        let e = format!("failed to fetch token: {words}");
                         self.tokens.borrow_mut().insert(key.clone(), Err(e));
                     }
                 }
             }
+        }
+    }
+
+    /// Forgets what no pod bound to this node references any more (`objects` and `tokens`,
+    /// what the persisted pods reference): cache entries and on-disk copies.
+    pub fn prune(&self, objects: &BTreeSet<ObjectKey>, tokens: &BTreeSet<TokenKey>) {
+        self.objects.borrow_mut().retain(|k, _| objects.contains(k));
+        self.tokens.borrow_mut().retain(|k, _| tokens.contains(k));
+        self.token_errors
+            .borrow_mut()
+            .retain(|k, _| tokens.contains(k));
+        for path in self.copies.prune(objects, tokens) {
+            log::info!(
+                "removed {}: no pod on this node uses it any more",
+                path.display()
+            );
         }
     }
 
@@ -451,68 +555,9 @@ impl ApiObjects {
         }
     }
 
-    fn path(&self, key: &ObjectKey) -> PathBuf {
-        self.dir
-            .join(key.kind.folder())
-            .join(format!("{}_{}.json", key.namespace, key.name))
-    }
-
-    fn token_path(&self, key: &TokenKey) -> PathBuf {
-        // Audiences are free text: the file is named by a digest of the key.
-        let name = format!(
-            "{}\0{}\0{}\0{}",
-            key.pod_uid, key.service_account, key.audience, key.expiration_seconds
-        );
-        let digest = crate::image::digest::Digest::of(name.as_bytes());
-        self.dir
-            .join("tokens")
-            .join(format!("{}.json", digest.hex()))
-    }
-
-    fn ensure_dir(&self, sub: &str) -> std::io::Result<PathBuf> {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::create_dir_all(self.dir.join(sub))?;
-        // Secrets and tokens: nobody but root reads below this folder.
-        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))?;
-        Ok(self.dir.join(sub))
-    }
-
-    fn save(&self, key: &ObjectKey, raw: &Value) {
-        let path = self.path(key);
-        let written = self.ensure_dir(key.kind.folder()).and_then(|_| {
-            let bytes = serde_json::to_vec(raw).map_err(std::io::Error::other)?;
-            crate::state::write_atomic_mode(&path, &bytes, 0o600)
-        });
-        if let Err(e) = written {
-            log::warn!("keeping a copy in {}: {e}", path.display());
-        }
-    }
-
     fn load(&self, key: &ObjectKey) -> Option<Known> {
-        let bytes = std::fs::read(self.path(key)).ok()?;
-        let value: Value = serde_json::from_slice(&bytes).ok()?;
+        let value = self.copies.load(key)?;
         decode(value, key.kind).ok().map(|(known, _)| known)
-    }
-
-    fn save_token(&self, key: &TokenKey, t: &Token) {
-        let path = self.token_path(key);
-        let body = json!({"token": t.token, "issued": t.issued, "expires": t.expires});
-        let written = self.ensure_dir("tokens").and_then(|_| {
-            crate::state::write_atomic_mode(&path, body.to_string().as_bytes(), 0o600)
-        });
-        if let Err(e) = written {
-            log::warn!("keeping a copy in {}: {e}", path.display());
-        }
-    }
-
-    fn load_token(&self, key: &TokenKey) -> Option<Token> {
-        let bytes = std::fs::read(self.token_path(key)).ok()?;
-        let v: Value = serde_json::from_slice(&bytes).ok()?;
-        Some(Token {
-            token: v.get("token")?.as_str()?.to_string(),
-            issued: v.get("issued")?.as_i64()?,
-            expires: v.get("expires")?.as_i64()?,
-        })
     }
 
     /// Forgets the tokens of a pod that is gone (memory and disk).
@@ -525,7 +570,7 @@ impl ApiObjects {
             .cloned()
             .collect();
         for key in gone {
-            let _ = std::fs::remove_file(self.token_path(&key));
+            self.copies.remove_token(&key);
             self.tokens.borrow_mut().remove(&key);
             self.token_errors.borrow_mut().remove(&key);
         }
@@ -603,6 +648,15 @@ fn decode(value: Value, kind: Kind) -> Result<(Known, Value), String> {
         },
         raw,
     ))
+}
+
+/// An API error as kubelet's messages quote it: the server's own message (`serviceaccounts
+/// "robot" not found`), or the whole error when there is none (transport, timeout).
+fn server_words(e: &crate::api::Error) -> String {
+    match e {
+        crate::api::Error::Status { message, .. } if !message.is_empty() => message.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// The token and its expiry from a TokenRequest answer.
@@ -704,6 +758,38 @@ mod tests {
         };
         assert!(!token_due(&long, 23 * 3600));
         assert!(token_due(&long, 24 * 3600));
+    }
+
+    #[test]
+    fn failed_token_requests_back_off_as_kubelets_volume_operations() {
+        let secs = |n| token_retry_delay(n).as_secs_f64();
+        assert_eq!(
+            (1..=9).map(secs).collect::<Vec<_>>(),
+            [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 122.0]
+        );
+        assert_eq!(token_retry_delay(0), TOKEN_RETRY_INITIAL);
+        assert_eq!(token_retry_delay(u32::MAX), TOKEN_RETRY_MAX);
+    }
+
+    #[test]
+    fn api_errors_are_quoted_in_kubelets_words() {
+        let not_found = crate::api::Error::from_status(
+            "POST /api/v1/namespaces/default/serviceaccounts/robot/token",
+            404,
+            serde_json::from_value(json!({"kind": "Status", "reason": "NotFound", "code": 404,
+                "message": "serviceaccounts \"robot\" not found"}))
+            .ok(),
+            None,
+        );
+        assert_eq!(
+            server_words(&not_found),
+            "serviceaccounts \"robot\" not found"
+        );
+        let down = crate::api::Error::Transport {
+            request: "POST /x".into(),
+            detail: "connection refused".into(),
+        };
+        assert_eq!(server_words(&down), "POST /x: connection refused");
     }
 
     #[test]

@@ -203,6 +203,11 @@ impl ApiPodSet {
             .collect()
     }
 
+    /// Every pod of the set (running, terminating or ended): what the store holds.
+    pub fn all(&self) -> impl Iterator<Item = &Pod> {
+        self.pods.values()
+    }
+
     /// A pod by UID.
     pub fn get(&self, uid: &str) -> Option<&Pod> {
         self.pods.get(uid)

@@ -341,3 +341,42 @@ fn the_echo_of_our_own_status_patch_wakes_nobody_and_writes_nothing() {
     pods.flush();
     assert_ne!(std::fs::read(&file).unwrap(), written);
 }
+
+#[test]
+fn forgotten_pods_are_reported_by_flush_and_their_objects_are_no_longer_referenced() {
+    let with_objects = |name: &str, rv: u64, config_map: Option<&str>| {
+        let mut p = pod(name, rv);
+        let mut from = vec![json!({"secretRef": {"name": "shared"}})];
+        if let Some(cm) = config_map {
+            from.push(json!({"configMapRef": {"name": cm}}));
+        }
+        p["spec"]["containers"][0]["envFrom"] = json!(from);
+        p
+    };
+    let referenced_names = |pods: &ApiPods| {
+        let (objects, _) = pods.referenced();
+        let names: Vec<String> = objects.into_iter().map(|k| k.name).collect();
+        names
+    };
+    // a and b were stored before a restart; a was deleted while nanolet was away.
+    let tmp = tempfile::tempdir().unwrap();
+    let store = PodStore::open(&tmp.path().join("api-pods")).unwrap();
+    store
+        .save("uid-a", &with_objects("a", 1, Some("only-a")))
+        .unwrap();
+    store.save("uid-b", &with_objects("b", 2, None)).unwrap();
+    let (wake, _woken) = async_channel::bounded(1);
+    let pods = Rc::new(ApiPods::new("n1".into(), store, wake));
+    assert!(!pods.flush(), "nothing forgotten yet");
+    assert_eq!(referenced_names(&pods), ["only-a", "shared"]);
+    let fake = Rc::new(Fake::default());
+    fake.lists
+        .borrow_mut()
+        .push_back(page(vec![with_objects("b", 3, None)], "10"));
+    let ex = LocalExecutor::new();
+    ex.spawn(run_watch(fake.clone(), pods.clone())).detach();
+    run_until(&ex, "the first list", || names(&pods) == ["b"]);
+    assert!(pods.flush(), "a was forgotten");
+    assert_eq!(referenced_names(&pods), ["shared"]);
+    assert!(!pods.flush(), "once");
+}
