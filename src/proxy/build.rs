@@ -100,6 +100,21 @@ pub struct Built {
 /// Builds the desired ruleset. Deterministic: the order of `services` and `slices` does not
 /// matter. The families are those of the node's IPs and Service CIDRs.
 pub fn build(services: &[Service], slices: &[EndpointSlice], node: &NodeConfig) -> Built {
+    build_claiming(services, slices, node, &|_, _, _| false)
+}
+
+/// Whether a Service port's map key (family, map, key) is already held by a Service outside
+/// the build: such a key is left out and reported, as one held by a Service built before it.
+pub type Taken<'a> = &'a dyn Fn(IpFamily, &str, &Key) -> bool;
+
+/// [`build`], with the map keys `taken` says are held elsewhere left out (the proxy state
+/// builds one Service at a time and knows who holds which key).
+pub fn build_claiming(
+    services: &[Service],
+    slices: &[EndpointSlice],
+    node: &NodeConfig,
+    taken: Taken<'_>,
+) -> Built {
     let mut services: Vec<&Service> = services.iter().collect();
     services.sort_by_key(|s| s.key());
     let mut slices: Vec<&EndpointSlice> = slices.iter().collect();
@@ -119,7 +134,7 @@ pub fn build(services: &[Service], slices: &[EndpointSlice], node: &NodeConfig) 
             .push(s);
     }
     for family in families {
-        let mut b = TableBuilder::new(family, node);
+        let mut b = TableBuilder::new(family, node, taken);
         for svc in &services {
             let mine = by_service
                 .get(&(svc.namespace.as_str(), svc.name.as_str()))
@@ -172,11 +187,12 @@ pub fn affinity_set(port_id: &str, addr: &SocketAddr) -> String {
 
 struct TableBuilder<'a> {
     node: &'a NodeConfig,
+    taken: Taken<'a>,
     table: Table,
 }
 
 impl<'a> TableBuilder<'a> {
-    fn new(family: IpFamily, node: &'a NodeConfig) -> TableBuilder<'a> {
+    fn new(family: IpFamily, node: &'a NodeConfig, taken: Taken<'a>) -> TableBuilder<'a> {
         let mut table = Table::new(family);
         let bit = node.masquerade_bit;
         let base = |chain_type, hook, priority| {
@@ -397,7 +413,7 @@ impl<'a> TableBuilder<'a> {
                 },
             );
         }
-        TableBuilder { node, table }
+        TableBuilder { node, taken, table }
     }
 
     fn family(&self) -> IpFamily {
@@ -418,7 +434,7 @@ impl<'a> TableBuilder<'a> {
         let Some(m) = self.table.maps.get_mut(map) else {
             return false;
         };
-        if m.elements.contains_key(&key) {
+        if m.elements.contains_key(&key) || (self.taken)(self.table.family, map, &key) {
             problems.push(BuildError {
                 object: format!("service {}", owner.key()),
                 problem: format!("{what} is already used by another service, skipped"),

@@ -4,7 +4,6 @@
 
 use std::borrow::Cow;
 
-use super::super::ruleset::{Key, KeyPart};
 use super::Name;
 
 /// The skeleton's sets and maps, which elements of every Service name.
@@ -51,15 +50,4 @@ pub(super) fn is_service_key(map: &str) -> bool {
         NO_ENDPOINT_NODEPORTS,
     ]
     .contains(&map)
-}
-
-/// `10.96.0.10 80/TCP` or `nodePort 30080/TCP`.
-pub(super) fn describe(k: &Key) -> String {
-    match k.as_slice() {
-        [KeyPart::Addr(a), KeyPart::Proto(p), KeyPart::Port(n)] => {
-            format!("{a} {n}/{}", p.as_kubernetes())
-        }
-        [KeyPart::Proto(p), KeyPart::Port(n)] => format!("nodePort {n}/{}", p.as_kubernetes()),
-        _ => format!("{k:?}"),
-    }
 }
