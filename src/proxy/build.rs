@@ -420,8 +420,9 @@ impl<'a> TableBuilder<'a> {
         self.table.family
     }
 
-    /// Inserts a map element unless another Service already owns the key; says whether it
-    /// did.
+    /// Inserts a map element unless another Service already owns the key (in this map or
+    /// its no-endpoint twin: one address, protocol and port is one Service's, with or
+    /// without endpoints); says whether it did.
     fn claim(
         &mut self,
         map: &str,
@@ -431,10 +432,16 @@ impl<'a> TableBuilder<'a> {
         what: &str,
         problems: &mut Vec<BuildError>,
     ) -> bool {
+        let twin = claim_twin(map);
+        let in_twin = self
+            .table
+            .maps
+            .get(twin)
+            .is_some_and(|m| m.elements.contains_key(&key));
         let Some(m) = self.table.maps.get_mut(map) else {
             return false;
         };
-        if m.elements.contains_key(&key) || (self.taken)(self.table.family, map, &key) {
+        if m.elements.contains_key(&key) || in_twin || (self.taken)(self.table.family, map, &key) {
             problems.push(BuildError {
                 object: format!("service {}", owner.key()),
                 problem: format!("{what} is already used by another service, skipped"),
@@ -682,6 +689,18 @@ impl<'a> TableBuilder<'a> {
         self.table
             .chains
             .insert(chain.to_string(), Chain { base: None, rules });
+    }
+}
+
+/// The map holding the same Service port keys as `map` for the other case (endpoints or
+/// none); `map` itself for other maps.
+pub fn claim_twin(map: &str) -> &str {
+    match map {
+        SERVICE_IPS => NO_ENDPOINT_SERVICES,
+        NO_ENDPOINT_SERVICES => SERVICE_IPS,
+        SERVICE_NODEPORTS => NO_ENDPOINT_NODEPORTS,
+        NO_ENDPOINT_NODEPORTS => SERVICE_NODEPORTS,
+        other => other,
     }
 }
 

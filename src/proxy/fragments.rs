@@ -37,7 +37,7 @@ use super::ruleset::{Action, Chain, Key, KeyPart, MapVerdict, Ruleset, Set};
 mod names;
 mod packed;
 mod plan;
-use names::{intern, is_service_key};
+use names::{claim_map, intern, is_service_key};
 use packed::PackedMap;
 pub use plan::plan;
 
@@ -234,7 +234,9 @@ impl Applied {
 
     /// The Service holding a Service port key.
     pub fn owner(&self, fam: IpFamily, map: &str, key: &Key) -> Option<&str> {
-        self.owners.get_parts(fam, map, key).map(|o| &**o)
+        self.owners
+            .get_parts(fam, claim_map(map), key)
+            .map(|o| &**o)
     }
 
     /// How many elements' users and owners are kept (for tests and benches).
@@ -271,7 +273,7 @@ impl Applied {
         let mut owner: Option<Arc<str>> = None;
         for id in f.entries.keys().filter(|id| is_service_key(&id.1)) {
             let o = owner.get_or_insert_with(|| Arc::from(name));
-            self.owners.insert(id, o.clone());
+            self.owners.insert(&claim_id(id), o.clone());
         }
         for e in f.udp_backends() {
             *self.udp_users.entry(e).or_default() += 1;
@@ -289,8 +291,9 @@ impl Applied {
             self.member_users.count(id, -1);
         }
         for id in f.entries.keys().filter(|id| is_service_key(&id.1)) {
-            if self.owners.get(id).is_some_and(|o| &**o == name) {
-                self.owners.remove(id);
+            let id = claim_id(id);
+            if self.owners.get(&id).is_some_and(|o| &**o == name) {
+                self.owners.remove(&id);
             }
         }
         for e in f.udp_backends() {
@@ -311,6 +314,11 @@ impl Applied {
     }
 }
 
+/// A Service port key's id as its owner is recorded (see [`names::claim_map`]).
+fn claim_id(id: &ElementId) -> ElementId {
+    (id.0, Cow::Borrowed(claim_map(&id.1)), id.2.clone())
+}
+
 fn decrement<K: Ord>(m: &mut BTreeMap<K, u32>, id: &K) {
     if let Some(n) = m.get_mut(id) {
         *n -= 1;
@@ -326,13 +334,13 @@ pub struct Claimed(PackedMap<()>);
 
 impl Claimed {
     pub fn contains(&self, fam: IpFamily, map: &str, key: &Key) -> bool {
-        self.0.get_parts(fam, map, key).is_some()
+        self.0.get_parts(fam, claim_map(map), key).is_some()
     }
 
     /// Adds the Service port keys of `f`.
     pub fn add(&mut self, f: &Fragment) {
         for id in f.entries.keys().filter(|id| is_service_key(&id.1)) {
-            self.0.insert(id, ());
+            self.0.insert(&claim_id(id), ());
         }
     }
 }

@@ -51,3 +51,19 @@ pub(super) fn is_service_key(map: &str) -> bool {
     ]
     .contains(&map)
 }
+
+/// The map a Service port key's owner is recorded under: `@service-ips` for it and
+/// `@no-endpoint-services`, `@service-nodeports` for it and `@no-endpoint-nodeports` (one
+/// key is one Service's, with or without endpoints).
+pub(super) fn claim_map(map: &str) -> &'static str {
+    use super::super::build::{
+        NO_ENDPOINT_NODEPORTS, NO_ENDPOINT_SERVICES, SERVICE_IPS, SERVICE_NODEPORTS,
+    };
+    match map {
+        NO_ENDPOINT_SERVICES | SERVICE_IPS => SERVICE_IPS,
+        _ => {
+            debug_assert!([NO_ENDPOINT_NODEPORTS, SERVICE_NODEPORTS].contains(&map));
+            SERVICE_NODEPORTS
+        }
+    }
+}
