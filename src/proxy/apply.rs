@@ -1,13 +1,14 @@
 //! Writes transactions to the kernel: the proxy's one file of netlink I/O.
 //!
-//! A [`Writer`] takes the operations of one transaction ([`super::ruleset::Op`]) and
-//! commits them atomically or not at all. [`Netlink`] lowers them into one nf_tables batch
+//! A [`Writer`] takes the operations of one transaction ([`super::ruleset::Op`]), listed or
+//! streamed ([`Ops`]: a full sync makes them one Service at a time), and commits them
+//! atomically or not at all. [`Netlink`] lowers them into one nf_tables batch
 //! ([`super::lower`]) and has it committed over a `NETLINK_NETFILTER` socket; tests inject
 //! their own writer to record transactions.
 //!
 //! ```text
 //!  agent (executor thread)                              child: nanolet internal-nft-commit
-//!  lower ops ─► 1 MiB of messages at a time ─► stdin ─► read all ─► sendmsg (the kernel
+//!  lower each op ─► 1 MiB of messages at a time ─► stdin ─► read all ─► sendmsg (the kernel
 //!  await stderr EOF and the reaper's exit ◄──────────── exit 0, or 1 + "nftables: …"   commits here)
 //! ```
 //!

@@ -2,9 +2,9 @@
 //!
 //! ```text
 //!  services/ changed ─► scan_dir (changed objects, one at a time) ─► ProxyState::apply ─┐
-//!  syncPeriod tick ───► forget what was applied (full resync) ──────────────────────────┴► next_transaction
-//!                                  Writer::write (one atomic batch, awaited) ◄┘
-//!                                   committed(ruleset) on success, forget_applied on failure
+//!  syncPeriod tick ───► forget what was applied (full resync) ──────────────────────────┴► next_sync
+//!         Writer::write (one atomic batch, awaited; a full sync streamed into it) ◄┘
+//!         committed(transaction) on success, forget_applied on failure
 //! ```
 //!
 //! Nothing is written until Services and EndpointSlices have both synced (the state's gate);
