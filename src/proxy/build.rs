@@ -100,21 +100,6 @@ pub struct Built {
 /// Builds the desired ruleset. Deterministic: the order of `services` and `slices` does not
 /// matter. The families are those of the node's IPs and Service CIDRs.
 pub fn build(services: &[Service], slices: &[EndpointSlice], node: &NodeConfig) -> Built {
-    build_claiming(services, slices, node, &|_, _, _| false)
-}
-
-/// Whether a Service port's map key (family, map, key) is already held by a Service outside
-/// the build: such a key is left out and reported, as one held by a Service built before it.
-pub type Taken<'a> = &'a dyn Fn(IpFamily, &str, &Key) -> bool;
-
-/// [`build`], with the map keys `taken` says are held elsewhere left out (the proxy state
-/// builds one Service at a time and knows who holds which key).
-pub fn build_claiming(
-    services: &[Service],
-    slices: &[EndpointSlice],
-    node: &NodeConfig,
-    taken: Taken<'_>,
-) -> Built {
     let mut services: Vec<&Service> = services.iter().collect();
     services.sort_by_key(|s| s.key());
     let mut slices: Vec<&EndpointSlice> = slices.iter().collect();
@@ -134,13 +119,65 @@ pub fn build_claiming(
             .push(s);
     }
     for family in families {
-        let mut b = TableBuilder::new(family, node, taken);
+        let mut b = TableBuilder::new(family, node, &|_, _, _| false);
         for svc in &services {
             let mine = by_service
                 .get(&(svc.namespace.as_str(), svc.name.as_str()))
                 .map_or(&[][..], Vec::as_slice);
             b.add_service(svc, mine, &mut problems);
         }
+        ruleset.tables.push(b.table);
+    }
+    Built { ruleset, problems }
+}
+
+/// Whether a Service port's map key (family, map, key) is already held by a Service outside
+/// the build: such a key is left out and reported, as one held by a Service built before it.
+pub type Taken<'a> = &'a dyn Fn(IpFamily, &str, &Key) -> bool;
+
+/// One Service's share of the ruleset for the proxy state, which builds each Service alone:
+/// its chains and its elements in the skeleton's sets and maps (declared as in `skeleton`,
+/// empty), without the skeleton's own chains. `slices` are the Service's.
+pub fn build_service(
+    svc: &Service,
+    slices: &[EndpointSlice],
+    node: &NodeConfig,
+    skeleton: &Ruleset,
+    taken: Taken<'_>,
+) -> Built {
+    let mut slices: Vec<&EndpointSlice> = slices.iter().collect();
+    slices.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let mut problems = Vec::new();
+    let mut ruleset = Ruleset::default();
+    for base in &skeleton.tables {
+        let mut table = Table::new(base.family);
+        for (name, set) in &base.sets {
+            let empty = Set {
+                key: set.key.clone(),
+                timeout_seconds: set.timeout_seconds,
+                comment: None,
+                elements: Default::default(),
+            };
+            table.sets.insert(name.clone(), empty);
+        }
+        for (name, map) in &base.maps {
+            let empty = Map {
+                key: map.key.clone(),
+                comment: None,
+                elements: BTreeMap::new(),
+            };
+            table.maps.insert(name.clone(), empty);
+        }
+        for (name, map) in &base.dnat_maps {
+            let empty = DnatMap {
+                key: map.key,
+                comment: None,
+                elements: BTreeMap::new(),
+            };
+            table.dnat_maps.insert(name.clone(), empty);
+        }
+        let mut b = TableBuilder { node, taken, table };
+        b.add_service(svc, &slices, &mut problems);
         ruleset.tables.push(b.table);
     }
     Built { ruleset, problems }

@@ -2,7 +2,7 @@
 //! the incremental transaction between two sets of fragments.
 //!
 //! ```text
-//!  build_claiming([service], keys held elsewhere) − skeleton ──► Fragment (one Service, transient)
+//!  build_service(service, keys held elsewhere) − skeleton ──► Fragment (one Service, transient)
 //!  Applied { users of each shared chain / set / set element, owner of each Service port key,
 //!            users of each UDP backend }          (no fragment, no element of a Service kept)
 //!  plan(applied, [(name, old fragment, new fragment)]) ──► ops + Pending ──commit──► Applied
@@ -30,9 +30,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::build::{BuildError, Taken, build, build_claiming};
+use super::build::{BuildError, Taken, build, build_service};
 use super::model::{EndpointSlice, IpFamily, NodeConfig, Protocol, Service};
-use super::ruleset::{Action, Chain, Key, KeyPart, MapVerdict, Ruleset, Set};
+use super::ruleset::{Action, Chain, Key, KeyPart, MapVerdict, Op, Ruleset, Set};
 
 mod names;
 mod packed;
@@ -52,7 +52,7 @@ pub enum Value {
 /// One element's place: family, set or map name, key. The name is one of the skeleton's
 /// (borrowed from [`names::SHARED_NAMES`], not a copy per element).
 type ElementId = (IpFamily, Name, Key);
-type Name = Cow<'static, str>;
+pub type Name = Cow<'static, str>;
 
 type ObjectId = (IpFamily, String);
 
@@ -113,7 +113,7 @@ pub fn fragment(
     skeleton: &Ruleset,
     taken: Taken<'_>,
 ) -> (Fragment, Vec<BuildError>) {
-    let built = build_claiming(std::slice::from_ref(svc), slices, node, taken);
+    let built = build_service(svc, slices, node, skeleton, taken);
     let mut f = Fragment::default();
     for t in built.ruleset.tables {
         let fam = t.family;
@@ -277,6 +277,55 @@ impl Applied {
         }
         for e in f.udp_backends() {
             *self.udp_users.entry(e).or_default() += 1;
+        }
+    }
+
+    /// The full sync's way in: counts `f` (built against what is counted so far) as
+    /// applied, gives the declarations and rules of what it is the first to use to `op`, and
+    /// its elements (moved, not copied) to `element`.
+    pub fn adopt(
+        &mut self,
+        name: &str,
+        f: Fragment,
+        op: &mut impl FnMut(Op),
+        element: &mut impl FnMut(IpFamily, Name, Key, Value),
+    ) {
+        for (id, s) in &f.sets {
+            if self.set_users(id) == 0 {
+                op(Op::AddSet(id.0, id.1.clone(), s.clone()));
+            }
+        }
+        let first: Vec<&ObjectId> = f
+            .chains
+            .keys()
+            .filter(|id| self.chain_users(id) == 0)
+            .collect();
+        for id in &first {
+            op(Op::AddChain(id.0, id.1.clone(), None));
+        }
+        for id in first {
+            for r in f
+                .chains
+                .get(id)
+                .map(|c| c.rules.as_slice())
+                .unwrap_or_default()
+            {
+                op(Op::AddRule(id.0, id.1.clone(), r.clone()));
+            }
+        }
+        let new_members: Vec<bool> = f
+            .members
+            .iter()
+            .map(|id| self.member_users(id) == 0)
+            .collect();
+        self.hold(name, &f);
+        for ((fam, set, key), is_new) in f.members.into_iter().zip(new_members) {
+            if is_new {
+                element(fam, set, key, Value::Member);
+            }
+        }
+        for ((fam, map, key), v) in f.entries {
+            element(fam, map, key, v);
         }
     }
 

@@ -104,6 +104,10 @@ pub enum NextSync<'a> {
     Full(FullSync<'a>),
 }
 
+/// The most Services changed between two transactions whose applied fragments are kept for
+/// an incremental one; more, and the next sync replaces the tables whole.
+pub const STASH_MAX: usize = 512;
+
 /// The store, the sync gate and what was applied.
 #[derive(Debug, Clone)]
 pub struct ProxyState {
@@ -224,7 +228,13 @@ impl ProxyState {
     }
 
     /// Rebuilds what the Services `event` touches have applied, before the store changes.
+    /// Past [`STASH_MAX`] Services (a relist sends every object again) what was applied is
+    /// forgotten instead: the next sync is a full one, streamed, rather than a stash of
+    /// every Service.
     fn stash_touched(&mut self, event: &Event) {
+        if self.stash.len() >= STASH_MAX {
+            self.forget_applied();
+        }
         let Phase::Synced {
             applied: Some(applied),
         } = &self.phase

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::proxy::ruleset::{Chain, MapVerdict, Ruleset};
-use crate::proxy::state::{Event, ProxyState};
+use crate::proxy::state::{Event, ProxyState, STASH_MAX};
 
 /// The kernel's view of one ruleset, changed by operations as nf_tables would (and refusing
 /// what it would refuse: an element added twice with another value, a missing element
@@ -360,4 +360,35 @@ fn an_earlier_service_takes_a_key_over_from_a_later_holder_as_a_fresh_build_woul
         .elements
         .clone();
     assert_eq!(rejects.len(), 1, "z has no endpoints: rejected");
+}
+
+#[test]
+fn more_changed_services_than_the_stash_holds_make_a_full_sync() {
+    let node = node_v4();
+    let n = STASH_MAX as u32 + 1;
+    let service = |i: u32, port: u16| {
+        let ports = json!([{ "name": "http", "port": port, "protocol": "TCP" }]);
+        let ip = format!("10.96.{}.{}", i / 250, i % 250 + 1);
+        Event::ServiceApplied(svc_json(&format!("s{i}"), &ip, ports, json!({})))
+    };
+    let mut state = ProxyState::default();
+    let mut kernel = Kernel::default();
+    for i in 0..n {
+        state.apply(service(i, 80)).unwrap();
+    }
+    state.apply(Event::ServicesSynced).unwrap();
+    state.apply(Event::EndpointSlicesSynced).unwrap();
+    assert!(sync(&mut state, &mut kernel, &node));
+    // A few changes: incremental.
+    for i in 0..3 {
+        state.apply(service(i, 81)).unwrap();
+    }
+    assert!(!sync(&mut state, &mut kernel, &node));
+    assert_eq!(kernel.0, fresh(&state, &node).ruleset);
+    // Every Service again (a relist): one full sync, not a stash of every one.
+    for i in 0..n {
+        state.apply(service(i, 82)).unwrap();
+    }
+    assert!(sync(&mut state, &mut kernel, &node));
+    assert_eq!(kernel.0, fresh(&state, &node).ruleset);
 }

@@ -4,7 +4,7 @@
 //! ```text
 //!  DeleteTable per family, AddTable(skeleton) per family
 //!  per Service, in name order: build its fragment (keys held by an earlier Service left
-//!     out) ─► plan against the counts so far ─► chains, sets, rules at once; elements
+//!     out) ─► adopt it into the counts so far ─► chains, sets, rules at once; elements
 //!     gathered ─► every FLUSH_ELEMENTS elements: AddElements / AddEndpoints per set or map
 //!  finish ─► the Transaction whose commit records the counts and owners (the next Applied)
 //! ```
@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 
 use super::super::build::BuildError;
-use super::super::fragments::{Applied, Change, plan};
+use super::super::fragments::{Applied, Name, Value};
 use super::super::model::{IpFamily, NodeConfig};
 use super::super::ruleset::{Key, MapVerdict, Op};
 use super::super::store::Store;
@@ -27,8 +27,8 @@ use super::{Commit, Transaction, render};
 /// Elements gathered before they are given out as operations.
 const FLUSH_ELEMENTS: usize = 2048;
 
-/// A set or map of one family's table.
-type Target = (IpFamily, String);
+/// A set or map of one family's table (one of the skeleton's: a borrowed name).
+type Target = (IpFamily, Name);
 
 /// The operations of a full sync, made as they are taken.
 pub struct FullSync<'a> {
@@ -104,27 +104,25 @@ impl<'a> FullSync<'a> {
         if lost {
             self.conflicted.insert(name.to_string());
         }
-        let change = [Change {
-            name: name.to_string(),
-            old: None,
-            new: Some(new),
-        }];
-        for op in plan(&self.next, &change) {
-            match op {
-                Op::AddElements(f, set, els) => {
-                    self.gathered += els.len();
-                    self.elements.entry((f, set)).or_default().extend(els);
+        let queue = &mut self.queue;
+        let (elements, endpoints) = (&mut self.elements, &mut self.endpoints);
+        let gathered = &mut self.gathered;
+        self.next.adopt(
+            name,
+            new,
+            &mut |op| queue.push_back(op),
+            &mut |f, target, key, value| {
+                *gathered += 1;
+                match value {
+                    Value::Endpoint(e) => endpoints.entry((f, target)).or_default().push((key, e)),
+                    Value::Verdict(v) => elements
+                        .entry((f, target))
+                        .or_default()
+                        .push((key, Some(v))),
+                    Value::Member => elements.entry((f, target)).or_default().push((key, None)),
                 }
-                Op::AddEndpoints(f, map, els) => {
-                    self.gathered += els.len();
-                    self.endpoints.entry((f, map)).or_default().extend(els);
-                }
-                other => self.queue.push_back(other),
-            }
-        }
-        if let Some(new) = &change[0].new {
-            self.next.hold(name, new);
-        }
+            },
+        );
         if self.gathered >= FLUSH_ELEMENTS {
             self.flush();
         }
@@ -133,10 +131,12 @@ impl<'a> FullSync<'a> {
     /// Gives out the gathered elements.
     fn flush(&mut self) {
         for ((f, map), els) in std::mem::take(&mut self.endpoints) {
-            self.queue.push_back(Op::AddEndpoints(f, map, els));
+            self.queue
+                .push_back(Op::AddEndpoints(f, map.into_owned(), els));
         }
         for ((f, set), els) in std::mem::take(&mut self.elements) {
-            self.queue.push_back(Op::AddElements(f, set, els));
+            self.queue
+                .push_back(Op::AddElements(f, set.into_owned(), els));
         }
         self.gathered = 0;
     }
