@@ -6,6 +6,7 @@
 //!  Applied { users of each shared chain / set / set element, owner of each Service port key,
 //!            users of each UDP backend }          (no fragment, no element of a Service kept)
 //!  plan(applied, [(name, old fragment, new fragment)]) ──► ops + Pending ──commit──► Applied
+//!  full sync: Applied::adopt(each fragment) ──► its declarations and rules, its elements moved out
 //! ```
 //!
 //! A Service's fragment is the part of the ruleset that building it alone adds to the
@@ -14,8 +15,8 @@
 //! sets, and its elements. Shared chains, own sets and set elements are counted by users: a
 //! chain is created with its first user and deleted with its last.
 //!
-//! A Service port's map key (`clusterIP . proto . port`, `proto . nodePort`) belongs to one
-//! Service: the first by `namespace/name` that claims it, as in a fresh build of the whole
+//! A Service port's map key (`clusterIP . proto . port`, `proto . nodePort`, in the map for
+//! ports with endpoints or in its no-endpoint twin alike) belongs to one Service: the first by `namespace/name` that claims it, as in a fresh build of the whole
 //! ruleset (which builds in name order). Another claimant is told so and left out of that key
 //! (and of its endpoints); it is rebuilt whenever keys change hands.
 //!
@@ -260,7 +261,7 @@ impl Applied {
     }
 
     /// Counts a Service's fragment as applied.
-    pub fn hold(&mut self, name: &str, f: &Fragment) {
+    fn hold(&mut self, name: &str, f: &Fragment) {
         for id in f.chains.keys() {
             *self.chain_users.entry(id.clone()).or_default() += 1;
         }
