@@ -22,7 +22,8 @@
 //!
 //! What was applied is not kept as fragments: a Service's applied fragment is rebuilt from
 //! the inputs that produced it (the caller's store, unchanged since) and the owners, when the
-//! Service changes; the state keeps the counts and owners, with packed keys (`fragments/packed.rs`).
+//! Service changes; the state keeps the counts and owners, with packed keys
+//! (`fragments/packed.rs`).
 //!
 //! This module must never do I/O.
 
