@@ -35,11 +35,11 @@ use std::time::{Duration, Instant};
 
 use nanolet::netlink::nftables::{self, Batch};
 use nanolet::proxy::build::build;
-use nanolet::proxy::lower::lower_ops;
+use nanolet::proxy::lower::{lower_op, lower_ops};
 use nanolet::proxy::model::{Cidr, EndpointSlice, NodeConfig, Service};
 use nanolet::proxy::nft_text::render_replace;
 use nanolet::proxy::ruleset::{Op, Ruleset};
-use nanolet::proxy::state::{Event, ProxyState};
+use nanolet::proxy::state::{Event, NextSync, ProxyState};
 use serde_json::{Value, json};
 
 #[path = "proxy/phases.rs"]
@@ -245,22 +245,63 @@ fn iptables_text(n: u32) -> String {
     format!("{chains}{rules}COMMIT\n")
 }
 
+/// A synced state holding the world of `n` Services, nothing applied yet.
+fn synced_state(n: u32) -> ProxyState {
+    let (services, slices) = world(n);
+    let mut state = ProxyState::default();
+    let events = services
+        .into_iter()
+        .map(Event::ServiceApplied)
+        .chain(slices.into_iter().map(Event::EndpointSliceApplied))
+        .chain([Event::ServicesSynced, Event::EndpointSlicesSynced]);
+    for e in events {
+        state.apply(e).unwrap();
+    }
+    state
+}
+
+/// The agent's full sync: each Service's operations made from the store and encoded as they
+/// come, then committed (in-process here).
+fn stream_apply(state: &ProxyState) -> Duration {
+    let start = Instant::now();
+    let Some(NextSync::Full(full)) = state.next_sync(&node()) else {
+        panic!("nothing applied: a full sync");
+    };
+    let mut sock = nftables::open().unwrap();
+    let mut batch = Batch::new(1);
+    for op in full {
+        lower_op(&op, &mut batch);
+    }
+    nftables::apply(&mut sock, batch).unwrap();
+    start.elapsed()
+}
+
 fn cold_sync(n: u32, runs: usize) {
     let (services, slices) = world(n);
     let r = ruleset(&services, &slices);
     let ops = replace_ops(&r);
     let text = render_replace(&r);
     let ipt = iptables_text(n);
+    let state = synced_state(n);
     let (mut ours, mut nft, mut iptables) = (Vec::new(), Vec::new(), Vec::new());
+    let mut streamed = Vec::new();
     for k in 0..runs {
         let ns = Netns::new(&format!("cold{n}-{k}"));
         ours.push(ns.run(|| netlink_apply(&ops)));
+        let ns = Netns::new(&format!("strm{n}-{k}"));
+        streamed.push(ns.run(|| stream_apply(&state)));
         let ns = Netns::new(&format!("nft{n}-{k}"));
         nft.push(ns.timed(&["nft", "-f", "-"], &text));
         let ns = Netns::new(&format!("ipt{n}-{k}"));
         iptables.push(ns.timed(&["iptables-restore"], &ipt));
     }
     let (o, f, i) = (median(ours), median(nft), median(iptables));
+    let st = median(streamed);
+    println!(
+        "cold sync {n:>6} Services, the agent's streamed full sync (store -> fragments -> batch -> commit): {:>8.1} ms ({:.2}x nft -f)",
+        ms(st),
+        st.as_secs_f64() / f.as_secs_f64()
+    );
     println!(
         "cold sync {n:>6} Services x {ENDPOINTS}: netlink {:>8.1} ms | nft -f {:>8.1} ms ({:.2}x) | iptables-restore {:>8.1} ms ({:.2}x)",
         ms(o),
@@ -272,16 +313,7 @@ fn cold_sync(n: u32, runs: usize) {
 }
 
 fn add_one(n: u32, runs: u32) -> Duration {
-    let (services, slices) = world(n);
-    let mut state = ProxyState::default();
-    let events = services
-        .into_iter()
-        .map(Event::ServiceApplied)
-        .chain(slices.into_iter().map(Event::EndpointSliceApplied))
-        .chain([Event::ServicesSynced, Event::EndpointSlicesSynced]);
-    for e in events {
-        state.apply(e).unwrap();
-    }
+    let mut state = synced_state(n);
     let ns = Netns::new(&format!("add{n}"));
     ns.run(|| {
         let full = state.next_transaction(&node()).unwrap();

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_executor::LocalExecutor;
 use async_io::Timer;
-use nanolet::proxy::apply::{Netlink, Writer};
+use nanolet::proxy::apply::{Netlink, Ops, Writer};
 use nanolet::proxy::build::build;
 use nanolet::proxy::model::{Cidr, EndpointSlice, NodeConfig, Service};
 use nanolet::proxy::ruleset::Op;
@@ -135,7 +135,9 @@ fn other_tasks_run_while_a_large_batch_commits_and_refusals_are_named() {
             let mut writer = Netlink::open(exe.clone(), reaper).unwrap();
             async_io::block_on(ex.run(async {
                 let before = ticks.get();
-                writer.write(ops.clone()).await.unwrap();
+                // Streamed, as the agent's full sync hands its operations over.
+                let mut stream = ops.clone().into_iter();
+                writer.write(Ops::Streamed(&mut stream)).await.unwrap();
                 let during = ticks.get() - before;
                 // A rule for a chain that does not exist: the kernel refuses the batch.
                 let bad = match &ops[1] {
@@ -145,7 +147,7 @@ fn other_tasks_run_while_a_large_batch_commits_and_refusals_are_named() {
                     }
                     other => panic!("expected the table after its delete: {other:?}"),
                 };
-                (during, writer.write(vec![bad]).await)
+                (during, writer.write(Ops::Listed(vec![bad])).await)
             }))
         })
         .join()

@@ -3,9 +3,9 @@
 //! that the numbers do not depend on what malloc keeps from the process.
 //!
 //! Phases as the standalone agent runs them: the `services/` text; the folder parsed into the
-//! store (the validated model) one document at a time; the transaction (desired ruleset +
-//! operations, a full sync); the encoded batch, as the agent makes it (handed on in parts) and
-//! whole (as the commit child holds it). For comparison, the folder held as JSON
+//! store (the validated model) one document at a time; the full sync as the agent runs it
+//! (each Service's operations made and encoded as the batch is handed on in 1 MiB parts);
+//! what was applied, as recorded; the encoded batch whole (as the commit child holds it). For comparison, the folder held as JSON
 //! documents at once, as the source did before (its snapshot kept them between scans).
 //!
 //! Then, as root in a network namespace: where a commit's time goes, in `sendmsg` (the kernel
@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use nanolet::netlink::nftables::{self, Batch};
-use nanolet::proxy::lower::lower_ops;
+use nanolet::proxy::lower::{lower_op, lower_ops};
 use nanolet::proxy::source::{Snapshot, scan_dir};
-use nanolet::proxy::state::ProxyState;
+use nanolet::proxy::state::{NextSync, ProxyState};
 
 /// The system allocator, counting live bytes and their peak.
 pub struct Counting;
@@ -98,30 +98,49 @@ pub fn memory(n: u32, dir: &std::path::Path, node: &nanolet::proxy::model::NodeC
             state.apply(e).unwrap();
         })
     });
-    let tx = phase(
-        "transaction (desired ruleset + full-sync operations)",
-        || state.next_transaction(node).unwrap(),
-    );
-    phase(
-        "encoded batch, handed on in 1 MiB parts (the agent)",
+    let bytes = phase(
+        "full sync streamed into a batch spilled in 1 MiB parts",
         || {
+            let Some(NextSync::Full(mut full)) = state.next_sync(node) else {
+                panic!("a synced state with nothing applied makes a full sync");
+            };
             let mut batch = Batch::new(1);
             batch.spill_to(Box::new(std::io::sink()), 1 << 20);
-            lower_ops(&tx.ops, &mut batch);
-            batch.finish_spilled().unwrap()
+            let mut ops = 0;
+            for op in full.by_ref() {
+                lower_op(&op, &mut batch);
+                ops += 1;
+            }
+            let tx = full.finish();
+            let (last, _) = batch.finish_spilled().unwrap();
+            (tx, ops, last)
         },
     );
-    let bytes = phase("encoded batch, whole (the commit child holds this)", || {
+    let (tx, ops, _) = bytes;
+    phase("what was applied, recorded (counts and owners)", || {
+        state.committed(tx)
+    });
+    println!(
+        "  {ops} operations streamed; {} element users and owners kept",
+        state.applied_size()
+    );
+    let whole = phase("encoded batch, whole (the commit child holds this)", || {
+        state.forget_applied();
+        let Some(NextSync::Full(full)) = state.next_sync(node) else {
+            panic!("a full sync after forgetting what was applied");
+        };
         let mut batch = Batch::new(1);
-        lower_ops(&tx.ops, &mut batch);
+        for op in full {
+            lower_op(&op, &mut batch);
+        }
         batch.finish().0
     });
     println!(
-        "  batch {:.1} MiB; store + snapshot + ruleset + operations + batch all live: {:.1} MiB",
-        mib(bytes.len()),
+        "  batch {:.1} MiB; store + snapshot + batch all live: {:.1} MiB",
+        mib(whole.len()),
         mib(LIVE.load(Ordering::Relaxed))
     );
-    drop((snap, state, tx, bytes));
+    drop((snap, state, whole));
 }
 
 /// Times a full-sync commit's `sendmsg` against the wait for the kernel's answer after it

@@ -1,13 +1,14 @@
 //! Writes transactions to the kernel: the proxy's one file of netlink I/O.
 //!
-//! A [`Writer`] takes the operations of one transaction ([`super::ruleset::Op`]) and
-//! commits them atomically or not at all. [`Netlink`] lowers them into one nf_tables batch
+//! A [`Writer`] takes the operations of one transaction ([`super::ruleset::Op`]), listed or
+//! streamed ([`Ops`]: a full sync makes them one Service at a time), and commits them
+//! atomically or not at all. [`Netlink`] lowers them into one nf_tables batch
 //! ([`super::lower`]) and has it committed over a `NETLINK_NETFILTER` socket; tests inject
 //! their own writer to record transactions.
 //!
 //! ```text
 //!  agent (executor thread)                              child: nanolet internal-nft-commit
-//!  lower ops ─► 1 MiB of messages at a time ─► stdin ─► read all ─► sendmsg (the kernel
+//!  lower each op ─► 1 MiB of messages at a time ─► stdin ─► read all ─► sendmsg (the kernel
 //!  await stderr EOF and the reaper's exit ◄──────────── exit 0, or 1 + "nftables: …"   commits here)
 //! ```
 //!
@@ -35,16 +36,23 @@ use futures_lite::{AsyncReadExt, FutureExt};
 use crate::netlink::nftables::{self, Batch};
 use crate::sys::reaper::{Exit, Reaper};
 
-use super::lower::lower_ops;
+use super::lower::{lower_op, lower_ops};
 use super::ruleset::Op;
+
+/// The operations of one transaction: listed (an incremental one), or made as they are
+/// taken (a full sync, one Service at a time: never every element at once).
+pub enum Ops<'a> {
+    Listed(Vec<Op>),
+    Streamed(&'a mut dyn Iterator<Item = Op>),
+}
 
 /// Something that commits a transaction as a whole.
 // The agent's executor is single-threaded: these futures need not be `Send`.
 #[allow(async_fn_in_trait)]
 pub trait Writer {
-    /// Commits `ops` atomically; other tasks run while the kernel works. Takes the operations
-    /// so that a writer can let them go once encoded (a full sync's hold every table).
-    async fn write(&mut self, ops: Vec<Op>) -> Result<(), String>;
+    /// Commits `ops` atomically; other tasks run while the kernel works. A writer takes
+    /// streamed operations one at a time and lets each go once encoded.
+    async fn write(&mut self, ops: Ops<'_>) -> Result<(), String>;
 
     /// Deletes the UDP conntrack entries translated to `backend`, a backend that went away.
     /// Returns how many there were.
@@ -124,9 +132,11 @@ impl Netlink {
 const INLINE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Writer for Netlink {
-    async fn write(&mut self, ops: Vec<Op>) -> Result<(), String> {
-        if commits_inline(&ops) {
-            return self.write_inline(&ops);
+    async fn write(&mut self, ops: Ops<'_>) -> Result<(), String> {
+        if let Ops::Listed(listed) = &ops
+            && commits_inline(listed)
+        {
+            return self.write_inline(listed);
         }
         let mut cmd = Command::new(&self.exe);
         cmd.arg(CHILD_VERB)
@@ -151,8 +161,14 @@ impl Writer for Netlink {
             Some(pipe) => {
                 let mut batch = Batch::new(self.next_seq);
                 batch.spill_to(Box::new(pipe), SPILL_CHUNK);
-                lower_ops(&ops, &mut batch);
-                drop(ops);
+                match ops {
+                    Ops::Listed(listed) => lower_ops(&listed, &mut batch),
+                    Ops::Streamed(stream) => {
+                        for op in stream {
+                            lower_op(&op, &mut batch);
+                        }
+                    }
+                }
                 self.next_seq = self.next_seq.wrapping_add(batch.len() + 1);
                 batch.finish_spilled()
             }

@@ -10,9 +10,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::apply::{Netlink, Writer};
+use super::apply::{Netlink, Ops, Writer};
 use super::iptables_apply::Iptables;
-use super::ruleset::Op;
 use crate::config::proxy::ProxyMode;
 use crate::netlink::nftables::{self, msg_type};
 use crate::netlink::{Builder, NLM_F_ACK, NLM_F_REQUEST};
@@ -73,7 +72,7 @@ impl Backend {
 }
 
 impl Writer for Backend {
-    async fn write(&mut self, ops: Vec<Op>) -> Result<(), String> {
+    async fn write(&mut self, ops: Ops<'_>) -> Result<(), String> {
         match self {
             Backend::Nftables(n) => n.write(ops).await,
             // The proxy hands the iptables backend its store instead (see `iptables`).

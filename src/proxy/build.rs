@@ -119,13 +119,65 @@ pub fn build(services: &[Service], slices: &[EndpointSlice], node: &NodeConfig) 
             .push(s);
     }
     for family in families {
-        let mut b = TableBuilder::new(family, node);
+        let mut b = TableBuilder::new(family, node, &|_, _, _| false);
         for svc in &services {
             let mine = by_service
                 .get(&(svc.namespace.as_str(), svc.name.as_str()))
                 .map_or(&[][..], Vec::as_slice);
             b.add_service(svc, mine, &mut problems);
         }
+        ruleset.tables.push(b.table);
+    }
+    Built { ruleset, problems }
+}
+
+/// Whether a Service port's map key (family, map, key) is already held by a Service outside
+/// the build: such a key is left out and reported, as one held by a Service built before it.
+pub type Taken<'a> = &'a dyn Fn(IpFamily, &str, &Key) -> bool;
+
+/// One Service's share of the ruleset for the proxy state, which builds each Service alone:
+/// its chains and its elements in the skeleton's sets and maps (declared as in `skeleton`,
+/// empty), without the skeleton's own chains. `slices` are the Service's.
+pub fn build_service(
+    svc: &Service,
+    slices: &[EndpointSlice],
+    node: &NodeConfig,
+    skeleton: &Ruleset,
+    taken: Taken<'_>,
+) -> Built {
+    let mut slices: Vec<&EndpointSlice> = slices.iter().collect();
+    slices.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let mut problems = Vec::new();
+    let mut ruleset = Ruleset::default();
+    for base in &skeleton.tables {
+        let mut table = Table::new(base.family);
+        for (name, set) in &base.sets {
+            let empty = Set {
+                key: set.key.clone(),
+                timeout_seconds: set.timeout_seconds,
+                comment: None,
+                elements: Default::default(),
+            };
+            table.sets.insert(name.clone(), empty);
+        }
+        for (name, map) in &base.maps {
+            let empty = Map {
+                key: map.key.clone(),
+                comment: None,
+                elements: BTreeMap::new(),
+            };
+            table.maps.insert(name.clone(), empty);
+        }
+        for (name, map) in &base.dnat_maps {
+            let empty = DnatMap {
+                key: map.key,
+                comment: None,
+                elements: BTreeMap::new(),
+            };
+            table.dnat_maps.insert(name.clone(), empty);
+        }
+        let mut b = TableBuilder { node, taken, table };
+        b.add_service(svc, &slices, &mut problems);
         ruleset.tables.push(b.table);
     }
     Built { ruleset, problems }
@@ -172,11 +224,12 @@ pub fn affinity_set(port_id: &str, addr: &SocketAddr) -> String {
 
 struct TableBuilder<'a> {
     node: &'a NodeConfig,
+    taken: Taken<'a>,
     table: Table,
 }
 
 impl<'a> TableBuilder<'a> {
-    fn new(family: IpFamily, node: &'a NodeConfig) -> TableBuilder<'a> {
+    fn new(family: IpFamily, node: &'a NodeConfig, taken: Taken<'a>) -> TableBuilder<'a> {
         let mut table = Table::new(family);
         let bit = node.masquerade_bit;
         let base = |chain_type, hook, priority| {
@@ -397,15 +450,16 @@ impl<'a> TableBuilder<'a> {
                 },
             );
         }
-        TableBuilder { node, table }
+        TableBuilder { node, taken, table }
     }
 
     fn family(&self) -> IpFamily {
         self.table.family
     }
 
-    /// Inserts a map element unless another Service already owns the key; says whether it
-    /// did.
+    /// Inserts a map element unless another Service already owns the key (in this map or
+    /// its no-endpoint twin: one address, protocol and port is one Service's, with or
+    /// without endpoints); says whether it did.
     fn claim(
         &mut self,
         map: &str,
@@ -415,10 +469,16 @@ impl<'a> TableBuilder<'a> {
         what: &str,
         problems: &mut Vec<BuildError>,
     ) -> bool {
+        let twin = claim_twin(map);
+        let in_twin = self
+            .table
+            .maps
+            .get(twin)
+            .is_some_and(|m| m.elements.contains_key(&key));
         let Some(m) = self.table.maps.get_mut(map) else {
             return false;
         };
-        if m.elements.contains_key(&key) {
+        if m.elements.contains_key(&key) || in_twin || (self.taken)(self.table.family, map, &key) {
             problems.push(BuildError {
                 object: format!("service {}", owner.key()),
                 problem: format!("{what} is already used by another service, skipped"),
@@ -666,6 +726,18 @@ impl<'a> TableBuilder<'a> {
         self.table
             .chains
             .insert(chain.to_string(), Chain { base: None, rules });
+    }
+}
+
+/// The map holding the same Service port keys as `map` for the other case (endpoints or
+/// none); `map` itself for other maps.
+pub fn claim_twin(map: &str) -> &str {
+    match map {
+        SERVICE_IPS => NO_ENDPOINT_SERVICES,
+        NO_ENDPOINT_SERVICES => SERVICE_IPS,
+        SERVICE_NODEPORTS => NO_ENDPOINT_NODEPORTS,
+        NO_ENDPOINT_NODEPORTS => SERVICE_NODEPORTS,
+        other => other,
     }
 }
 

@@ -1,20 +1,29 @@
-//! Per-Service fragments of the ruleset, and the incremental transaction between two sets of
-//! them: what [`super::state`] keeps instead of a whole applied ruleset.
+//! Per-Service fragments of the ruleset, what [`super::state`] keeps of what it applied, and
+//! the incremental transaction between two sets of fragments.
 //!
 //! ```text
-//!  build([service]) − skeleton ──► Fragment { chains, own sets, elements }
-//!  Applied { fragments, users of each shared chain / set / set element, owners of map keys }
-//!  plan(applied, rebuilt fragments of the dirty Services) ──► ops + Pending ──commit──► Applied
-//!  full sync: Applied::adopt(each fragment) ──► a new Applied + the desired ruleset (merge)
+//!  build_service(service, keys held elsewhere) − skeleton ──► Fragment (one Service, transient)
+//!  Applied { users of each shared chain / set / set element, owner of each Service port key,
+//!            users of each UDP backend }          (no fragment, no element of a Service kept)
+//!  plan(applied, [(name, old fragment, new fragment)]) ──► ops + Pending ──commit──► Applied
+//!  full sync: Applied::adopt(each fragment) ──► its declarations and rules, its elements moved out
 //! ```
 //!
 //! A Service's fragment is the part of the ruleset that building it alone adds to the
 //! skeleton (the base chains, the maps and sets every table has): the chains it uses (the
 //! shared per-endpoint-count chains, or its own when it has session affinity), its affinity
 //! sets, and its elements. Shared chains, own sets and set elements are counted by users: a
-//! chain is created with its first user and deleted with its last. A map key belongs to one
-//! Service: a second Service claiming it is told so and left out of that key, and tried
-//! again whenever a Service gives keys up.
+//! chain is created with its first user and deleted with its last.
+//!
+//! A Service port's map key (`clusterIP . proto . port`, `proto . nodePort`, in the map for
+//! ports with endpoints or in its no-endpoint twin alike) belongs to one Service: the first by `namespace/name` that claims it, as in a fresh build of the whole
+//! ruleset (which builds in name order). Another claimant is told so and left out of that key
+//! (and of its endpoints); it is rebuilt whenever keys change hands.
+//!
+//! What was applied is not kept as fragments: a Service's applied fragment is rebuilt from
+//! the inputs that produced it (the caller's store, unchanged since) and the owners, when the
+//! Service changes; the state keeps the counts and owners, with packed keys
+//! (`fragments/packed.rs`).
 //!
 //! This module must never do I/O.
 
@@ -23,12 +32,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::build::{BuildError, build};
+use super::build::{BuildError, Taken, build, build_service};
 use super::model::{EndpointSlice, IpFamily, NodeConfig, Protocol, Service};
-use super::ruleset::{Action, Chain, Key, KeyPart, MapVerdict, Op, Rule, Ruleset, Set};
+use super::ruleset::{Action, Chain, Key, KeyPart, MapVerdict, Op, Ruleset, Set};
 
 mod names;
-use names::{describe, intern, is_service_key, is_shared};
+mod packed;
+mod plan;
+use names::{claim_map, intern, is_service_key};
+use packed::PackedMap;
+pub use plan::plan;
 
 /// What one element holds: nothing (a set), a verdict or an endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +54,7 @@ pub enum Value {
 /// One element's place: family, set or map name, key. The name is one of the skeleton's
 /// (borrowed from [`names::SHARED_NAMES`], not a copy per element).
 type ElementId = (IpFamily, Name, Key);
-type Name = Cow<'static, str>;
+pub type Name = Cow<'static, str>;
 
 type ObjectId = (IpFamily, String);
 
@@ -77,6 +90,15 @@ impl Fragment {
                 });
         in_maps.chain(in_chains)
     }
+
+    /// The Service port keys this fragment holds (`@service-ips`, `@service-nodeports` and
+    /// their no-endpoint kin).
+    pub fn service_keys(&self) -> impl Iterator<Item = (IpFamily, &str, &Key)> + '_ {
+        self.entries
+            .keys()
+            .filter(|(_, m, _)| is_service_key(m))
+            .map(|(f, m, k)| (*f, m.as_ref(), k))
+    }
 }
 
 /// The skeleton: the ruleset without Services.
@@ -84,14 +106,16 @@ pub fn skeleton(node: &NodeConfig) -> Ruleset {
     build(&[], &[], node).ruleset
 }
 
-/// Builds one Service alone and keeps what it adds to `skeleton`.
+/// Builds one Service alone and keeps what it adds to `skeleton`; the map keys `taken` says
+/// are held elsewhere are left out (and reported), with their endpoints.
 pub fn fragment(
     svc: &Service,
     slices: &[EndpointSlice],
     node: &NodeConfig,
     skeleton: &Ruleset,
+    taken: Taken<'_>,
 ) -> (Fragment, Vec<BuildError>) {
-    let built = build(std::slice::from_ref(svc), slices, node);
+    let built = build_service(svc, slices, node, skeleton, taken);
     let mut f = Fragment::default();
     for t in built.ruleset.tables {
         let fam = t.family;
@@ -132,104 +156,179 @@ pub fn fragment(
     (f, built.problems)
 }
 
-/// What the kernel holds beyond the skeleton, by Service.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What the kernel holds beyond the skeleton, as counts and owners: no Service's elements.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
+    /// The node configuration the tables were built for.
+    pub node: NodeConfig,
     pub skeleton: Ruleset,
-    fragments: BTreeMap<String, Fragment>,
-    chain_users: BTreeMap<ObjectId, usize>,
-    set_users: BTreeMap<ObjectId, usize>,
-    member_users: BTreeMap<ElementId, usize>,
-    /// Each map key's Service (one shared name per Service, not a copy per key).
-    owners: BTreeMap<ElementId, Arc<str>>,
+    chain_users: BTreeMap<ObjectId, u32>,
+    set_users: BTreeMap<ObjectId, u32>,
+    member_users: PackedMap<u32>,
+    /// Each Service port key's Service (one shared name per Service, not a copy per key).
+    owners: PackedMap<Arc<str>>,
+    /// Each UDP endpoint's users: when the last goes, its conntrack entries are flushed.
+    udp_users: BTreeMap<SocketAddr, u32>,
     /// Services that lost a map key to another one.
     conflicted: BTreeSet<String>,
+}
+
+/// One Service in a transaction: the fragment the kernel holds and the one it will hold
+/// (`None`: none, the Service is new or gone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub name: String,
+    pub old: Option<Fragment>,
+    pub new: Option<Fragment>,
 }
 
 /// The changes of one transaction, recorded once the kernel accepted it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
-    /// The Services' new fragments (as accepted: keys claimed by others left out); `None`
-    /// for a Service that is gone.
-    fragments: Vec<(String, Option<Fragment>)>,
+    changes: Vec<Change>,
     conflicted: BTreeSet<String>,
 }
 
 impl Pending {
-    pub fn fragments(&self) -> &[(String, Option<Fragment>)] {
-        &self.fragments
+    /// `changes`, and the Services that lose a key once they are committed.
+    pub fn new(changes: Vec<Change>, conflicted: BTreeSet<String>) -> Pending {
+        Pending {
+            changes,
+            conflicted,
+        }
+    }
+
+    /// The Services this transaction rebuilt.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.changes.iter().map(|c| c.name.as_str())
     }
 }
 
 impl Applied {
-    /// Nothing applied beyond `skeleton`.
-    pub fn new(skeleton: Ruleset) -> Applied {
+    /// Nothing applied beyond the skeleton of `node`.
+    pub fn new(node: NodeConfig) -> Applied {
         Applied {
-            skeleton,
-            ..Applied::default()
+            skeleton: skeleton(&node),
+            node,
+            chain_users: BTreeMap::new(),
+            set_users: BTreeMap::new(),
+            member_users: PackedMap::default(),
+            owners: PackedMap::default(),
+            udp_users: BTreeMap::new(),
+            conflicted: BTreeSet::new(),
         }
     }
 
-    /// Services that lost a key and should be tried again when keys are given up.
+    /// Services that lost a key and should be tried again when keys change hands.
     pub fn conflicted(&self) -> &BTreeSet<String> {
         &self.conflicted
     }
 
+    /// Records the Services that lost a key in a full sync.
+    pub fn set_conflicted(&mut self, conflicted: BTreeSet<String>) {
+        self.conflicted = conflicted;
+    }
+
     /// Every endpoint UDP traffic is DNATed to.
     pub fn udp_backends(&self) -> BTreeSet<SocketAddr> {
-        self.fragments
-            .values()
-            .flat_map(Fragment::udp_backends)
-            .collect()
+        self.udp_users.keys().copied().collect()
+    }
+
+    /// The Service holding a Service port key.
+    pub fn owner(&self, fam: IpFamily, map: &str, key: &Key) -> Option<&str> {
+        self.owners
+            .get_parts(fam, claim_map(map), key)
+            .map(|o| &**o)
+    }
+
+    /// How many elements' users and owners are kept (for tests and benches).
+    pub fn kept(&self) -> usize {
+        self.member_users.len() + self.owners.len()
     }
 
     /// Records a committed transaction.
     pub fn commit(&mut self, pending: Pending) {
-        for (name, new) in pending.fragments {
-            if let Some(old) = self.fragments.remove(&name) {
-                self.release(&name, &old);
+        for c in &pending.changes {
+            if let Some(old) = &c.old {
+                self.release(&c.name, old);
             }
-            if let Some(new) = new {
-                self.keep(name, new);
+        }
+        for c in &pending.changes {
+            if let Some(new) = &c.new {
+                self.hold(&c.name, new);
             }
         }
         self.conflicted = pending.conflicted;
     }
 
-    /// Counts and keeps a Service's fragment.
-    fn keep(&mut self, name: String, mut new: Fragment) {
-        self.hold(&name, &new);
-        // A shared chain's rules follow from its name: not kept once per Service.
-        for ((_, chain), c) in new.chains.iter_mut() {
-            if is_shared(chain) {
-                c.rules = Vec::new();
-            }
+    /// Counts a Service's fragment as applied.
+    fn hold(&mut self, name: &str, f: &Fragment) {
+        for id in f.chains.keys() {
+            *self.chain_users.entry(id.clone()).or_default() += 1;
         }
-        self.fragments.insert(name, new);
+        for id in f.sets.keys() {
+            *self.set_users.entry(id.clone()).or_default() += 1;
+        }
+        for id in &f.members {
+            self.member_users.count(id, 1);
+        }
+        let mut owner: Option<Arc<str>> = None;
+        for id in f.entries.keys().filter(|id| is_service_key(&id.1)) {
+            let o = owner.get_or_insert_with(|| Arc::from(name));
+            self.owners.insert(&claim_id(id), o.clone());
+        }
+        for e in f.udp_backends() {
+            *self.udp_users.entry(e).or_default() += 1;
+        }
     }
 
-    /// The full sync's way in, Services in name order: merges `name`'s fragment into
-    /// `desired` and keeps it as if committed, leaving out (and reporting) map keys a Service
-    /// before it holds. Nothing is copied but the desired ruleset's share: no delta, no ops.
+    /// The full sync's way in: counts `f` (built against what is counted so far) as
+    /// applied, gives the declarations and rules of what it is the first to use to `op`, and
+    /// its elements (moved, not copied) to `element`.
     pub fn adopt(
         &mut self,
-        name: String,
-        mut new: Fragment,
-        desired: &mut Ruleset,
-        problems: &mut Vec<BuildError>,
+        name: &str,
+        f: Fragment,
+        op: &mut impl FnMut(Op),
+        element: &mut impl FnMut(IpFamily, Name, Key, Value),
     ) {
-        let taken: Vec<ElementId> = new
-            .entries
-            .keys()
-            .filter(|id| self.owners.contains_key(*id))
-            .cloned()
-            .collect();
-        leave_out(&name, &mut new, &taken, problems);
-        if !taken.is_empty() {
-            self.conflicted.insert(name.clone());
+        for (id, s) in &f.sets {
+            if self.set_users(id) == 0 {
+                op(Op::AddSet(id.0, id.1.clone(), s.clone()));
+            }
         }
-        merge(desired, &new);
-        self.keep(name, new);
+        let first: Vec<&ObjectId> = f
+            .chains
+            .keys()
+            .filter(|id| self.chain_users(id) == 0)
+            .collect();
+        for id in &first {
+            op(Op::AddChain(id.0, id.1.clone(), None));
+        }
+        for id in first {
+            for r in f
+                .chains
+                .get(id)
+                .map(|c| c.rules.as_slice())
+                .unwrap_or_default()
+            {
+                op(Op::AddRule(id.0, id.1.clone(), r.clone()));
+            }
+        }
+        let new_members: Vec<bool> = f
+            .members
+            .iter()
+            .map(|id| self.member_users(id) == 0)
+            .collect();
+        self.hold(name, &f);
+        for ((fam, set, key), is_new) in f.members.into_iter().zip(new_members) {
+            if is_new {
+                element(fam, set, key, Value::Member);
+            }
+        }
+        for ((fam, map, key), v) in f.entries {
+            element(fam, map, key, v);
+        }
     }
 
     fn release(&mut self, name: &str, f: &Fragment) {
@@ -240,33 +339,38 @@ impl Applied {
             decrement(&mut self.set_users, id);
         }
         for id in &f.members {
-            decrement(&mut self.member_users, id);
+            self.member_users.count(id, -1);
         }
-        for id in f.entries.keys() {
-            if self.owners.get(id).is_some_and(|o| &**o == name) {
-                self.owners.remove(id);
+        for id in f.entries.keys().filter(|id| is_service_key(&id.1)) {
+            let id = claim_id(id);
+            if self.owners.get(&id).is_some_and(|o| &**o == name) {
+                self.owners.remove(&id);
             }
+        }
+        for e in f.udp_backends() {
+            decrement(&mut self.udp_users, &e);
         }
     }
 
-    fn hold(&mut self, name: &str, f: &Fragment) {
-        for id in f.chains.keys() {
-            *self.chain_users.entry(id.clone()).or_default() += 1;
-        }
-        for id in f.sets.keys() {
-            *self.set_users.entry(id.clone()).or_default() += 1;
-        }
-        for id in &f.members {
-            *self.member_users.entry(id.clone()).or_default() += 1;
-        }
-        let owner: Arc<str> = Arc::from(name);
-        for id in f.entries.keys() {
-            self.owners.insert(id.clone(), owner.clone());
-        }
+    fn chain_users(&self, id: &ObjectId) -> u32 {
+        self.chain_users.get(id).copied().unwrap_or(0)
+    }
+
+    fn set_users(&self, id: &ObjectId) -> u32 {
+        self.set_users.get(id).copied().unwrap_or(0)
+    }
+
+    fn member_users(&self, id: &ElementId) -> u32 {
+        self.member_users.get(id).copied().unwrap_or(0)
     }
 }
 
-fn decrement<K: Ord + Clone>(m: &mut BTreeMap<K, usize>, id: &K) {
+/// A Service port key's id as its owner is recorded (see [`names::claim_map`]).
+fn claim_id(id: &ElementId) -> ElementId {
+    (id.0, Cow::Borrowed(claim_map(&id.1)), id.2.clone())
+}
+
+fn decrement<K: Ord>(m: &mut BTreeMap<K, u32>, id: &K) {
     if let Some(n) = m.get_mut(id) {
         *n -= 1;
         if *n == 0 {
@@ -275,300 +379,19 @@ fn decrement<K: Ord + Clone>(m: &mut BTreeMap<K, usize>, id: &K) {
     }
 }
 
-/// Counts before and after, and the new content of shared objects.
+/// A set of Service port keys being claimed (packed like the owners).
 #[derive(Default)]
-struct Delta<'a> {
-    chains: BTreeMap<ObjectId, (i64, Option<&'a Chain>)>,
-    sets: BTreeMap<ObjectId, (i64, Option<&'a Set>)>,
-    members: BTreeMap<ElementId, i64>,
-    /// Map keys given up (with their old value) and claimed (with the new one).
-    released: BTreeMap<ElementId, Value>,
-    claimed: BTreeMap<ElementId, Value>,
-}
+pub struct Claimed(PackedMap<()>);
 
-/// The operations that replace the fragments of the `rebuilt` Services (`None`: gone) in
-/// `applied`, changing only what changed, and what to record once they are committed.
-pub fn plan(
-    applied: &Applied,
-    rebuilt: Vec<(String, Option<Fragment>)>,
-    problems: &mut Vec<BuildError>,
-) -> (Vec<Op>, Pending) {
-    let mut delta = Delta::default();
-    let names: BTreeSet<String> = rebuilt.iter().map(|(n, _)| n.clone()).collect();
-    // 1. Give up the old fragments.
-    for (name, _) in &rebuilt {
-        let Some(old) = applied.fragments.get(name) else {
-            continue;
-        };
-        for id in old.chains.keys() {
-            delta.chains.entry(id.clone()).or_default().0 -= 1;
-        }
-        for id in old.sets.keys() {
-            delta.sets.entry(id.clone()).or_default().0 -= 1;
-        }
-        for id in &old.members {
-            *delta.members.entry(id.clone()).or_default() -= 1;
-        }
-        for (id, v) in &old.entries {
-            delta.released.insert(id.clone(), v.clone());
-        }
-    }
-    // 2. Claim the new ones, in name order; a key another Service holds is left out.
-    let mut accepted = Vec::new();
-    let mut conflicted: BTreeSet<String> = applied
-        .conflicted
-        .iter()
-        .filter(|n| !names.contains(*n))
-        .cloned()
-        .collect();
-    let mut claimed_now: BTreeSet<ElementId> = BTreeSet::new();
-    for (name, new) in rebuilt {
-        let Some(mut new) = new else {
-            accepted.push((name, None));
-            continue;
-        };
-        let taken: Vec<ElementId> = new
-            .entries
-            .keys()
-            .filter(|id| {
-                claimed_now.contains(*id)
-                    || applied
-                        .owners
-                        .get(*id)
-                        .is_some_and(|o| !names.contains(&**o))
-            })
-            .cloned()
-            .collect();
-        leave_out(&name, &mut new, &taken, problems);
-        if !taken.is_empty() {
-            conflicted.insert(name.clone());
-        }
-        claimed_now.extend(new.entries.keys().cloned());
-        accepted.push((name, Some(new)));
-    }
-    for (_, new) in &accepted {
-        let Some(new) = new else { continue };
-        for (id, c) in &new.chains {
-            let e = delta.chains.entry(id.clone()).or_default();
-            e.0 += 1;
-            e.1 = Some(c);
-        }
-        for (id, s) in &new.sets {
-            let e = delta.sets.entry(id.clone()).or_default();
-            e.0 += 1;
-            e.1 = Some(s);
-        }
-        for id in &new.members {
-            *delta.members.entry(id.clone()).or_default() += 1;
-        }
-        for (id, v) in &new.entries {
-            delta.claimed.insert(id.clone(), v.clone());
-        }
-    }
-    let ops = delta.ops(applied, &accepted);
-    (
-        ops,
-        Pending {
-            fragments: accepted,
-            conflicted,
-        },
-    )
-}
-
-/// Leaves the map keys another Service holds out of `name`'s fragment, and says so.
-fn leave_out(name: &str, new: &mut Fragment, taken: &[ElementId], problems: &mut Vec<BuildError>) {
-    for id in taken {
-        new.entries.remove(id);
-        if is_service_key(&id.1) {
-            problems.push(BuildError {
-                object: format!("service {name}"),
-                problem: format!(
-                    "{} is already used by another service, skipped",
-                    describe(&id.2)
-                ),
-            });
-            // The key's endpoints go with it.
-            let prefix = &id.2;
-            new.entries
-                .retain(|(f, _, k), _| !(*f == id.0 && k.starts_with(prefix)));
-        }
-    }
-}
-
-impl Delta<'_> {
-    fn ops(&self, applied: &Applied, accepted: &[(String, Option<Fragment>)]) -> Vec<Op> {
-        let mut ops = Vec::new();
-        let users = |m: &BTreeMap<ObjectId, usize>, id: &ObjectId| m.get(id).copied().unwrap_or(0);
-        // 1. Declare new sets and chains.
-        for (id, (d, set)) in &self.sets {
-            let before = users(&applied.set_users, id) as i64;
-            if let (true, Some(s)) = (before == 0 && before + d > 0, set) {
-                ops.push(Op::AddSet(id.0, id.1.clone(), (*s).clone()));
-            }
-        }
-        let mut refill = Vec::new();
-        let mut doomed = Vec::new();
-        for (id, (d, chain)) in &self.chains {
-            let before = users(&applied.chain_users, id) as i64;
-            let after = before + d;
-            match (before > 0, after > 0) {
-                (false, true) => {
-                    ops.push(Op::AddChain(id.0, id.1.clone(), None));
-                    refill.push((id, *chain, false));
-                }
-                (true, true) if differs(applied, accepted, id, *chain) => {
-                    refill.push((id, *chain, true));
-                }
-                (true, false) => doomed.push(id),
-                _ => {}
-            }
-        }
-        // 2. Rules.
-        for (id, chain, flush) in refill {
-            if flush {
-                ops.push(Op::FlushChain(id.0, id.1.clone()));
-            }
-            for r in chain.map(|c| c.rules.as_slice()).unwrap_or_default() {
-                ops.push(Op::AddRule(id.0, id.1.clone(), Rule::clone(r)));
-            }
-        }
-        // 3. Elements: deletions first (a changed value is deleted, then added).
-        self.element_ops(applied, &mut ops);
-        // 4. Remove what nothing uses any more: empty the chains first (they may jump to
-        //    each other), then delete them, then their sets.
-        for id in &doomed {
-            ops.push(Op::FlushChain(id.0, id.1.clone()));
-        }
-        for id in doomed {
-            ops.push(Op::DeleteChain(id.0, id.1.clone()));
-        }
-        for (id, (d, _)) in &self.sets {
-            let before = users(&applied.set_users, id) as i64;
-            if before > 0 && before + d <= 0 {
-                ops.push(Op::DeleteSet(id.0, id.1.clone()));
-            }
-        }
-        ops
+impl Claimed {
+    pub fn contains(&self, fam: IpFamily, map: &str, key: &Key) -> bool {
+        self.0.get_parts(fam, claim_map(map), key).is_some()
     }
 
-    /// The element deletions, then additions, of the transaction.
-    fn element_ops(&self, applied: &Applied, ops: &mut Vec<Op>) {
-        let mut deletes: BTreeMap<ObjectId, Vec<Key>> = BTreeMap::new();
-        let mut adds: BTreeMap<ObjectId, Vec<(Key, Value)>> = BTreeMap::new();
-        for (id, d) in &self.members {
-            let before = applied.member_users.get(id).copied().unwrap_or(0) as i64;
-            let after = before + d;
-            let obj = (id.0, id.1.to_string());
-            if before > 0 && after <= 0 {
-                deletes.entry(obj).or_default().push(id.2.clone());
-            } else if before <= 0 && after > 0 {
-                adds.entry(obj)
-                    .or_default()
-                    .push((id.2.clone(), Value::Member));
-            }
-        }
-        for (id, old) in &self.released {
-            if self.claimed.get(id) != Some(old) {
-                deletes
-                    .entry((id.0, id.1.to_string()))
-                    .or_default()
-                    .push(id.2.clone());
-            }
-        }
-        for (id, new) in &self.claimed {
-            if self.released.get(id) != Some(new) {
-                adds.entry((id.0, id.1.to_string()))
-                    .or_default()
-                    .push((id.2.clone(), new.clone()));
-            }
-        }
-        for ((fam, name), keys) in deletes {
-            ops.push(Op::DeleteElements(fam, name, keys));
-        }
-        for ((fam, name), els) in adds {
-            let endpoints: Vec<(Key, SocketAddr)> = els
-                .iter()
-                .filter_map(|(k, v)| match v {
-                    Value::Endpoint(e) => Some((k.clone(), *e)),
-                    _ => None,
-                })
-                .collect();
-            if !endpoints.is_empty() {
-                ops.push(Op::AddEndpoints(fam, name.clone(), endpoints));
-            }
-            let others: Vec<(Key, Option<MapVerdict>)> = els
-                .into_iter()
-                .filter_map(|(k, v)| match v {
-                    Value::Member => Some((k, None)),
-                    Value::Verdict(v) => Some((k, Some(v))),
-                    Value::Endpoint(_) => None,
-                })
-                .collect();
-            if !others.is_empty() {
-                ops.push(Op::AddElements(fam, name, others));
-            }
-        }
-    }
-}
-
-/// Does the chain's new content differ from what the kernel holds (the old fragments of the
-/// rebuilt Services say what it holds)?
-fn differs(
-    applied: &Applied,
-    accepted: &[(String, Option<Fragment>)],
-    id: &ObjectId,
-    new: Option<&Chain>,
-) -> bool {
-    if is_shared(&id.1) {
-        return false;
-    }
-    let old = accepted
-        .iter()
-        .find_map(|(n, _)| applied.fragments.get(n).and_then(|f| f.chains.get(id)));
-    match (old, new) {
-        (Some(o), Some(n)) => o != n,
-        _ => false,
-    }
-}
-
-/// Merges one fragment into a ruleset.
-fn merge(r: &mut Ruleset, f: &Fragment) {
-    {
-        for t in &mut r.tables {
-            let fam = t.family;
-            for ((cf, name), c) in &f.chains {
-                if *cf == fam {
-                    t.chains.insert(name.clone(), c.clone());
-                }
-            }
-            for ((sf, name), s) in &f.sets {
-                if *sf == fam {
-                    t.sets.insert(name.clone(), s.clone());
-                }
-            }
-            for (ef, name, k) in &f.members {
-                if let (true, Some(s)) = (*ef == fam, t.sets.get_mut(name.as_ref())) {
-                    s.elements.insert(k.clone());
-                }
-            }
-            for ((ef, name, k), v) in &f.entries {
-                if *ef != fam {
-                    continue;
-                }
-                match v {
-                    Value::Verdict(v) => {
-                        if let Some(m) = t.maps.get_mut(name.as_ref()) {
-                            m.elements.insert(k.clone(), v.clone());
-                        }
-                    }
-                    Value::Endpoint(e) => {
-                        if let Some(m) = t.dnat_maps.get_mut(name.as_ref()) {
-                            m.elements.insert(k.clone(), *e);
-                        }
-                    }
-                    Value::Member => {}
-                }
-            }
+    /// Adds the Service port keys of `f`.
+    pub fn add(&mut self, f: &Fragment) {
+        for id in f.entries.keys().filter(|id| is_service_key(&id.1)) {
+            self.0.insert(&claim_id(id), ());
         }
     }
 }

@@ -31,7 +31,7 @@ use super::ruleset::{
 };
 
 /// Appends the messages of `ops` (one transaction) to `batch`.
-pub fn lower_ops(ops: &[Op], batch: &mut Batch) {
+pub fn lower_ops<'a>(ops: impl IntoIterator<Item = &'a Op>, batch: &mut Batch) {
     for op in ops {
         lower_op(op, batch);
     }
@@ -44,7 +44,8 @@ pub(super) fn family(f: IpFamily) -> Family {
     }
 }
 
-fn lower_op(op: &Op, b: &mut Batch) {
+/// Appends the messages of one operation to `b`.
+pub fn lower_op(op: &Op, b: &mut Batch) {
     match op {
         Op::AddTable(t) => add_table(t, b),
         // `add` first: deleting a table that does not exist would fail the batch.

@@ -2,10 +2,12 @@
 //! table per IP family, owned by nanolet.
 //!
 //! ```text
-//!  JSON ─► model (validated Service, EndpointSlice, NodeConfig)
+//!  JSON ─► model (validated Service, EndpointSlice, NodeConfig) ─► store
 //!            └► build ─► ruleset (typed tables, chains, maps, sets) ─┬► nft_text (dump, goldens)
-//!                                                                    ├► trace (packet tracer)
-//!                                                      ruleset::diff ┴► lower ─► apply (one netlink batch)
+//!                                                                    └► trace (packet tracer)
+//!  store ─► state: per Service build alone ─► fragment ─┬► full sync: streamed, one Service at a time
+//!           (applied: counts and owners, no elements)   └► incremental: plan(old, new fragments)
+//!                                          ─► Op ─► lower ─► apply (one netlink batch)
 //! ```
 //!
 //! - [`model`]: the inputs, parsed and validated at the edge; errors name the object and field.
@@ -14,8 +16,9 @@
 //! - [`ruleset`]: the ruleset as a typed value, and the diff between two of them.
 //! - [`nft_text`]: the ruleset as `nft -f` text (`nanolet proxy dump`).
 //! - [`store`]: the Services and EndpointSlices fed by the watches; [`state`]: the sync gate,
-//!   the next transaction;
-//!   [`fragments`]: what each Service adds to the ruleset, and the incremental diff of them.
+//!   the next transaction (`state/full.rs`: the full sync, streamed);
+//!   [`fragments`]: what each Service adds to the ruleset, what is kept of what was applied
+//!   (packed counts and owners), and the incremental diff of fragments.
 //! - [`trace`]: where a packet would go, following the same chains the kernel would.
 //!
 //! - [`lower`]: the ruleset as nf_tables netlink messages (pure); `lower_dnat` the shared

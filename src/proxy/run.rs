@@ -2,9 +2,9 @@
 //!
 //! ```text
 //!  services/ changed ─► scan_dir (changed objects, one at a time) ─► ProxyState::apply ─┐
-//!  syncPeriod tick ───► forget what was applied (full resync) ──────────────────────────┴► next_transaction
-//!                                  Writer::write (one atomic batch, awaited) ◄┘
-//!                                   committed(ruleset) on success, forget_applied on failure
+//!  syncPeriod tick ───► forget what was applied (full resync) ──────────────────────────┴► next_sync
+//!         Writer::write (one atomic batch, awaited; a full sync streamed into it) ◄┘
+//!         committed(transaction) on success, forget_applied on failure
 //! ```
 //!
 //! Nothing is written until Services and EndpointSlices have both synced (the state's gate);
@@ -18,11 +18,11 @@ use std::path::PathBuf;
 use async_io::Timer;
 use futures_lite::FutureExt;
 
-use super::apply::Writer;
+use super::apply::{Ops, Writer};
 use super::backend::Backend;
 use super::model::NodeConfig;
 use super::source::{Snapshot, scan_dir};
-use super::state::{Event, ProxyState};
+use super::state::{Event, NextSync, ProxyState};
 use crate::config::proxy::ProxyConfig;
 use crate::source::DirWatch;
 use crate::sys::reaper::Reaper;
@@ -69,22 +69,40 @@ impl<W: Writer> Proxy<W> {
         if full {
             self.state.forget_applied();
         }
-        let Some(mut tx) = self.state.next_transaction(&self.node) else {
-            log::debug!("proxy: waiting for Services and EndpointSlices to sync");
-            return false;
+        // A full sync's operations are made one Service at a time as the writer encodes
+        // them: neither the desired ruleset nor its operations are ever held whole.
+        let (written, tx) = {
+            let Some(next) = self.state.next_sync(&self.node) else {
+                log::debug!("proxy: waiting for Services and EndpointSlices to sync");
+                return false;
+            };
+            match next {
+                NextSync::Incremental(mut tx) => {
+                    for p in &tx.problems {
+                        log::warn!("proxy: {p}");
+                    }
+                    if tx.ops.is_empty() {
+                        return true;
+                    }
+                    let ops = std::mem::take(&mut tx.ops);
+                    log::debug!("proxy: writing {} operations", ops.len());
+                    (self.writer.write(Ops::Listed(ops)).await, Some(tx))
+                }
+                NextSync::Full(mut full) => {
+                    log::debug!("proxy: replacing the tables (full sync)");
+                    let written = self.writer.write(Ops::Streamed(&mut full)).await;
+                    // Only a written full sync is finished (its counts recorded).
+                    let tx = written.is_ok().then(|| full.finish());
+                    for p in tx.iter().flat_map(|tx| &tx.problems) {
+                        log::warn!("proxy: {p}");
+                    }
+                    (written, tx)
+                }
+            }
         };
-        for p in &tx.problems {
-            log::warn!("proxy: {p}");
-        }
-        if tx.ops.is_empty() {
-            return true;
-        }
-        // The operations hold a copy of every table on a full sync: the writer lets them go
-        // once they are encoded, before the kernel's commit.
-        let ops = tx.ops.len();
-        match self.writer.write(std::mem::take(&mut tx.ops)).await {
-            Ok(()) => {
-                log::debug!("proxy: committed {ops} operations");
+        match (written, tx) {
+            (Ok(()), Some(tx)) => {
+                log::debug!("proxy: committed");
                 self.failures = 0;
                 self.state.committed(tx);
                 let now = self.state.udp_backends();
@@ -98,7 +116,8 @@ impl<W: Writer> Proxy<W> {
                 self.udp_backends = now;
                 true
             }
-            Err(e) => {
+            (Ok(()), None) => false,
+            (Err(e), _) => {
                 if self.failures == 0 {
                     log::warn!("proxy: writing the ruleset failed: {e}; retrying with a full sync");
                 }
@@ -176,8 +195,11 @@ mod tests {
     }
 
     impl Writer for &mut Recorder {
-        async fn write(&mut self, ops: Vec<Op>) -> Result<(), String> {
-            self.writes.push(ops);
+        async fn write(&mut self, ops: Ops<'_>) -> Result<(), String> {
+            self.writes.push(match ops {
+                Ops::Listed(ops) => ops,
+                Ops::Streamed(stream) => stream.collect(),
+            });
             if self.refuse {
                 return Err("refused".into());
             }

@@ -3,30 +3,40 @@
 //!
 //! ```text
 //!  Waiting { services_synced, slices_synced } ──(both synced)──► Synced { applied: None }
-//!  Synced { applied: None } ──(next_transaction: every Service, the tables replaced whole)─┐
-//!  Synced { applied: Some } ──(next_transaction: only the dirty Services' fragments)───────┤
-//!                           ◄──(committed(transaction): the fragments the kernel accepted)─┘
+//!  Synced { applied: None } ──(next_sync: FullSync, every Service streamed, tables replaced)─┐
+//!  Synced { applied: Some } ──(next_sync: a Transaction of the dirty Services' fragments)───┤
+//!                           ◄──(committed(transaction): counts and owners the kernel holds)──┘
 //! ```
 //!
 //! Events go into the [`Store`] and mark Services dirty (an EndpointSlice its Service, by
-//! `kubernetes.io/service-name`, before and after the change); the next transaction rebuilds
-//! only those and diffs only their [`fragments`](super::fragments). What was applied is kept
-//! as the fragments, never as a second whole ruleset.
+//! `kubernetes.io/service-name`, before and after the change). What was applied is kept as
+//! counts and owners ([`Applied`]), never as elements: a Service's applied fragment is rebuilt
+//! from the store, which holds what produced it until an event changes it. So the first event
+//! that touches a Service after a commit first rebuilds what it had applied (its "stash"),
+//! then changes the store; the next transaction diffs the stash against the new fragment.
+//!
+//! A Service port key held by two Services goes to the first by `namespace/name`, in the
+//! full sync (which builds in name order) and in the incremental one alike: a Service that
+//! claims a key a later one holds takes it over, and the later one is rebuilt without it.
 //!
 //! Objects that fail validation are reported (by the caller, at `warn!`) and left out; a
 //! deletion removes whatever the store held under that name.
 //! This module must never do I/O: the caller writes the transaction and reports success.
 
-use std::collections::BTreeSet;
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use serde_json::Value;
 
-use super::build::BuildError;
-use super::fragments::{Applied, Fragment, Pending, fragment, plan, skeleton};
-use super::model::{EndpointSlice, ModelError, NodeConfig, Service};
-use super::ruleset::{Op, Ruleset};
+use super::build::{BuildError, Taken};
+use super::fragments::{Applied, Change, Claimed, Fragment, Pending, fragment, plan};
+use super::model::{EndpointSlice, IpFamily, ModelError, NodeConfig, Service};
+use super::ruleset::{Key, Op, Ruleset};
 use super::store::Store;
+
+mod full;
+pub use full::FullSync;
 
 /// One change from the API server's watches.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,12 +96,27 @@ impl Transaction {
     }
 }
 
+/// What the next sync writes: a listed transaction, or a full sync whose operations are made
+/// one Service at a time as the writer takes them ([`FullSync::finish`] gives its
+/// transaction once they are all taken).
+pub enum NextSync<'a> {
+    Incremental(Transaction),
+    Full(FullSync<'a>),
+}
+
+/// The most Services changed between two transactions whose applied fragments are kept for
+/// an incremental one; more, and the next sync replaces the tables whole.
+pub const STASH_MAX: usize = 512;
+
 /// The store, the sync gate and what was applied.
 #[derive(Debug, Clone)]
 pub struct ProxyState {
     store: Store,
     /// Services changed since the last committed transaction.
     dirty: BTreeSet<String>,
+    /// The applied fragment of each Service an event touched since the last commit (`None`:
+    /// it had none), rebuilt before the event changed the store.
+    stash: BTreeMap<String, Option<Fragment>>,
     phase: Phase,
 }
 
@@ -100,12 +125,49 @@ impl Default for ProxyState {
         ProxyState {
             store: Store::default(),
             dirty: BTreeSet::new(),
+            stash: BTreeMap::new(),
             phase: Phase::Waiting {
                 services_synced: false,
                 slices_synced: false,
             },
         }
     }
+}
+
+/// One Service's fragment from `store`, with the keys `taken` says are held elsewhere left
+/// out; its problems, and whether a key was left out.
+fn render(
+    store: &Store,
+    name: &str,
+    node: &NodeConfig,
+    skeleton: &Ruleset,
+    taken: Taken<'_>,
+) -> (Option<Fragment>, Vec<BuildError>, bool) {
+    let Some(svc) = store.service(name) else {
+        return (None, Vec::new(), false);
+    };
+    let slices = store.slices_for(name);
+    let lost = Cell::new(false);
+    let watch = |f: IpFamily, m: &str, k: &Key| {
+        let t = taken(f, m, k);
+        lost.set(lost.get() || t);
+        t
+    };
+    let (f, p) = fragment(svc, &slices, node, skeleton, &watch);
+    (Some(f), p, lost.get())
+}
+
+/// `namespace/name` of an object (the store's key).
+fn object_key(v: &Value) -> String {
+    let ns = v
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let name = v
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    format!("{ns}/{name}")
 }
 
 impl ProxyState {
@@ -117,6 +179,7 @@ impl ProxyState {
     /// Applies one watch event. An invalid object is dropped from the store (an update that
     /// breaks a Service stops it being proxied) and its error returned.
     pub fn apply(&mut self, event: Event) -> Result<(), ModelError> {
+        self.stash_touched(&event);
         match event {
             Event::ServiceApplied(v) => self.store.put_service(&v, &mut self.dirty)?,
             Event::ServiceDeleted { namespace, name } => {
@@ -135,19 +198,63 @@ impl ProxyState {
         Ok(())
     }
 
-    /// One Service's fragment, built from its own slices only.
-    fn fragment_of(
-        &self,
-        name: &str,
-        node: &NodeConfig,
-        skeleton: &Ruleset,
-        problems: &mut Vec<BuildError>,
-    ) -> Option<Fragment> {
-        let svc = self.store.service(name)?;
-        let slices = self.store.slices_for(name);
-        let (f, p) = fragment(svc, &slices, node, skeleton);
-        problems.extend(p);
-        Some(f)
+    /// The Services an event may change: the Service itself, or a slice's Service before
+    /// and after.
+    fn touched_by(&self, event: &Event) -> Vec<String> {
+        let owner = |slice: &str| {
+            self.store
+                .slice(slice)
+                .map(|s| format!("{}/{}", s.namespace, s.service_name))
+        };
+        match event {
+            Event::ServiceApplied(v) => vec![object_key(v)],
+            Event::ServiceDeleted { namespace, name } => vec![format!("{namespace}/{name}")],
+            Event::EndpointSliceApplied(v) => {
+                let label = v
+                    .pointer("/metadata/labels/kubernetes.io~1service-name")
+                    .and_then(Value::as_str);
+                let ns = v
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
+                let after = label.map(|l| format!("{ns}/{l}"));
+                owner(&object_key(v)).into_iter().chain(after).collect()
+            }
+            Event::EndpointSliceDeleted { namespace, name } => {
+                owner(&format!("{namespace}/{name}")).into_iter().collect()
+            }
+            Event::ServicesSynced | Event::EndpointSlicesSynced => Vec::new(),
+        }
+    }
+
+    /// Rebuilds what the Services `event` touches have applied, before the store changes.
+    /// Past [`STASH_MAX`] Services (a relist sends every object again) what was applied is
+    /// forgotten instead: the next sync is a full one, streamed, rather than a stash of
+    /// every Service.
+    fn stash_touched(&mut self, event: &Event) {
+        if self.stash.len() >= STASH_MAX {
+            self.forget_applied();
+        }
+        let Phase::Synced {
+            applied: Some(applied),
+        } = &self.phase
+        else {
+            return;
+        };
+        for name in self.touched_by(event) {
+            if !self.stash.contains_key(&name) {
+                let old = self.applied_fragment(applied, &name);
+                self.stash.insert(name, old);
+            }
+        }
+    }
+
+    /// What a Service that no event touched since the last commit has applied: its fragment
+    /// from the store, without the keys others hold.
+    fn applied_fragment(&self, applied: &Applied, name: &str) -> Option<Fragment> {
+        let taken =
+            |f: IpFamily, m: &str, k: &Key| applied.owner(f, m, k).is_some_and(|o| o != name);
+        render(&self.store, name, &applied.node, &applied.skeleton, &taken).0
     }
 
     /// Every endpoint UDP traffic is DNATed to, in what was committed.
@@ -175,55 +282,120 @@ impl ProxyState {
         }
     }
 
-    /// The transaction that brings the kernel to the desired state; `None` until both
-    /// sources have synced (writing earlier would drop traffic to Services not yet seen).
-    pub fn next_transaction(&self, node: &NodeConfig) -> Option<Transaction> {
+    /// What brings the kernel to the desired state; `None` until both sources have synced
+    /// (writing earlier would drop traffic to Services not yet seen).
+    pub fn next_sync(&self, node: &NodeConfig) -> Option<NextSync<'_>> {
         let Phase::Synced { applied } = &self.phase else {
             return None;
         };
-        let skeleton = skeleton(node);
-        let mut problems = Vec::new();
-        if let Some(applied) = applied.as_deref().filter(|a| a.skeleton == skeleton) {
-            let mut names = self.dirty.clone();
-            if !names.is_empty() {
-                // A Service that lost a key may win it now.
-                names.extend(applied.conflicted().iter().cloned());
-            }
-            let rebuilt: Vec<(String, Option<Fragment>)> = names
-                .into_iter()
-                .map(|n| {
-                    let f = self.fragment_of(&n, node, &skeleton, &mut problems);
-                    (n, f)
-                })
-                .collect();
-            let (ops, pending) = plan(applied, rebuilt, &mut problems);
-            return Some(Transaction {
-                ops,
-                problems,
-                commit: Commit::Incremental(pending),
-            });
+        if let Some(applied) = applied.as_deref().filter(|a| a.node == *node)
+            && let Some(tx) = self.incremental(applied)
+        {
+            return Some(NextSync::Incremental(tx));
         }
         // Unknown kernel state (or a new node configuration): replace the tables whole.
-        // One Service at a time, straight into what will be applied and the desired ruleset:
-        // no second set of fragments, no delta against an empty state.
-        let mut desired = skeleton.clone();
-        let mut next = Applied::new(skeleton);
-        for n in self.store.service_keys() {
-            if let Some(f) = self.fragment_of(n, node, &next.skeleton, &mut problems) {
-                next.adopt(n.clone(), f, &mut desired, &mut problems);
+        Some(NextSync::Full(FullSync::new(&self.store, node)))
+    }
+
+    /// [`ProxyState::next_sync`] with a full sync's operations listed (tests, benches).
+    pub fn next_transaction(&self, node: &NodeConfig) -> Option<Transaction> {
+        match self.next_sync(node)? {
+            NextSync::Incremental(tx) => Some(tx),
+            NextSync::Full(mut full) => {
+                let ops: Vec<Op> = full.by_ref().collect();
+                let mut tx = full.finish();
+                tx.ops = ops;
+                Some(tx)
             }
         }
-        let mut ops: Vec<Op> = desired
-            .tables
+    }
+
+    /// The transaction of the dirty Services against `applied`; `None` when a dirty Service
+    /// has no stash (what it applied is unknown: only a full sync is safe).
+    fn incremental(&self, applied: &Applied) -> Option<Transaction> {
+        if self.dirty.iter().any(|n| !self.stash.contains_key(n)) {
+            return None;
+        }
+        let mut names: BTreeSet<String> = self.stash.keys().cloned().collect();
+        if names.is_empty() {
+            return Some(Transaction {
+                ops: Vec::new(),
+                problems: Vec::new(),
+                commit: Commit::Incremental(Pending::new(Vec::new(), applied.conflicted().clone())),
+            });
+        }
+        // A Service that lost a key may win it now.
+        names.extend(applied.conflicted().iter().cloned());
+        let rebuilt = self.claim(applied, &mut names);
+        let mut problems = Vec::new();
+        let mut conflicted: BTreeSet<String> = applied
+            .conflicted()
             .iter()
-            .map(|t| Op::DeleteTable(t.family))
+            .filter(|n| !names.contains(*n))
+            .cloned()
             .collect();
-        ops.extend(desired.tables.into_iter().map(Op::AddTable));
+        let changes: Vec<Change> = rebuilt
+            .into_iter()
+            .map(|(name, new, p, lost)| {
+                problems.extend(p);
+                if lost {
+                    conflicted.insert(name.clone());
+                }
+                let old = match self.stash.get(&name) {
+                    Some(old) => old.clone(),
+                    None => self.applied_fragment(applied, &name),
+                };
+                Change { name, old, new }
+            })
+            .collect();
         Some(Transaction {
-            ops,
+            ops: plan(applied, &changes),
             problems,
-            commit: Commit::Full(Box::new(next)),
+            commit: Commit::Incremental(Pending::new(changes, conflicted)),
         })
+    }
+
+    /// Rebuilds `names` in name order, each key going to the first claimant by name; a
+    /// Service outside `names` that loses a key to one of them joins them (and all are
+    /// rebuilt again). Returns each one's fragment, problems and whether it lost a key.
+    #[allow(clippy::type_complexity)]
+    fn claim(
+        &self,
+        applied: &Applied,
+        names: &mut BTreeSet<String>,
+    ) -> Vec<(String, Option<Fragment>, Vec<BuildError>, bool)> {
+        loop {
+            let mut claimed = Claimed::default();
+            let mut displaced = BTreeSet::new();
+            let mut rebuilt = Vec::new();
+            for name in names.iter() {
+                let (new, problems, lost) = {
+                    let taken = |f: IpFamily, m: &str, k: &Key| {
+                        claimed.contains(f, m, k)
+                            || applied
+                                .owner(f, m, k)
+                                .is_some_and(|o| o < name.as_str() && !names.contains(o))
+                    };
+                    render(&self.store, name, &applied.node, &applied.skeleton, &taken)
+                };
+                if let Some(f) = &new {
+                    for (fam, m, k) in f.service_keys() {
+                        if let Some(o) = applied.owner(fam, m, k)
+                            && o > name.as_str()
+                            && !names.contains(o)
+                        {
+                            displaced.insert(o.to_string());
+                        }
+                    }
+                    claimed.add(f);
+                }
+                rebuilt.push((name.clone(), new, problems, lost));
+            }
+            if displaced.is_empty() {
+                return rebuilt;
+            }
+            names.extend(displaced);
+        }
     }
 
     /// Records that a transaction was committed: the next one is a diff against it.
@@ -236,13 +408,15 @@ impl ProxyState {
             Commit::Full(next) => {
                 *applied = Some(next);
                 self.dirty.clear();
+                self.stash.clear();
             }
             Commit::Incremental(pending) => {
                 let Some(a) = applied else {
                     return;
                 };
-                for (name, _) in pending.fragments() {
+                for name in pending.names() {
                     self.dirty.remove(name);
+                    self.stash.remove(name);
                 }
                 a.commit(pending);
             }
@@ -254,12 +428,23 @@ impl ProxyState {
         if let Phase::Synced { applied } = &mut self.phase {
             *applied = None;
         }
+        self.stash.clear();
     }
 
     /// The Services and EndpointSlices in the store, once both have synced (`None` before):
     /// the iptables backend renders them itself instead of taking a transaction.
     pub fn objects(&self) -> Option<(Vec<&Service>, Vec<&EndpointSlice>)> {
         self.is_synced().then(|| self.store.objects())
+    }
+
+    /// How many element users and owners what was applied keeps (benches).
+    pub fn applied_size(&self) -> usize {
+        match &self.phase {
+            Phase::Synced {
+                applied: Some(applied),
+            } => applied.kept(),
+            _ => 0,
+        }
     }
 }
 

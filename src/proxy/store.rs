@@ -79,6 +79,11 @@ impl Store {
         self.services.get(key)
     }
 
+    /// The EndpointSlice `namespace/name`.
+    pub fn slice(&self, key: &str) -> Option<&EndpointSlice> {
+        self.slices.get(key)
+    }
+
     /// The slices of the Service `namespace/name`.
     pub fn slices_for(&self, key: &str) -> Vec<EndpointSlice> {
         self.slices_of

@@ -1402,3 +1402,6 @@ mod incremental;
 
 #[path = "decode_tests.rs"]
 mod decode;
+
+#[path = "sync_tests.rs"]
+mod sync;

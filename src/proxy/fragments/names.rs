@@ -4,7 +4,6 @@
 
 use std::borrow::Cow;
 
-use super::super::ruleset::{Key, KeyPart};
 use super::Name;
 
 /// The skeleton's sets and maps, which elements of every Service name.
@@ -53,13 +52,18 @@ pub(super) fn is_service_key(map: &str) -> bool {
     .contains(&map)
 }
 
-/// `10.96.0.10 80/TCP` or `nodePort 30080/TCP`.
-pub(super) fn describe(k: &Key) -> String {
-    match k.as_slice() {
-        [KeyPart::Addr(a), KeyPart::Proto(p), KeyPart::Port(n)] => {
-            format!("{a} {n}/{}", p.as_kubernetes())
+/// The map a Service port key's owner is recorded under: `@service-ips` for it and
+/// `@no-endpoint-services`, `@service-nodeports` for it and `@no-endpoint-nodeports` (one
+/// key is one Service's, with or without endpoints).
+pub(super) fn claim_map(map: &str) -> &'static str {
+    use super::super::build::{
+        NO_ENDPOINT_NODEPORTS, NO_ENDPOINT_SERVICES, SERVICE_IPS, SERVICE_NODEPORTS,
+    };
+    match map {
+        NO_ENDPOINT_SERVICES | SERVICE_IPS => SERVICE_IPS,
+        _ => {
+            debug_assert!([NO_ENDPOINT_NODEPORTS, SERVICE_NODEPORTS].contains(&map));
+            SERVICE_NODEPORTS
         }
-        [KeyPart::Proto(p), KeyPart::Port(n)] => format!("nodePort {n}/{}", p.as_kubernetes()),
-        _ => format!("{k:?}"),
     }
 }
