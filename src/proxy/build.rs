@@ -143,7 +143,7 @@ fn port_id(svc: &Service, port: &ServicePort) -> String {
     let port_name = if port.name.is_empty() {
         port.port.to_string()
     } else {
-        port.name.clone()
+        port.name.to_string()
     };
     format!(
         "{}/{}/{}/{}",
