@@ -12,12 +12,15 @@
 //! that both lists are complete. The snapshot keeps a hash per object, not the object: the
 //! store holds the validated model, and the JSON of 10 000 Services is never held at once.
 //!
-//! Files: `*.yaml`, `*.yml`, `*.json` (as in `manifests/`), several `---` documents each;
+//! Files: `*.yaml`, `*.yml`, `*.json` (as in `manifests/`), several `---` documents each,
+//! read a document at a time (a file's text is never held whole);
 //! documents of other kinds are skipped with a problem line, as are unreadable files. One
-//! broken document never hides the others before it (a YAML syntax error ends its file).
+//! broken document never hides the others before it (a YAML syntax error, or a line that is
+//! not UTF-8, ends its file).
 
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use serde_json::Value;
@@ -83,8 +86,20 @@ impl Snapshot {
         prev: &Snapshot,
         emit: &mut dyn FnMut(Event),
     ) {
+        self.add_stream(origin, text.as_bytes(), prev, emit);
+    }
+
+    /// [`Snapshot::add_file`] for a file read a document at a time: its text is never held
+    /// whole.
+    pub fn add_stream(
+        &mut self,
+        origin: &str,
+        input: impl BufRead,
+        prev: &Snapshot,
+        emit: &mut dyn FnMut(Event),
+    ) {
         let mut i = 0;
-        let parsed = crate::config::yaml::each_document(text, |doc, _| {
+        let parsed = crate::config::yaml::each_document_read(input, |doc| {
             i += 1;
             self.add_document(origin, i, doc, prev, emit);
         });
@@ -154,8 +169,13 @@ pub fn scan_dir(dir: &Path, prev: &Snapshot, emit: &mut dyn FnMut(Event)) -> Sna
                 .collect();
             paths.sort();
             for path in paths {
-                match std::fs::read_to_string(&path) {
-                    Ok(text) => snap.add_file(&path.display().to_string(), &text, prev, emit),
+                match std::fs::File::open(&path) {
+                    Ok(file) => snap.add_stream(
+                        &path.display().to_string(),
+                        BufReader::new(file),
+                        prev,
+                        emit,
+                    ),
                     Err(e) => snap.problems.push(format!("{}: {e}", path.display())),
                 }
             }
