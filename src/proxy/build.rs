@@ -737,7 +737,7 @@ pub(crate) fn backends(
             if out.iter().any(|(b, _)| b.addr == addr) {
                 continue;
             }
-            let is_local = e.node_name.as_deref() == Some(node_name);
+            let is_local = e.node_name == Some(node_name);
             out.push((Backend { addr, is_local }, c.ready));
         }
     }

@@ -103,10 +103,7 @@ fn endpoints_become_one_slice_per_subset_and_family_with_not_ready_addresses_not
         v4.endpoints.get(0).unwrap().conditions,
         cond(true, true, false)
     );
-    assert_eq!(
-        v4.endpoints.get(0).unwrap().node_name.as_deref(),
-        Some("edge-1")
-    );
+    assert_eq!(v4.endpoints.get(0).unwrap().node_name, Some("edge-1"));
     assert_eq!(
         v4.endpoints.get(1).unwrap().address.to_string(),
         "10.88.0.6"

@@ -32,10 +32,59 @@ use crate::source::is_manifest_file_name;
 /// and what was wrong.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
-    pub services: BTreeMap<String, u64>,
-    pub slices: BTreeMap<String, u64>,
+    pub services: Hashes,
+    pub slices: Hashes,
     /// One line per skipped file or document, naming it.
     pub problems: Vec<String>,
+}
+
+/// A hash per object, by `namespace/name`: a map while a scan fills it, then (sealed) a
+/// sorted array of exact size, which is what is kept between scans (24 bytes and the key per
+/// object instead of a map node's share, a `String` and its spare capacity).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Hashes {
+    filling: BTreeMap<Box<str>, u64>,
+    sealed: Box<[(Box<str>, u64)]>,
+}
+
+impl Hashes {
+    pub fn get(&self, key: &str) -> Option<u64> {
+        self.filling.get(key).copied().or_else(|| {
+            let i = self.sealed.binary_search_by(|(k, _)| (**k).cmp(key)).ok()?;
+            self.sealed.get(i).map(|(_, h)| *h)
+        })
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Records `key`'s hash; true if the key was there already.
+    fn insert(&mut self, key: &str, hash: u64) -> bool {
+        let known = self.contains_key(key);
+        self.filling.insert(key.into(), hash);
+        known
+    }
+
+    /// Every key, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        let mut keys: Vec<&str> = self.filling.keys().map(|k| &**k).collect();
+        keys.extend(self.sealed.iter().map(|(k, _)| &**k));
+        keys.sort_unstable();
+        keys.dedup();
+        keys.into_iter()
+    }
+
+    /// Turns what the scan filled into the compact form.
+    fn seal(&mut self) {
+        let filling = std::mem::take(&mut self.filling);
+        let mut all: BTreeMap<Box<str>, u64> = std::mem::take(&mut self.sealed)
+            .into_vec()
+            .into_iter()
+            .collect();
+        all.extend(filling);
+        self.sealed = all.into_iter().collect();
+    }
 }
 
 fn key(v: &Value) -> String {
@@ -133,9 +182,9 @@ impl Snapshot {
         };
         let k = key(&doc);
         let hash = hash_of(&doc);
-        let twice = map.insert(k.clone(), hash).is_some();
+        let twice = map.insert(&k, hash);
         // A second definition in this scan always goes to the store: the last one counts.
-        if twice || old.get(&k) != Some(&hash) {
+        if twice || old.get(&k) != Some(hash) {
             emit(if is_service {
                 Event::ServiceApplied(doc)
             } else {
@@ -185,6 +234,8 @@ pub fn scan_dir(dir: &Path, prev: &Snapshot, emit: &mut dyn FnMut(Event)) -> Sna
             .problems
             .push(format!("services path {}: {e}", dir.display())),
     }
+    snap.services.seal();
+    snap.slices.seal();
     finish(prev, &snap, emit);
     snap
 }
@@ -284,6 +335,38 @@ mod tests {
             Event::ServiceDeleted {
                 namespace: "default".into(),
                 name: "web".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_folder_scanned_again_gives_only_its_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("all.yaml");
+        let slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1}\naddressType: IPv4\nendpoints: []\n";
+        std::fs::write(&file, format!("{WEB}---\n{slice}")).unwrap();
+        let scan = |prev: &Snapshot| {
+            let mut events = Vec::new();
+            let snap = scan_dir(dir.path(), prev, &mut |e| events.push(e));
+            (snap, events)
+        };
+        let (first, events) = scan(&Snapshot::default());
+        assert_eq!(events.len(), 4, "{events:?}");
+        assert_eq!(first.services.keys().collect::<Vec<_>>(), ["default/web"]);
+        let (second, events) = scan(&first);
+        assert_eq!(
+            events,
+            vec![Event::ServicesSynced, Event::EndpointSlicesSynced]
+        );
+        assert_eq!(second, first);
+        std::fs::write(&file, WEB.replace("port: 80", "port: 81")).unwrap();
+        let (_, events) = scan(&second);
+        assert!(matches!(events[0], Event::ServiceApplied(_)), "{events:?}");
+        assert_eq!(
+            events[1],
+            Event::EndpointSliceDeleted {
+                namespace: "default".into(),
+                name: "web-1".into()
             }
         );
     }

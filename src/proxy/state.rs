@@ -145,7 +145,7 @@ impl ProxyState {
     ) -> Option<Fragment> {
         let svc = self.store.service(name)?;
         let slices = self.store.slices_for(name);
-        let (f, p) = fragment(svc, &slices, node, skeleton);
+        let (f, p) = fragment(svc, slices, node, skeleton);
         problems.extend(p);
         Some(f)
     }

@@ -270,10 +270,11 @@ impl EndpointsBuilder {
                 }
             },
         };
-        let bits = u16::from(c.ready) * READY
-            | u16::from(c.serving) * SERVING
-            | u16::from(c.terminating) * TERMINATING
-            | u16::try_from(node).unwrap_or(0) << NODE_SHIFT;
+        let flag = |on: bool, bit: u16| if on { bit } else { 0 };
+        let bits = flag(c.ready, READY)
+            | flag(c.serving, SERVING)
+            | flag(c.terminating, TERMINATING)
+            | (u16::try_from(node).unwrap_or(0) << NODE_SHIFT);
         match (address, self.family) {
             (IpAddr::V4(a), IpFamily::V4) => self.v4.push((a.octets(), bits)),
             (IpAddr::V6(a), IpFamily::V6) => self.v6.push((a.octets(), bits)),
