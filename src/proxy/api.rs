@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Both watches are the pods' list + watch state machine ([`Watcher`]): resourceVersion,
-//! bookmarks, relist on 410, jittered back-off. Nothing is written until both have delivered
+//! bookmarks, relist on 410, jittered back-off; paged, so each list page goes to the proxy as
+//! it comes (10 000 Services are never held as JSON at once). Nothing is written until both have delivered
 //! a full list ([`super::state`]'s gate). With a kubeconfig the API server is the only source:
 //! the `services/` folder is not read (kube-proxy has one source too).
 
@@ -74,7 +75,7 @@ fn failed(e: crate::api::Error) -> Input {
 /// 404 on the first list page means the server does not serve that API: the next one is tried.
 async fn watch_kind(client: Rc<Client>, mut kind: Kind, tx: async_channel::Sender<Vec<Event>>) {
     let mut feed = Feed::new(kind);
-    let mut watcher = Watcher::of(what(kind));
+    let mut watcher = Watcher::of(what(kind)).paged();
     let mut jitter = Jitter::seeded();
     loop {
         let res = resource(kind);
@@ -112,7 +113,7 @@ async fn watch_kind(client: Rc<Client>, mut kind: Kind, tx: async_channel::Sende
                     );
                     kind = Kind::Slices(next);
                     feed = Feed::new(kind);
-                    watcher = Watcher::of(what(kind));
+                    watcher = Watcher::of(what(kind)).paged();
                     continue;
                 }
                 inputs.push(input);

@@ -13,7 +13,7 @@
 //! kube-proxy falls back. Whatever the source, the proxy sees v1 EndpointSlices, with
 //! kube-proxy's semantics: an Endpoints' `notReadyAddresses` are not ready (and not serving).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value, json};
 
@@ -183,6 +183,8 @@ pub struct Feed {
     kind: Kind,
     /// By `namespace/name`; what an object made is always in its own namespace.
     made: BTreeMap<Box<str>, Made>,
+    /// While a paged list is delivered: the objects its pages had so far.
+    listed: Option<BTreeSet<Box<str>>>,
 }
 
 /// The names of the proxy objects one API object made. Services and v1 slices make
@@ -211,6 +213,7 @@ impl Feed {
         Feed {
             kind,
             made: BTreeMap::new(),
+            listed: None,
         }
     }
 
@@ -268,39 +271,48 @@ impl Feed {
         self.made.insert(key.into(), made);
     }
 
+    /// One page of a full list (a whole list is one page, first and last): its objects are
+    /// applied at once; after the last page, what no page had was deleted while nobody watched.
+    fn page(&mut self, items: Vec<Value>, first: bool, last: bool, out: &mut Vec<Event>) {
+        if first {
+            self.listed = None;
+        }
+        let listed = self.listed.get_or_insert_with(BTreeSet::new);
+        for item in &items {
+            let (ns, name) = key_of(item);
+            listed.insert(format!("{ns}/{name}").into());
+        }
+        for item in items {
+            self.apply(item, out);
+        }
+        if !last {
+            return;
+        }
+        let listed = self.listed.take().unwrap_or_default();
+        let gone: Vec<Box<str>> = self
+            .made
+            .keys()
+            .filter(|k| !listed.contains(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            if let Some(made) = self.made.remove(&k) {
+                for m in made.names(&k) {
+                    out.push(self.deleted(m));
+                }
+            }
+        }
+        out.push(self.synced());
+    }
+
     /// The proxy's events for the watcher's outputs; warnings come back as log lines.
     pub fn events(&mut self, outputs: Vec<Output>) -> (Vec<Event>, Vec<String>) {
         let mut out = Vec::new();
         let mut warnings = Vec::new();
         for o in outputs {
             match o {
-                Output::Snapshot(items) => {
-                    // A full list: what is not in it was deleted while nobody watched.
-                    let listed: std::collections::BTreeSet<String> = items
-                        .iter()
-                        .map(|v| {
-                            let (ns, name) = key_of(v);
-                            format!("{ns}/{name}")
-                        })
-                        .collect();
-                    let gone: Vec<Box<str>> = self
-                        .made
-                        .keys()
-                        .filter(|k| !listed.contains(&***k))
-                        .cloned()
-                        .collect();
-                    for k in gone {
-                        if let Some(made) = self.made.remove(&k) {
-                            for m in made.names(&k) {
-                                out.push(self.deleted(m));
-                            }
-                        }
-                    }
-                    for item in items {
-                        self.apply(item, &mut out);
-                    }
-                    out.push(self.synced());
-                }
+                Output::Snapshot(items) => self.page(items, true, true, &mut out),
+                Output::Page { items, first, last } => self.page(items, first, last, &mut out),
                 Output::Applied(object) => self.apply(object, &mut out),
                 Output::Deleted(object) => {
                     let (ns, name) = key_of(&object);

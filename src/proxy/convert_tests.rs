@@ -182,6 +182,41 @@ fn a_feed_removes_what_an_object_made_on_update_deletion_and_relist() {
 }
 
 #[test]
+fn list_pages_are_applied_as_they_come_and_the_last_one_deletes_what_no_page_had() {
+    let svc = |name: &str| json!({"metadata": {"name": name, "namespace": "default"}});
+    let applied = |events: &[Event]| -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::ServiceApplied(v) => Some(v["metadata"]["name"].as_str()?.to_string()),
+                _ => None,
+            })
+            .collect()
+    };
+    let page = |items: Vec<Value>, first: bool, last: bool| Output::Page { items, first, last };
+    let mut feed = Feed::new(Kind::Services);
+    feed.events(vec![Output::Snapshot(vec![svc("a"), svc("b"), svc("c")])]);
+    // A relist: its first page is applied at once; nothing is deleted or synced yet.
+    let (events, _) = feed.events(vec![page(vec![svc("a")], true, false)]);
+    assert_eq!(applied(&events), ["a"]);
+    assert_eq!(events.len(), 1);
+    // The list starts over (an expired continue token): the unfinished list's pages no longer count.
+    feed.events(vec![page(vec![svc("b")], true, false)]);
+    let (events, _) = feed.events(vec![page(vec![svc("c")], false, true)]);
+    assert_eq!(applied(&events), ["c"]);
+    assert_eq!(
+        events[1..],
+        [
+            Event::ServiceDeleted {
+                namespace: "default".into(),
+                name: "a".into()
+            },
+            Event::ServicesSynced
+        ]
+    );
+}
+
+#[test]
 fn services_pass_through_and_sync_their_own_flag() {
     let (_, body) = request_and_body(&transcript("26-services-list.http"));
     let list: Value = serde_json::from_str(&body).unwrap();
