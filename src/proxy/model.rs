@@ -20,7 +20,7 @@ use serde_json::Value;
 mod compact;
 
 use compact::EndpointsBuilder;
-pub use compact::{Endpoint, Endpoints, Interner, Name, Shared};
+pub use compact::{Endpoint, Endpoints, Few, Interner, Name, Shared};
 
 /// The longest DNS-1123 label: namespaces, Service names, port names are all labels.
 pub const MAX_LABEL_LEN: usize = 63;
@@ -244,9 +244,9 @@ pub struct Service {
     pub name: Name,
     pub service_type: ServiceType,
     /// At most one per family (`spec.clusterIPs`).
-    pub cluster_ips: Box<[IpAddr]>,
-    pub ports: Box<[ServicePort]>,
-    pub external_ips: Box<[IpAddr]>,
+    pub cluster_ips: Few<IpAddr>,
+    pub ports: Few<ServicePort>,
+    pub external_ips: Few<IpAddr>,
     pub external_traffic_policy: TrafficPolicy,
     pub internal_traffic_policy: TrafficPolicy,
     /// `sessionAffinity: ClientIP` with its timeout in seconds.
@@ -333,9 +333,9 @@ impl Service {
             namespace: Shared::from(namespace.as_str()),
             name: Name::from(name.as_str()),
             service_type,
-            cluster_ips: cluster_ips.into_boxed_slice(),
-            ports: ports.into_boxed_slice(),
-            external_ips: external_ips.into_boxed_slice(),
+            cluster_ips: cluster_ips.into(),
+            ports: ports.into(),
+            external_ips: external_ips.into(),
             external_traffic_policy,
             internal_traffic_policy,
             session_affinity_timeout,
@@ -378,7 +378,7 @@ pub struct EndpointSlice {
     /// From the `kubernetes.io/service-name` label.
     pub service_name: Name,
     pub address_type: IpFamily,
-    pub ports: Box<[EndpointPort]>,
+    pub ports: Few<EndpointPort>,
     pub endpoints: Endpoints,
 }
 
@@ -488,7 +488,7 @@ impl EndpointSlice {
             name: Name::from(name.as_str()),
             service_name: Name::from(service_name),
             address_type,
-            ports: ports.into_boxed_slice(),
+            ports: ports.into(),
             endpoints: endpoints.finish(),
         }))
     }

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use super::model::{EndpointSlice, Interner, ModelError, Service};
+use super::model::{EndpointSlice, Few, Interner, ModelError, Service};
 
 /// Services and EndpointSlices, validated.
 #[derive(Debug, Clone, Default)]
@@ -40,7 +40,7 @@ pub struct Store {
 #[derive(Debug, Clone, Default)]
 struct Entry {
     service: Option<Service>,
-    slices: Box<[EndpointSlice]>,
+    slices: Few<EndpointSlice>,
 }
 
 impl Entry {
@@ -100,10 +100,10 @@ impl Store {
             self.odd.insert(key, owner.clone());
         }
         let entry = self.entries.entry(owner.clone()).or_default();
-        let mut slices = std::mem::take(&mut entry.slices).into_vec();
+        let mut slices = Vec::from(std::mem::take(&mut entry.slices));
         let at = slices.partition_point(|o| o.name < s.name);
         slices.insert(at, s);
-        entry.slices = slices.into_boxed_slice();
+        entry.slices = slices.into();
         dirty.insert(owner);
         Ok(())
     }
@@ -117,9 +117,9 @@ impl Store {
         let Some(entry) = self.entries.get_mut(&owner) else {
             return;
         };
-        let mut slices = std::mem::take(&mut entry.slices).into_vec();
+        let mut slices = Vec::from(std::mem::take(&mut entry.slices));
         let old = slices.remove(at);
-        entry.slices = slices.into_boxed_slice();
+        entry.slices = slices.into();
         if entry.is_empty() {
             self.entries.remove(&owner);
         }

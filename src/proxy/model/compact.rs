@@ -10,6 +10,11 @@
 //!   index of its node name in the slice's own small table), 6 bytes for IPv4, 18 for IPv6,
 //!   instead of an `IpAddr`, three `bool`s and an `Option<String>` (48 bytes and a heap block).
 //!   Reading one gives an [`Endpoint`] value that borrows its node name.
+//! - [`Few`]: a list that almost always has one item (a clusterIP, a port, a Service's slice)
+//!   keeps it inline: no heap block of its own.
+//!
+//! Every heap block costs the allocator's header and rounding on top of its bytes (a 7-byte
+//! name takes 32 bytes of glibc's heap), so fewer blocks count as much as fewer bytes.
 //!
 //! This module must never do I/O.
 
@@ -79,6 +84,76 @@ macro_rules! str_like {
 str_like!(Name);
 str_like!(Shared);
 
+/// A list that almost always holds one item (a Service's clusterIP and port, a slice's port,
+/// a Service's slice): that one is kept inline, more in a boxed slice. Reads as a slice.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Few<T> {
+    One(T),
+    Many(Box<[T]>),
+}
+
+impl<T> Default for Few<T> {
+    fn default() -> Self {
+        Few::Many(Box::default())
+    }
+}
+
+impl<T> Deref for Few<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match self {
+            Few::One(one) => std::slice::from_ref(one),
+            Few::Many(many) => many,
+        }
+    }
+}
+
+impl<T> std::ops::DerefMut for Few<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        match self {
+            Few::One(one) => std::slice::from_mut(one),
+            Few::Many(many) => many,
+        }
+    }
+}
+
+impl<T> From<Vec<T>> for Few<T> {
+    fn from(mut v: Vec<T>) -> Self {
+        match v.pop() {
+            Some(one) if v.is_empty() => Few::One(one),
+            Some(last) => {
+                v.push(last);
+                Few::Many(v.into_boxed_slice())
+            }
+            None => Few::default(),
+        }
+    }
+}
+
+impl<T> From<Few<T>> for Vec<T> {
+    fn from(few: Few<T>) -> Vec<T> {
+        match few {
+            Few::One(one) => vec![one],
+            Few::Many(many) => many.into_vec(),
+        }
+    }
+}
+
+impl<'a, T> IntoIterator for &'a Few<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Few<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
 /// One allocation per distinct [`Shared`] name across the whole store.
 #[derive(Debug, Clone, Default)]
 pub struct Interner(BTreeSet<Arc<str>>);
@@ -144,8 +219,8 @@ enum Packed {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Endpoints {
     packed: Packed,
-    /// The distinct node names of these endpoints.
-    nodes: Box<[Shared]>,
+    /// The distinct node names of these endpoints (mostly one).
+    nodes: Few<Shared>,
 }
 
 impl Endpoints {
@@ -288,7 +363,7 @@ impl EndpointsBuilder {
                 IpFamily::V4 => Packed::V4(self.v4.into_boxed_slice()),
                 IpFamily::V6 => Packed::V6(self.v6.into_boxed_slice()),
             },
-            nodes: self.nodes.into_boxed_slice(),
+            nodes: self.nodes.into(),
         }
     }
 }
@@ -330,6 +405,16 @@ mod tests {
             ]
         );
         assert_eq!(e.nodes.len(), 1, "one copy of a node name per slice");
+    }
+
+    #[test]
+    fn few_reads_as_the_list_it_was_made_from() {
+        for v in [vec![], vec![1], vec![1, 2, 3]] {
+            let few = Few::from(v.clone());
+            assert_eq!(&*few, &v[..]);
+            assert_eq!(matches!(few, Few::One(_)), v.len() == 1);
+            assert_eq!(Vec::from(few), v);
+        }
     }
 
     #[test]
