@@ -9,6 +9,10 @@
 //! and decimal to others), no IPv4-mapped IPv6 (its family is ambiguous), and each address must
 //! have the family its field promises.
 //!
+//! The values are compact ([`compact`]): the store keeps every Service and EndpointSlice for
+//! as long as the agent runs, so endpoints are packed, repeated names shared, lists of one item
+//! inline.
+//!
 //! This module must never do I/O, and never look at the ruleset: it only knows Kubernetes.
 
 use std::collections::BTreeSet;
@@ -17,7 +21,7 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
-mod compact;
+pub mod compact;
 
 use compact::EndpointsBuilder;
 pub use compact::{Endpoint, Endpoints, Few, Interner, Name, Shared};
