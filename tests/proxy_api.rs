@@ -327,7 +327,7 @@ fn a_list_longer_than_a_page_reaches_the_kernel_whole() {
         return;
     }
     // The Services list fails until every object exists, so that the agent's first good list
-    // holds all of them: 600 Services, more than one page (500), each page handed on alone.
+    // holds all of them: 600 Services, several pages, each handed on alone.
     let services_list_fails = || common::apiserver::Fail {
         status: 503,
         retry_after: None,

@@ -29,8 +29,17 @@ use crate::api::request::{ListParams, Resource, WatchParams};
 use crate::api::types::{List, WatchEvent};
 use crate::config::proxy::ProxyConfig;
 use crate::source::api::Jitter;
-use crate::source::api::watcher::{Input, PAGE_LIMIT, Request, Watcher};
+use crate::source::api::watcher::{Input, Request, Watcher};
 use crate::sys::reaper::Reaper;
+
+/// Objects per list page. A page is held as JSON values until the store has taken it (about
+/// 7 KiB per object as `serde_json::Value`s, averaged over Services and EndpointSlices of 10
+/// endpoints): 100 keep that under a MiB, for 200 requests to list 10 000 Services and their
+/// slices (kube-proxy's informers ask for 500).
+const PAGE_LIMIT: u32 = 100;
+/// Batches of events waiting for the proxy: a watch waits while the proxy commits, rather than
+/// queueing a whole relist as JSON.
+const QUEUED_BATCHES: usize = 2;
 
 /// What kube-proxy leaves to others: Services another proxy implements, headless Services.
 const SELECTOR: &str = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
@@ -188,7 +197,7 @@ pub async fn run(cfg: ProxyConfig, client: Rc<Client>, exe: PathBuf, reaper: Rea
         client.server().authority()
     );
     let mut proxy = Proxy::new(cfg.node.clone(), writer);
-    let (tx, rx) = async_channel::unbounded::<Vec<Event>>();
+    let (tx, rx) = async_channel::bounded::<Vec<Event>>(QUEUED_BATCHES);
     let services = watch_kind(client.clone(), Kind::Services, tx.clone());
     let slices = watch_kind(client, Kind::Slices(SliceApi::V1), tx);
     let apply = async move {
