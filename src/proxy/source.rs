@@ -41,7 +41,7 @@ pub struct Snapshot {
 /// A hash per object, by `namespace/name`: a map while a scan fills it, then (sealed) a
 /// sorted array of exact size, which is what is kept between scans (24 bytes and the key per
 /// object instead of a map node's share, a `String` and its spare capacity).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct Hashes {
     filling: BTreeMap<Box<str>, u64>,
     sealed: Box<[(Box<str>, u64)]>,
@@ -68,11 +68,14 @@ impl Hashes {
 
     /// Every key, in order.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        let mut keys: Vec<&str> = self.filling.keys().map(|k| &**k).collect();
-        keys.extend(self.sealed.iter().map(|(k, _)| &**k));
-        keys.sort_unstable();
-        keys.dedup();
-        keys.into_iter()
+        self.entries().into_iter().map(|(k, _)| k)
+    }
+
+    /// Every key and its hash, in key order (a key being filled wins over a sealed one).
+    fn entries(&self) -> Vec<(&str, u64)> {
+        let mut all: BTreeMap<&str, u64> = self.sealed.iter().map(|(k, h)| (&**k, *h)).collect();
+        all.extend(self.filling.iter().map(|(k, h)| (&**k, *h)));
+        all.into_iter().collect()
     }
 
     /// Turns what the scan filled into the compact form.
@@ -84,6 +87,13 @@ impl Hashes {
             .collect();
         all.extend(filling);
         self.sealed = all.into_iter().collect();
+    }
+}
+
+impl PartialEq for Hashes {
+    /// The same keys and hashes, whichever form holds them.
+    fn eq(&self, other: &Hashes) -> bool {
+        self.entries() == other.entries()
     }
 }
 
@@ -352,6 +362,14 @@ mod tests {
         };
         let (first, events) = scan(&Snapshot::default());
         assert_eq!(events.len(), 4, "{events:?}");
+        let mut filled = Snapshot::default();
+        let text = std::fs::read_to_string(&file).unwrap();
+        filled.add_file("all.yaml", &text, &Snapshot::default(), &mut |_| {});
+        assert_eq!(
+            (&filled.services, &filled.slices),
+            (&first.services, &first.slices),
+            "the sealed form holds what the scan filled"
+        );
         assert_eq!(first.services.keys().collect::<Vec<_>>(), ["default/web"]);
         let (second, events) = scan(&first);
         assert_eq!(
