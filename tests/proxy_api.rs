@@ -320,3 +320,54 @@ fn a_server_with_endpoints_only_works_and_not_ready_addresses_get_no_traffic() {
     let log = w.log();
     assert!(log.contains("using endpoints/v1"), "{log}");
 }
+
+#[test]
+fn a_list_longer_than_a_page_reaches_the_kernel_whole() {
+    if !root_or_skip() {
+        return;
+    }
+    // The Services list fails until every object exists, so that the agent's first good list
+    // holds all of them: 600 Services, several pages, each handed on alone.
+    let services_list_fails = || common::apiserver::Fail {
+        status: 503,
+        retry_after: None,
+        path_contains: Some("/services".into()),
+        method: None,
+    };
+    let w = World::start(|f| {
+        f.endpointslices_v1 = true;
+        f.fail.extend((0..100).map(|_| services_list_fails()));
+    });
+    let api = w.api();
+    let ip = |i: u32| format!("10.96.{}.{}", 1 + i / 250, 1 + i % 250);
+    for i in 0..600 {
+        api.create(
+            "services",
+            Some("default"),
+            service(&format!("s{i}"), &ip(i)),
+        );
+    }
+    let eps = [("10.201.1.9", true)];
+    api.create(
+        "endpointslices/v1",
+        Some("default"),
+        slice("discovery.k8s.io/v1", "s599", &eps),
+    );
+    api.faults(|f| f.fail.clear());
+    w.wait_table("the first and the last of 600 Services", |t| {
+        t.contains(&format!("{} . tcp . 80 : goto reject-chain", ip(0)))
+            && t.contains(&format!("{} . tcp . 80 :", ip(599)))
+            && t.contains("10.201.1.9 . 8080")
+    });
+    let table = w.table();
+    let programmed = (0..600)
+        .filter(|i| table.contains(&format!("{} . tcp . 80 :", ip(*i))))
+        .count();
+    assert_eq!(programmed, 600, "every Service of every page");
+    let paged = api.wait_for(Duration::from_secs(1), |s| {
+        s.requests.iter().any(|r| {
+            r.path.ends_with("/services") && r.status == 200 && r.query.contains("continue=")
+        })
+    });
+    assert!(paged, "the Services were listed in pages:\n{}", w.log());
+}

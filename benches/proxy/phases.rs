@@ -18,7 +18,7 @@ use std::time::Instant;
 use nanolet::netlink::nftables::{self, Batch};
 use nanolet::proxy::lower::{lower_op, lower_ops};
 use nanolet::proxy::source::{Snapshot, scan_dir};
-use nanolet::proxy::state::{NextSync, ProxyState};
+use nanolet::proxy::state::{Event, NextSync, ProxyState};
 
 /// The system allocator, counting live bytes and their peak.
 pub struct Counting;
@@ -98,6 +98,7 @@ pub fn memory(n: u32, dir: &std::path::Path, node: &nanolet::proxy::model::NodeC
             state.apply(e).unwrap();
         })
     });
+    parts_of_the_store(dir);
     let bytes = phase(
         "full sync streamed into a batch spilled in 1 MiB parts",
         || {
@@ -141,6 +142,31 @@ pub fn memory(n: u32, dir: &std::path::Path, node: &nanolet::proxy::model::NodeC
         mib(LIVE.load(Ordering::Relaxed))
     );
     drop((snap, state, whole));
+}
+
+/// The parts of what the scan leaves live: the store alone (the validated objects) and the
+/// source's snapshot (a hash per object), from a second scan of `dir`.
+fn parts_of_the_store(dir: &std::path::Path) {
+    use nanolet::proxy::store::Store;
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut store = Store::default();
+    let snap = scan_dir(dir, &Snapshot::default(), &mut |e| {
+        let mut dirty = std::collections::BTreeSet::new();
+        let _ = match e {
+            Event::ServiceApplied(v) => store.put_service(&v, &mut dirty),
+            Event::EndpointSliceApplied(v) => store.put_slice(&v, &mut dirty),
+            _ => Ok(()),
+        };
+    });
+    let both = LIVE.load(Ordering::Relaxed) - before;
+    drop(snap);
+    let alone = LIVE.load(Ordering::Relaxed) - before;
+    println!(
+        "    of which the store alone {:.2} MiB, the source's snapshot {:.2} MiB",
+        mib(alone),
+        mib(both - alone)
+    );
+    drop(store);
 }
 
 /// Times a full-sync commit's `sendmsg` against the wait for the kernel's answer after it

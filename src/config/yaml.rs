@@ -19,6 +19,10 @@ use std::fmt;
 use saphyr_parser::{Event, Parser, ScalarStyle, ScanError, Span, StrInput, Tag};
 use serde_json::{Map, Number, Value};
 
+mod stream;
+
+pub use stream::each_document_read;
+
 /// A YAML syntax or schema error, with its position (1-based line and column).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct YamlError {

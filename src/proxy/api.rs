@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Both watches are the pods' list + watch state machine ([`Watcher`]): resourceVersion,
-//! bookmarks, relist on 410, jittered back-off. Nothing is written until both have delivered
+//! bookmarks, relist on 410, jittered back-off; paged, so each list page goes to the proxy as
+//! it comes (10 000 Services are never held as JSON at once). Nothing is written until both have delivered
 //! a full list ([`super::state`]'s gate). With a kubeconfig the API server is the only source:
 //! the `services/` folder is not read (kube-proxy has one source too).
 
@@ -28,8 +29,17 @@ use crate::api::request::{ListParams, Resource, WatchParams};
 use crate::api::types::{List, WatchEvent};
 use crate::config::proxy::ProxyConfig;
 use crate::source::api::Jitter;
-use crate::source::api::watcher::{Input, PAGE_LIMIT, Request, Watcher};
+use crate::source::api::watcher::{Input, Request, Watcher};
 use crate::sys::reaper::Reaper;
+
+/// Objects per list page. A page is held as JSON values until the store has taken it (about
+/// 7 KiB per object as `serde_json::Value`s, averaged over Services and EndpointSlices of 10
+/// endpoints): 100 keep that under a MiB, for 200 requests to list 10 000 Services and their
+/// slices (kube-proxy's informers ask for 500).
+const PAGE_LIMIT: u32 = 100;
+/// Batches of events waiting for the proxy: a watch waits while the proxy commits, rather than
+/// queueing a whole relist as JSON.
+const QUEUED_BATCHES: usize = 2;
 
 /// What kube-proxy leaves to others: Services another proxy implements, headless Services.
 const SELECTOR: &str = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
@@ -74,7 +84,7 @@ fn failed(e: crate::api::Error) -> Input {
 /// 404 on the first list page means the server does not serve that API: the next one is tried.
 async fn watch_kind(client: Rc<Client>, mut kind: Kind, tx: async_channel::Sender<Vec<Event>>) {
     let mut feed = Feed::new(kind);
-    let mut watcher = Watcher::of(what(kind));
+    let mut watcher = Watcher::of(what(kind)).paged();
     let mut jitter = Jitter::seeded();
     loop {
         let res = resource(kind);
@@ -112,7 +122,7 @@ async fn watch_kind(client: Rc<Client>, mut kind: Kind, tx: async_channel::Sende
                     );
                     kind = Kind::Slices(next);
                     feed = Feed::new(kind);
-                    watcher = Watcher::of(what(kind));
+                    watcher = Watcher::of(what(kind)).paged();
                     continue;
                 }
                 inputs.push(input);
@@ -187,7 +197,7 @@ pub async fn run(cfg: ProxyConfig, client: Rc<Client>, exe: PathBuf, reaper: Rea
         client.server().authority()
     );
     let mut proxy = Proxy::new(cfg.node.clone(), writer);
-    let (tx, rx) = async_channel::unbounded::<Vec<Event>>();
+    let (tx, rx) = async_channel::bounded::<Vec<Event>>(QUEUED_BATCHES);
     let services = watch_kind(client.clone(), Kind::Services, tx.clone());
     let slices = watch_kind(client, Kind::Slices(SliceApi::V1), tx);
     let apply = async move {

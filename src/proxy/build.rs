@@ -195,7 +195,7 @@ fn port_id(svc: &Service, port: &ServicePort) -> String {
     let port_name = if port.name.is_empty() {
         port.port.to_string()
     } else {
-        port.name.clone()
+        port.name.to_string()
     };
     format!(
         "{}/{}/{}/{}",
@@ -809,7 +809,7 @@ pub(crate) fn backends(
             if out.iter().any(|(b, _)| b.addr == addr) {
                 continue;
             }
-            let is_local = e.node_name.as_deref() == Some(node_name);
+            let is_local = e.node_name == Some(node_name);
             out.push((Backend { addr, is_local }, c.ready));
         }
     }

@@ -13,7 +13,7 @@
 //! kube-proxy falls back. Whatever the source, the proxy sees v1 EndpointSlices, with
 //! kube-proxy's semantics: an Endpoints' `notReadyAddresses` are not ready (and not serving).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value, json};
 
@@ -181,7 +181,31 @@ pub fn slices_from_endpoints(endpoints: &Value) -> Vec<Value> {
 #[derive(Debug, Clone)]
 pub struct Feed {
     kind: Kind,
-    made: BTreeMap<String, Vec<(String, String)>>,
+    /// By `namespace/name`; what an object made is always in its own namespace.
+    made: BTreeMap<Box<str>, Made>,
+    /// While a paged list is delivered: the objects its pages had so far.
+    listed: Option<BTreeSet<Box<str>>>,
+}
+
+/// The names of the proxy objects one API object made. Services and v1 slices make
+/// themselves: that costs no list per object (10 000 Services, 10 000 slices).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Made {
+    Itself,
+    Others(Box<[Box<str>]>),
+}
+
+impl Made {
+    fn names(&self, key: &str) -> Vec<(String, String)> {
+        let (ns, name) = key.split_once('/').unwrap_or(("default", key));
+        match self {
+            Made::Itself => vec![(ns.to_string(), name.to_string())],
+            Made::Others(names) => names
+                .iter()
+                .map(|n| (ns.to_string(), n.to_string()))
+                .collect(),
+        }
+    }
 }
 
 impl Feed {
@@ -189,6 +213,7 @@ impl Feed {
         Feed {
             kind,
             made: BTreeMap::new(),
+            listed: None,
         }
     }
 
@@ -229,15 +254,55 @@ impl Feed {
     /// Applies one object; the events delete what it made before and no longer makes.
     fn apply(&mut self, object: Value, out: &mut Vec<Event>) {
         let (ns, name) = key_of(&object);
+        let key = format!("{ns}/{name}");
         let made: Vec<Value> = self.convert(object);
         let keys: Vec<(String, String)> = made.iter().map(key_of).collect();
-        if let Some(old) = self.made.remove(&format!("{ns}/{name}")) {
-            for k in old.into_iter().filter(|k| !keys.contains(k)) {
+        if let Some(old) = self.made.remove(key.as_str()) {
+            for k in old.names(&key).into_iter().filter(|k| !keys.contains(k)) {
                 out.push(self.deleted(k));
             }
         }
         out.extend(made.into_iter().map(|v| self.applied(v)));
-        self.made.insert(format!("{ns}/{name}"), keys);
+        let made = if keys == [(ns, name)] {
+            Made::Itself
+        } else {
+            Made::Others(keys.into_iter().map(|(_, n)| n.into()).collect())
+        };
+        self.made.insert(key.into(), made);
+    }
+
+    /// One page of a full list (a whole list is one page, first and last): its objects are
+    /// applied at once; after the last page, what no page had was deleted while nobody watched.
+    fn page(&mut self, items: Vec<Value>, first: bool, last: bool, out: &mut Vec<Event>) {
+        if first {
+            self.listed = None;
+        }
+        let listed = self.listed.get_or_insert_with(BTreeSet::new);
+        for item in &items {
+            let (ns, name) = key_of(item);
+            listed.insert(format!("{ns}/{name}").into());
+        }
+        for item in items {
+            self.apply(item, out);
+        }
+        if !last {
+            return;
+        }
+        let listed = self.listed.take().unwrap_or_default();
+        let gone: Vec<Box<str>> = self
+            .made
+            .keys()
+            .filter(|k| !listed.contains(*k))
+            .cloned()
+            .collect();
+        for k in gone {
+            if let Some(made) = self.made.remove(&k) {
+                for m in made.names(&k) {
+                    out.push(self.deleted(m));
+                }
+            }
+        }
+        out.push(self.synced());
     }
 
     /// The proxy's events for the watcher's outputs; warnings come back as log lines.
@@ -246,40 +311,16 @@ impl Feed {
         let mut warnings = Vec::new();
         for o in outputs {
             match o {
-                Output::Snapshot(items) => {
-                    // A full list: what is not in it was deleted while nobody watched.
-                    let listed: std::collections::BTreeSet<String> = items
-                        .iter()
-                        .map(|v| {
-                            let (ns, name) = key_of(v);
-                            format!("{ns}/{name}")
-                        })
-                        .collect();
-                    let gone: Vec<String> = self
-                        .made
-                        .keys()
-                        .filter(|k| !listed.contains(*k))
-                        .cloned()
-                        .collect();
-                    for k in gone {
-                        for made in self.made.remove(&k).unwrap_or_default() {
-                            out.push(self.deleted(made));
-                        }
-                    }
-                    for item in items {
-                        self.apply(item, &mut out);
-                    }
-                    out.push(self.synced());
-                }
+                Output::Snapshot(items) => self.page(items, true, true, &mut out),
+                Output::Page { items, first, last } => self.page(items, first, last, &mut out),
                 Output::Applied(object) => self.apply(object, &mut out),
                 Output::Deleted(object) => {
                     let (ns, name) = key_of(&object);
-                    for made in self
-                        .made
-                        .remove(&format!("{ns}/{name}"))
-                        .unwrap_or_default()
-                    {
-                        out.push(self.deleted(made));
+                    let key = format!("{ns}/{name}");
+                    if let Some(made) = self.made.remove(key.as_str()) {
+                        for m in made.names(&key) {
+                            out.push(self.deleted(m));
+                        }
                     }
                 }
                 Output::Warning(w) => warnings.push(w),

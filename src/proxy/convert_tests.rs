@@ -32,8 +32,11 @@ fn a_v1beta1_slice_from_a_v1_20_server_reads_as_v1() {
     );
     assert_eq!(s.address_type, IpFamily::V4);
     assert_eq!(s.ports[0].port, 8080);
-    assert_eq!(s.endpoints[0].address.to_string(), "10.88.0.5");
-    assert_eq!(s.endpoints[0].conditions, cond(true, true, false));
+    assert_eq!(s.endpoints.get(0).unwrap().address.to_string(), "10.88.0.5");
+    assert_eq!(
+        s.endpoints.get(0).unwrap().conditions,
+        cond(true, true, false)
+    );
 }
 
 #[test]
@@ -54,14 +57,20 @@ fn v1beta1_topology_hostname_becomes_the_node_name_and_conditions_keep_their_mea
     let v1 = slice_from_v1beta1(beta);
     assert!(v1["endpoints"][0].get("topology").is_none());
     let s = slice_model(&v1);
-    assert_eq!(s.endpoints[0].node_name.as_deref(), Some("edge-1"));
-    assert_eq!(s.endpoints[0].conditions, cond(false, true, true));
+    assert_eq!(s.endpoints.get(0).unwrap().node_name, Some("edge-1"));
     assert_eq!(
-        s.endpoints[1].node_name.as_deref(),
+        s.endpoints.get(0).unwrap().conditions,
+        cond(false, true, true)
+    );
+    assert_eq!(
+        s.endpoints.get(1).unwrap().node_name,
         Some("edge-2"),
         "an explicit nodeName wins over the topology"
     );
-    assert_eq!(s.endpoints[1].conditions, cond(true, true, false));
+    assert_eq!(
+        s.endpoints.get(1).unwrap().conditions,
+        cond(true, true, false)
+    );
 }
 
 #[test]
@@ -90,10 +99,19 @@ fn endpoints_become_one_slice_per_subset_and_family_with_not_ready_addresses_not
     );
     let v4 = &slices[0];
     assert_eq!(v4.endpoints.len(), 2);
-    assert_eq!(v4.endpoints[0].conditions, cond(true, true, false));
-    assert_eq!(v4.endpoints[0].node_name.as_deref(), Some("edge-1"));
-    assert_eq!(v4.endpoints[1].address.to_string(), "10.88.0.6");
-    assert_eq!(v4.endpoints[1].conditions, cond(false, false, false));
+    assert_eq!(
+        v4.endpoints.get(0).unwrap().conditions,
+        cond(true, true, false)
+    );
+    assert_eq!(v4.endpoints.get(0).unwrap().node_name, Some("edge-1"));
+    assert_eq!(
+        v4.endpoints.get(1).unwrap().address.to_string(),
+        "10.88.0.6"
+    );
+    assert_eq!(
+        v4.endpoints.get(1).unwrap().conditions,
+        cond(false, false, false)
+    );
     assert_eq!(slices[1].address_type, IpFamily::V6);
     assert_eq!(slices[2].ports[0].port, 53);
     // Transcript 25: an Endpoints without subsets (no pods yet) makes no slice.
@@ -161,6 +179,41 @@ fn a_feed_removes_what_an_object_made_on_update_deletion_and_relist() {
         ]
     );
     assert_eq!(warnings, ["w"]);
+}
+
+#[test]
+fn list_pages_are_applied_as_they_come_and_the_last_one_deletes_what_no_page_had() {
+    let svc = |name: &str| json!({"metadata": {"name": name, "namespace": "default"}});
+    let applied = |events: &[Event]| -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::ServiceApplied(v) => Some(v["metadata"]["name"].as_str()?.to_string()),
+                _ => None,
+            })
+            .collect()
+    };
+    let page = |items: Vec<Value>, first: bool, last: bool| Output::Page { items, first, last };
+    let mut feed = Feed::new(Kind::Services);
+    feed.events(vec![Output::Snapshot(vec![svc("a"), svc("b"), svc("c")])]);
+    // A relist: its first page is applied at once; nothing is deleted or synced yet.
+    let (events, _) = feed.events(vec![page(vec![svc("a")], true, false)]);
+    assert_eq!(applied(&events), ["a"]);
+    assert_eq!(events.len(), 1);
+    // The list starts over (an expired continue token): the unfinished list's pages no longer count.
+    feed.events(vec![page(vec![svc("b")], true, false)]);
+    let (events, _) = feed.events(vec![page(vec![svc("c")], false, true)]);
+    assert_eq!(applied(&events), ["c"]);
+    assert_eq!(
+        events[1..],
+        [
+            Event::ServiceDeleted {
+                namespace: "default".into(),
+                name: "a".into()
+            },
+            Event::ServicesSynced
+        ]
+    );
 }
 
 #[test]

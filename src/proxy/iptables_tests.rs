@@ -288,7 +288,8 @@ fn problems_match_the_nftables_builder_for_the_bad_externalips() {
     services[0].external_ips = vec![
         "192.168.1.10".parse().unwrap(),
         "10.96.0.77".parse().unwrap(),
-    ];
+    ]
+    .into();
     let r = render(&[&services[0]], &[&slices[0]], &node);
     let nft = crate::proxy::build::build(&services, &slices, &node);
     assert_eq!(r.problems, nft.problems);

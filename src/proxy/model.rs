@@ -9,6 +9,10 @@
 //! and decimal to others), no IPv4-mapped IPv6 (its family is ambiguous), and each address must
 //! have the family its field promises.
 //!
+//! The values are compact ([`compact`]): the store keeps every Service and EndpointSlice for
+//! as long as the agent runs, so endpoints are packed, repeated names shared, lists of one item
+//! inline.
+//!
 //! This module must never do I/O, and never look at the ruleset: it only knows Kubernetes.
 
 use std::collections::BTreeSet;
@@ -16,6 +20,11 @@ use std::fmt;
 use std::net::IpAddr;
 
 use serde_json::Value;
+
+pub mod compact;
+
+use compact::EndpointsBuilder;
+pub use compact::{Endpoint, Endpoints, Few, Interner, Name, Shared};
 
 /// The longest DNS-1123 label: namespaces, Service names, port names are all labels.
 pub const MAX_LABEL_LEN: usize = 63;
@@ -225,7 +234,7 @@ pub enum TrafficPolicy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServicePort {
     /// May be empty only when the Service has a single port.
-    pub name: String,
+    pub name: Shared,
     pub protocol: Protocol,
     pub port: u16,
     pub node_port: Option<u16>,
@@ -235,13 +244,13 @@ pub struct ServicePort {
 /// [`Service::from_json`] returns `Ok(None)` for them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Shared,
+    pub name: Name,
     pub service_type: ServiceType,
     /// At most one per family (`spec.clusterIPs`).
-    pub cluster_ips: Vec<IpAddr>,
-    pub ports: Vec<ServicePort>,
-    pub external_ips: Vec<IpAddr>,
+    pub cluster_ips: Few<IpAddr>,
+    pub ports: Few<ServicePort>,
+    pub external_ips: Few<IpAddr>,
     pub external_traffic_policy: TrafficPolicy,
     pub internal_traffic_policy: TrafficPolicy,
     /// `sessionAffinity: ClientIP` with its timeout in seconds.
@@ -325,12 +334,12 @@ impl Service {
         let internal_traffic_policy = policy(&cx, spec, "internalTrafficPolicy")?;
         let session_affinity_timeout = session_affinity(&cx, spec)?;
         Ok(Some(Service {
-            namespace,
-            name,
+            namespace: Shared::from(namespace.as_str()),
+            name: Name::from(name.as_str()),
             service_type,
-            cluster_ips,
-            ports,
-            external_ips,
+            cluster_ips: cluster_ips.into(),
+            ports: ports.into(),
+            external_ips: external_ips.into(),
             external_traffic_policy,
             internal_traffic_policy,
             session_affinity_timeout,
@@ -356,19 +365,11 @@ impl Conditions {
     }
 }
 
-/// One address of one endpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    pub address: IpAddr,
-    pub conditions: Conditions,
-    pub node_name: Option<String>,
-}
-
 /// One entry of an EndpointSlice's `ports`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointPort {
     /// Matches the Service port's name; empty for an unnamed port.
-    pub name: String,
+    pub name: Shared,
     pub protocol: Protocol,
     pub port: u16,
 }
@@ -376,13 +377,13 @@ pub struct EndpointPort {
 /// A discovery.k8s.io/v1 EndpointSlice. FQDN slices are skipped: `from_json` returns `Ok(None)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointSlice {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Shared,
+    pub name: Name,
     /// From the `kubernetes.io/service-name` label.
-    pub service_name: String,
+    pub service_name: Name,
     pub address_type: IpFamily,
-    pub ports: Vec<EndpointPort>,
-    pub endpoints: Vec<Endpoint>,
+    pub ports: Few<EndpointPort>,
+    pub endpoints: Endpoints,
 }
 
 impl EndpointSlice {
@@ -415,7 +416,7 @@ impl EndpointSlice {
         let mut ports = Vec::new();
         for (i, p) in list(&cx, value, "ports", "ports")?.iter().enumerate() {
             let field = format!("ports[{i}]");
-            let name = opt_str(&cx, p, "name", &field)?.unwrap_or("").to_string();
+            let name = opt_str(&cx, p, "name", &field)?.unwrap_or("");
             let protocol = protocol(&cx, p, &field)?;
             // A null port means "all ports": only meaningful for headless Services; skip it.
             let Some(port) = opt_port(&cx, p, "port", &format!("{field}.port"))? else {
@@ -428,7 +429,7 @@ impl EndpointSlice {
                 return Err(cx.err(&field, format!("duplicate port name {name:?}")));
             }
             ports.push(EndpointPort {
-                name,
+                name: Shared::from(name),
                 protocol,
                 port,
             });
@@ -443,7 +444,7 @@ impl EndpointSlice {
                 ),
             ));
         }
-        let mut endpoints = Vec::new();
+        let mut endpoints = EndpointsBuilder::new(address_type, raw.len());
         for (i, e) in raw.iter().enumerate() {
             let field = format!("endpoints[{i}]");
             let conditions = e.get("conditions").unwrap_or(&Value::Null);
@@ -463,8 +464,7 @@ impl EndpointSlice {
                 serving: flag("serving")?.unwrap_or(ready),
                 terminating: flag("terminating")?.unwrap_or(false),
             };
-            let node_name =
-                opt_str(&cx, e, "nodeName", &format!("{field}.nodeName"))?.map(str::to_string);
+            let node_name = opt_str(&cx, e, "nodeName", &format!("{field}.nodeName"))?;
             let addresses = str_list(&cx, e, "addresses", &format!("{field}.addresses"))?;
             if addresses.is_empty() {
                 return Err(cx.err(
@@ -485,19 +485,15 @@ impl EndpointSlice {
                     ),
                 ));
             }
-            endpoints.push(Endpoint {
-                address,
-                conditions,
-                node_name,
-            });
+            endpoints.push(address, conditions, node_name);
         }
         Ok(Some(EndpointSlice {
-            namespace,
-            name,
-            service_name: service_name.to_string(),
+            namespace: Shared::from(namespace.as_str()),
+            name: Name::from(name.as_str()),
+            service_name: Name::from(service_name),
             address_type,
-            ports,
-            endpoints,
+            ports: ports.into(),
+            endpoints: endpoints.finish(),
         }))
     }
 }
@@ -780,7 +776,7 @@ fn service_ports(
                     format!("duplicate port {port}/{}", protocol.as_kubernetes()),
                 ));
             }
-            if !name.is_empty() && other.name == name {
+            if !name.is_empty() && other.name == name.as_str() {
                 return Err(cx.err(&field, format!("duplicate port name {name:?}")));
             }
             if node_port.is_some() && other.node_port == node_port && other.protocol == protocol {
@@ -795,7 +791,7 @@ fn service_ports(
             }
         }
         ports.push(ServicePort {
-            name,
+            name: Shared::from(name.as_str()),
             protocol,
             port,
             node_port,

@@ -12,12 +12,15 @@
 //! that both lists are complete. The snapshot keeps a hash per object, not the object: the
 //! store holds the validated model, and the JSON of 10 000 Services is never held at once.
 //!
-//! Files: `*.yaml`, `*.yml`, `*.json` (as in `manifests/`), several `---` documents each;
+//! Files: `*.yaml`, `*.yml`, `*.json` (as in `manifests/`), several `---` documents each,
+//! read a document at a time (a file's text is never held whole);
 //! documents of other kinds are skipped with a problem line, as are unreadable files. One
-//! broken document never hides the others before it (a YAML syntax error ends its file).
+//! broken document never hides the others before it (a YAML syntax error, or a line that is
+//! not UTF-8, ends its file).
 
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use serde_json::Value;
@@ -29,10 +32,69 @@ use crate::source::is_manifest_file_name;
 /// and what was wrong.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
-    pub services: BTreeMap<String, u64>,
-    pub slices: BTreeMap<String, u64>,
+    pub services: Hashes,
+    pub slices: Hashes,
     /// One line per skipped file or document, naming it.
     pub problems: Vec<String>,
+}
+
+/// A hash per object, by `namespace/name`: a map while a scan fills it, then (sealed) a
+/// sorted array of exact size, which is what is kept between scans (24 bytes and the key per
+/// object instead of a map node's share, a `String` and its spare capacity).
+#[derive(Debug, Clone, Default)]
+pub struct Hashes {
+    filling: BTreeMap<Box<str>, u64>,
+    sealed: Box<[(Box<str>, u64)]>,
+}
+
+impl Hashes {
+    pub fn get(&self, key: &str) -> Option<u64> {
+        self.filling.get(key).copied().or_else(|| {
+            let i = self.sealed.binary_search_by(|(k, _)| (**k).cmp(key)).ok()?;
+            self.sealed.get(i).map(|(_, h)| *h)
+        })
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Records `key`'s hash; true if the key was there already.
+    fn insert(&mut self, key: &str, hash: u64) -> bool {
+        let known = self.contains_key(key);
+        self.filling.insert(key.into(), hash);
+        known
+    }
+
+    /// Every key, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries().into_iter().map(|(k, _)| k)
+    }
+
+    /// Every key and its hash, in key order (a key being filled wins over a sealed one).
+    fn entries(&self) -> Vec<(&str, u64)> {
+        let mut all: BTreeMap<&str, u64> = self.sealed.iter().map(|(k, h)| (&**k, *h)).collect();
+        all.extend(self.filling.iter().map(|(k, h)| (&**k, *h)));
+        all.into_iter().collect()
+    }
+
+    /// Turns what the scan filled into the compact form.
+    fn seal(&mut self) {
+        let filling = std::mem::take(&mut self.filling);
+        let mut all: BTreeMap<Box<str>, u64> = std::mem::take(&mut self.sealed)
+            .into_vec()
+            .into_iter()
+            .collect();
+        all.extend(filling);
+        self.sealed = all.into_iter().collect();
+    }
+}
+
+impl PartialEq for Hashes {
+    /// The same keys and hashes, whichever form holds them.
+    fn eq(&self, other: &Hashes) -> bool {
+        self.entries() == other.entries()
+    }
 }
 
 fn key(v: &Value) -> String {
@@ -83,8 +145,20 @@ impl Snapshot {
         prev: &Snapshot,
         emit: &mut dyn FnMut(Event),
     ) {
+        self.add_stream(origin, text.as_bytes(), prev, emit);
+    }
+
+    /// [`Snapshot::add_file`] for a file read a document at a time: its text is never held
+    /// whole.
+    pub fn add_stream(
+        &mut self,
+        origin: &str,
+        input: impl BufRead,
+        prev: &Snapshot,
+        emit: &mut dyn FnMut(Event),
+    ) {
         let mut i = 0;
-        let parsed = crate::config::yaml::each_document(text, |doc, _| {
+        let parsed = crate::config::yaml::each_document_read(input, |doc| {
             i += 1;
             self.add_document(origin, i, doc, prev, emit);
         });
@@ -118,9 +192,9 @@ impl Snapshot {
         };
         let k = key(&doc);
         let hash = hash_of(&doc);
-        let twice = map.insert(k.clone(), hash).is_some();
+        let twice = map.insert(&k, hash);
         // A second definition in this scan always goes to the store: the last one counts.
-        if twice || old.get(&k) != Some(&hash) {
+        if twice || old.get(&k) != Some(hash) {
             emit(if is_service {
                 Event::ServiceApplied(doc)
             } else {
@@ -154,8 +228,13 @@ pub fn scan_dir(dir: &Path, prev: &Snapshot, emit: &mut dyn FnMut(Event)) -> Sna
                 .collect();
             paths.sort();
             for path in paths {
-                match std::fs::read_to_string(&path) {
-                    Ok(text) => snap.add_file(&path.display().to_string(), &text, prev, emit),
+                match std::fs::File::open(&path) {
+                    Ok(file) => snap.add_stream(
+                        &path.display().to_string(),
+                        BufReader::new(file),
+                        prev,
+                        emit,
+                    ),
                     Err(e) => snap.problems.push(format!("{}: {e}", path.display())),
                 }
             }
@@ -165,6 +244,8 @@ pub fn scan_dir(dir: &Path, prev: &Snapshot, emit: &mut dyn FnMut(Event)) -> Sna
             .problems
             .push(format!("services path {}: {e}", dir.display())),
     }
+    snap.services.seal();
+    snap.slices.seal();
     finish(prev, &snap, emit);
     snap
 }
@@ -264,6 +345,46 @@ mod tests {
             Event::ServiceDeleted {
                 namespace: "default".into(),
                 name: "web".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_folder_scanned_again_gives_only_its_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("all.yaml");
+        let slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1}\naddressType: IPv4\nendpoints: []\n";
+        std::fs::write(&file, format!("{WEB}---\n{slice}")).unwrap();
+        let scan = |prev: &Snapshot| {
+            let mut events = Vec::new();
+            let snap = scan_dir(dir.path(), prev, &mut |e| events.push(e));
+            (snap, events)
+        };
+        let (first, events) = scan(&Snapshot::default());
+        assert_eq!(events.len(), 4, "{events:?}");
+        let mut filled = Snapshot::default();
+        let text = std::fs::read_to_string(&file).unwrap();
+        filled.add_file("all.yaml", &text, &Snapshot::default(), &mut |_| {});
+        assert_eq!(
+            (&filled.services, &filled.slices),
+            (&first.services, &first.slices),
+            "the sealed form holds what the scan filled"
+        );
+        assert_eq!(first.services.keys().collect::<Vec<_>>(), ["default/web"]);
+        let (second, events) = scan(&first);
+        assert_eq!(
+            events,
+            vec![Event::ServicesSynced, Event::EndpointSlicesSynced]
+        );
+        assert_eq!(second, first);
+        std::fs::write(&file, WEB.replace("port: 80", "port: 81")).unwrap();
+        let (_, events) = scan(&second);
+        assert!(matches!(events[0], Event::ServiceApplied(_)), "{events:?}");
+        assert_eq!(
+            events[1],
+            Event::EndpointSliceDeleted {
+                namespace: "default".into(),
+                name: "web-1".into()
             }
         );
     }

@@ -153,7 +153,7 @@ fn render(
         lost.set(lost.get() || t);
         t
     };
-    let (f, p) = fragment(svc, &slices, node, skeleton, &watch);
+    let (f, p) = fragment(svc, slices, node, skeleton, &watch);
     (Some(f), p, lost.get())
 }
 

@@ -110,7 +110,8 @@ impl ApiPodSet {
                     changes.changed |= mirror || broken || pod;
                 }
             }
-            Output::Warning(_) => {}
+            // The pod watcher is not paged (`Watcher::paged`): its lists come whole.
+            Output::Warning(_) | Output::Page { .. } => {}
         }
         changes
     }

@@ -18,7 +18,8 @@
 //! ```
 //!
 //! A full list yields one [`Output::Snapshot`]: the caller replaces its API pods with it (pods not
-//! in it were deleted while the watch was down). Back-off delays double from 1 s up to 30 s with
+//! in it were deleted while the watch was down). A [`Watcher::paged`] watcher hands each page on
+//! as it comes instead ([`Output::Page`]), so that a list of 10 000 objects is never held whole. Back-off delays double from 1 s up to 30 s with
 //! ±50 % jitter, and reset after any successful answer.
 
 use std::time::{Duration, Instant};
@@ -59,6 +60,8 @@ pub struct Watcher {
     failures: u32,
     /// The resource in log lines: `pod`, `service`, `endpointslice`.
     what: &'static str,
+    /// Hand each list page on as it comes ([`Output::Page`]).
+    paged: bool,
 }
 
 /// What a back-off resumes.
@@ -110,6 +113,14 @@ pub enum Input {
 pub enum Output {
     /// The complete set of pods bound to the node, from a full list.
     Snapshot(Vec<Value>),
+    /// One page of a full list, from a [`Watcher::paged`] watcher: `first` starts a list (what
+    /// an unfinished one delivered no longer counts as listed), `last` completes it (objects
+    /// that no page of this list had are gone).
+    Page {
+        items: Vec<Value>,
+        first: bool,
+        last: bool,
+    },
     /// A pod was added or changed.
     Applied(Value),
     /// A pod is gone from the API server.
@@ -151,6 +162,16 @@ impl Watcher {
             state: relist(),
             failures: 0,
             what,
+            paged: false,
+        }
+    }
+
+    /// The same watcher, handing each list page on as it comes ([`Output::Page`]) instead of
+    /// holding the pages until the last one ([`Output::Snapshot`]).
+    pub fn paged(self) -> Watcher {
+        Watcher {
+            paged: true,
+            ..self
         }
     }
 
@@ -193,6 +214,33 @@ impl Watcher {
         }
         let (state, out) = match (state, input) {
             // Listing + page: keep the items; the last page delivers the snapshot and watches.
+            // (Paged: hand the page on; the last one completes the list and watches.)
+            (
+                State::Listing {
+                    continue_token: asked,
+                    ..
+                },
+                Input::Page {
+                    items,
+                    resource_version,
+                    continue_token,
+                },
+            ) if self.paged => {
+                let next = continue_token.filter(|t| !t.is_empty());
+                let page = Output::Page {
+                    items,
+                    first: asked.is_none(),
+                    last: next.is_none(),
+                };
+                let state = match next {
+                    Some(token) => State::Listing {
+                        continue_token: Some(token),
+                        items: Vec::new(),
+                    },
+                    None => State::Watching { resource_version },
+                };
+                (state, vec![page])
+            }
             (
                 State::Listing { mut items, .. },
                 Input::Page {
@@ -403,6 +451,7 @@ pub(crate) mod tests {
             state,
             failures: 0,
             what: "pod",
+            paged: false,
         }
     }
 
@@ -499,6 +548,41 @@ pub(crate) mod tests {
         // A clean end of stream: watch again from the last version, no back-off.
         w.step(Input::StreamEnded, now, 0.0);
         assert_eq!(w.state, watching("801"));
+    }
+
+    #[test]
+    fn a_paged_watcher_hands_each_page_on_and_says_which_starts_and_ends_the_list() {
+        let now = Instant::now();
+        let mut w = Watcher::of("service").paged();
+        let out = w.step(page(vec![pod("a", "1")], "642", Some("c1")), now, 0.0);
+        assert_eq!(
+            out,
+            vec![Output::Page {
+                items: vec![pod("a", "1")],
+                first: true,
+                last: false
+            }]
+        );
+        assert!(!w.is_synced(), "synced only after the last page");
+        assert_eq!(
+            w.request(0.0),
+            Request::List {
+                continue_token: Some("c1".into())
+            }
+        );
+        // The continue token expired: the list starts again, and says so with `first`.
+        w.step(failed(Some(410)), now, 0.0);
+        let out = w.step(page(vec![pod("b", "2")], "650", None), now, 0.0);
+        assert_eq!(
+            out,
+            vec![Output::Page {
+                items: vec![pod("b", "2")],
+                first: true,
+                last: true
+            }]
+        );
+        assert!(w.is_synced());
+        assert_eq!(w.state, watching("650"));
     }
 
     #[test]
