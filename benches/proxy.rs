@@ -439,9 +439,11 @@ fn agent_rss(n: u32) {
             .unwrap_or_default()
     };
     println!(
-        "agent with {n} Services: synced {synced}; VmHWM {} (peak), VmRSS {} (after sync); commit child VmHWM {child_hwm} kB (sampled); {exe}",
+        "agent with {n} Services: synced {synced}; VmHWM {} (peak), VmRSS {} (after sync: RssAnon {}, RssFile {}); commit child VmHWM {child_hwm} kB (sampled); {exe}",
         field("VmHWM:"),
-        field("VmRSS:")
+        field("VmRSS:"),
+        field("RssAnon:"),
+        field("RssFile:")
     );
     let _ = agent.kill();
     let _ = agent.wait();
