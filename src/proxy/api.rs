@@ -20,7 +20,7 @@ use std::time::Instant;
 use async_io::Timer;
 use futures_lite::FutureExt;
 
-use super::backend::Backend;
+use super::backend;
 use super::convert::{Feed, Kind, SliceApi};
 use super::run::Proxy;
 use super::state::Event;
@@ -185,8 +185,8 @@ async fn send(
 /// Runs the proxy on Services and EndpointSlices from the API server. Commits run in children
 /// of `exe`, reaped by `reaper`; the watches go on meanwhile.
 pub async fn run(cfg: ProxyConfig, client: Rc<Client>, exe: PathBuf, reaper: Reaper) {
-    let writer = match Backend::open(cfg.mode, exe, reaper) {
-        Ok(w) => w,
+    let backend = match backend::open(cfg.mode, exe, reaper) {
+        Ok(b) => b,
         Err(e) => {
             log::error!("proxy: {e}; Services are not proxied");
             return;
@@ -196,7 +196,7 @@ pub async fn run(cfg: ProxyConfig, client: Rc<Client>, exe: PathBuf, reaper: Rea
         "proxy: Services and EndpointSlices from the API server {}",
         client.server().authority()
     );
-    let mut proxy = Proxy::new(cfg.node.clone(), writer);
+    let mut proxy = Proxy::new(cfg.node.clone(), backend);
     let (tx, rx) = async_channel::bounded::<Vec<Event>>(QUEUED_BATCHES);
     let services = watch_kind(client.clone(), Kind::Services, tx.clone());
     let slices = watch_kind(client, Kind::Slices(SliceApi::V1), tx);

@@ -4,7 +4,8 @@
 //! streamed ([`Ops`]: a full sync makes them one Service at a time), and commits them
 //! atomically or not at all. [`Netlink`] lowers them into one nf_tables batch
 //! ([`super::lower`]) and has it committed over a `NETLINK_NETFILTER` socket; tests inject
-//! their own writer to record transactions.
+//! their own writer to record transactions. The nftables backend
+//! ([`super::backend::Nftables`]) decides what to write; this file only writes it.
 //!
 //! ```text
 //!  agent (executor thread)                              child: nanolet internal-nft-commit
@@ -57,11 +58,6 @@ pub trait Writer {
     /// Deletes the UDP conntrack entries translated to `backend`, a backend that went away.
     /// Returns how many there were.
     fn forget_udp_flows(&mut self, backend: std::net::SocketAddr) -> Result<usize, String>;
-
-    /// The iptables fallback renders the proxy's store itself instead of taking operations.
-    fn iptables(&mut self) -> Option<&mut super::iptables_apply::Iptables> {
-        None
-    }
 }
 
 /// The longest a commit may take before it is given up. The kernel's commit of 10 000

@@ -12,6 +12,9 @@
 //! (`iptables-legacy-restore`) are preferred when installed: on a kernel without nf_tables,
 //! `iptables-nft` cannot work. `-w 5` waits for the xtables lock other writers hold.
 //!
+//! The iptables backend ([`Backend`]) renders from the state's store ([`ProxyState::objects`])
+//! rather than taking its transactions: the whole set is rewritten when it changed.
+//!
 //! Blocking: the children run inline on the agent's thread, as the netlink writer's batches
 //! do (a restore of a few hundred rules takes milliseconds; 1 000 Services about a second).
 //! Waiting inline also keeps the agent's reaper, which runs on the same thread, from taking
@@ -23,6 +26,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use super::backend::{Backend, forget_gone};
 use super::iptables::{FamilyRules, Rendered, render};
 use super::iptables_text::{parse_save, restore_input};
 use super::model::{IpFamily, NodeConfig};
@@ -149,6 +153,12 @@ fn run(program: &Path, args: &[&str], input: Option<&str>) -> Result<String, Str
     String::from_utf8(out.stdout).map_err(|_| format!("{name}: output is not UTF-8"))
 }
 
+impl Backend for Iptables {
+    async fn sync(&mut self, state: &mut ProxyState, node: &NodeConfig, full: bool) -> bool {
+        sync(self, state, node, full, forget_udp_flows)
+    }
+}
+
 /// One sync of the iptables backend: renders the store and writes it when it changed (every
 /// time when `full`). Returns whether the kernel now holds the desired rules (false while
 /// waiting for the sources, or after a refused write, which the next sync retries whole).
@@ -180,13 +190,7 @@ pub fn sync(
                 .as_ref()
                 .map(Rendered::udp_backends)
                 .unwrap_or_default();
-            for gone in before.difference(&rendered.udp_backends()) {
-                match forget_udp(*gone) {
-                    Ok(0) => {}
-                    Ok(n) => log::debug!("proxy: flushed {n} UDP flows to {gone}"),
-                    Err(e) => log::warn!("proxy: flushing UDP flows to {gone}: {e}"),
-                }
-            }
+            forget_gone(&before, &rendered.udp_backends(), &mut forget_udp);
             ipt.last = Some(rendered);
             true
         }

@@ -8,6 +8,8 @@
 //!  store ─► state: per Service build alone ─► fragment ─┬► full sync: streamed, one Service at a time
 //!           (applied: counts and owners, no elements)   └► incremental: plan(old, new fragments)
 //!                                          ─► Op ─► lower ─► apply (one netlink batch)
+//!  run: events ─► state ─► Backend::sync ─┬► backend/nftables.rs: next_sync ─► apply (Writer)
+//!                                         └► iptables_apply: store ─► iptables ─► -restore
 //! ```
 //!
 //! - [`model`]: the inputs, parsed and validated at the edge; errors name the object and field.
@@ -24,16 +26,23 @@
 //! - [`lower`]: the ruleset as nf_tables netlink messages (pure); `lower_dnat` the shared
 //!   endpoint maps (nft's `typeof` user data) and the hairpin lookup.
 //! - [`source`]: Services and EndpointSlices as events: the standalone `services/` folder.
-//! - [`apply`]: the one file of kernel I/O: a transaction as one atomic netlink batch.
-//! - [`iptables`], [`iptables_text`] (pure) and [`iptables_apply`]: the fallback for kernels without nf_tables:
-//!   the same Services as `iptables-restore` input in kube-proxy's iptables shape, written by
-//!   `iptables-restore --noflush` children; [`backend`]: `proxy.mode` picks one at start.
-//! - [`run`]: the loop on the agent's thread: sources in, transactions out, periodic resync.
+//! - [`backend`]: the one seam to the kernel: `Backend::sync(state, node, full)`, the UDP
+//!   conntrack flush of removed backends included; `proxy.mode` picks one at start.
+//!   `backend/nftables.rs`: the state's next sync (incremental or streamed full) handed to
+//!   a [`apply::Writer`], and the commit recorded.
+//! - [`apply`]: the nftables backend's kernel I/O: a transaction as one atomic netlink batch.
+//! - [`iptables`], [`iptables_text`] (pure) and [`iptables_apply`]: the fallback for kernels
+//!   without nf_tables: the same Services, rendered from the state's store, as
+//!   `iptables-restore` input in kube-proxy's iptables shape, written by
+//!   `iptables-restore --noflush` children.
+//! - [`run`]: the loop on the agent's thread: sources in, backend syncs out, periodic resync;
+//!   it does not know which backend it drives.
 //! - [`convert`] (pure): API objects (v1 and v1beta1 EndpointSlices, core/v1 Endpoints) as the
 //!   proxy's events; [`api`]: Services and EndpointSlices listed and watched from the API server.
 //!
-//! Everything but `api`, `apply`, `backend`, `iptables_apply`, `run` and `source`'s folder scan is pure: no sockets, no files,
-//! no clock.
+//! Everything but `api`, `apply`, `backend` (its choice probes the kernel; its syncs await
+//! writers), `iptables_apply`, `run` and `source`'s folder scan is pure: no sockets, no
+//! files, no clock.
 
 pub mod api;
 pub mod apply;

@@ -1,51 +1,41 @@
-//! The proxy loop: events in, transactions out, on the agent's one thread.
+//! The proxy loop: events in, syncs of the backend out, on the agent's one thread.
 //!
 //! ```text
 //!  services/ changed ─► scan_dir (changed objects, one at a time) ─► ProxyState::apply ─┐
-//!  syncPeriod tick ───► forget what was applied (full resync) ──────────────────────────┴► next_sync
-//!         Writer::write (one atomic batch, awaited; a full sync streamed into it) ◄┘
-//!         committed(transaction) on success, forget_applied on failure
+//!  syncPeriod tick ───► a full sync ────────────────────────────────────────────────────┤
+//!  Backend::sync(state, node, full), awaited (which backend, the loop does not know) ◄──┘
 //! ```
 //!
 //! Nothing is written until Services and EndpointSlices have both synced (the state's gate);
 //! every later write is a diff against what the kernel accepted last, and every `syncPeriod`
 //! the tables are replaced whole, so anything else that touched them is repaired.
 
-use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use async_io::Timer;
 use futures_lite::FutureExt;
 
-use super::apply::{Ops, Writer};
-use super::backend::Backend;
+use super::backend::{self, Backend};
 use super::model::NodeConfig;
 use super::source::{Snapshot, scan_dir};
-use super::state::{Event, NextSync, ProxyState};
+use super::state::{Event, ProxyState};
 use crate::config::proxy::ProxyConfig;
 use crate::source::DirWatch;
 use crate::sys::reaper::Reaper;
 
-/// The proxy: its store, the node's facts and where it writes.
-pub struct Proxy<W: Writer> {
+/// The proxy: its store, the node's facts and the backend it writes with.
+pub struct Proxy<B: Backend> {
     state: ProxyState,
     node: NodeConfig,
-    writer: W,
-    /// Failed writes in a row (for the log: say it once, then at debug).
-    failures: u32,
-    /// The UDP backends of the ruleset the kernel holds: when one goes, its flows are flushed.
-    udp_backends: BTreeSet<SocketAddr>,
+    backend: B,
 }
 
-impl<W: Writer> Proxy<W> {
-    pub fn new(node: NodeConfig, writer: W) -> Proxy<W> {
+impl<B: Backend> Proxy<B> {
+    pub fn new(node: NodeConfig, backend: B) -> Proxy<B> {
         Proxy {
             state: ProxyState::default(),
             node,
-            writer,
-            failures: 0,
-            udp_backends: BTreeSet::new(),
+            backend,
         }
     }
 
@@ -62,84 +52,21 @@ impl<W: Writer> Proxy<W> {
     /// the desired ruleset (false while waiting for the sources, or after a refused write).
     /// Other tasks run while the kernel commits.
     pub async fn sync(&mut self, full: bool) -> bool {
-        if let Some(ipt) = self.writer.iptables() {
-            let forget = super::iptables_apply::forget_udp_flows;
-            return super::iptables_apply::sync(ipt, &self.state, &self.node, full, forget);
-        }
-        if full {
-            self.state.forget_applied();
-        }
-        // A full sync's operations are made one Service at a time as the writer encodes
-        // them: neither the desired ruleset nor its operations are ever held whole.
-        let (written, tx) = {
-            let Some(next) = self.state.next_sync(&self.node) else {
-                log::debug!("proxy: waiting for Services and EndpointSlices to sync");
-                return false;
-            };
-            match next {
-                NextSync::Incremental(mut tx) => {
-                    for p in &tx.problems {
-                        log::warn!("proxy: {p}");
-                    }
-                    if tx.ops.is_empty() {
-                        return true;
-                    }
-                    let ops = std::mem::take(&mut tx.ops);
-                    log::debug!("proxy: writing {} operations", ops.len());
-                    (self.writer.write(Ops::Listed(ops)).await, Some(tx))
-                }
-                NextSync::Full(mut full) => {
-                    log::debug!("proxy: replacing the tables (full sync)");
-                    let written = self.writer.write(Ops::Streamed(&mut full)).await;
-                    // Only a written full sync is finished (its counts recorded).
-                    let tx = written.is_ok().then(|| full.finish());
-                    for p in tx.iter().flat_map(|tx| &tx.problems) {
-                        log::warn!("proxy: {p}");
-                    }
-                    (written, tx)
-                }
-            }
-        };
-        match (written, tx) {
-            (Ok(()), Some(tx)) => {
-                log::debug!("proxy: committed");
-                self.failures = 0;
-                self.state.committed(tx);
-                let now = self.state.udp_backends();
-                for gone in self.udp_backends.difference(&now) {
-                    match self.writer.forget_udp_flows(*gone) {
-                        Ok(0) => {}
-                        Ok(n) => log::debug!("proxy: flushed {n} UDP flows to {gone}"),
-                        Err(e) => log::warn!("proxy: flushing UDP flows to {gone}: {e}"),
-                    }
-                }
-                self.udp_backends = now;
-                true
-            }
-            (Ok(()), None) => false,
-            (Err(e), _) => {
-                if self.failures == 0 {
-                    log::warn!("proxy: writing the ruleset failed: {e}; retrying with a full sync");
-                }
-                self.failures += 1;
-                self.state.forget_applied();
-                false
-            }
-        }
+        self.backend.sync(&mut self.state, &self.node, full).await
     }
 }
 
 /// Runs the standalone proxy: Services and EndpointSlices from `cfg.services_path`. Commits
 /// run in children of `exe`, reaped by `reaper`.
 pub async fn run(cfg: ProxyConfig, exe: PathBuf, reaper: Reaper) {
-    let writer = match Backend::open(cfg.mode, exe, reaper) {
-        Ok(w) => w,
+    let backend = match backend::open(cfg.mode, exe, reaper) {
+        Ok(b) => b,
         Err(e) => {
             log::error!("proxy: {e}; Services are not proxied");
             return;
         }
     };
-    let mut proxy = Proxy::new(cfg.node.clone(), writer);
+    let mut proxy = Proxy::new(cfg.node.clone(), backend);
     let dir: PathBuf = cfg.services_path.clone();
     log::info!("proxy: Services from {}", dir.display());
     let mut watch = DirWatch::new(&dir)
@@ -183,9 +110,12 @@ pub async fn run(cfg: ProxyConfig, exe: PathBuf, reaper: Reaper) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::apply::{Ops, Writer};
+    use crate::proxy::backend::Nftables;
     use crate::proxy::ruleset::Op;
     use futures_lite::future::block_on;
     use serde_json::json;
+    use std::net::SocketAddr;
 
     #[derive(Default)]
     struct Recorder {
@@ -227,7 +157,7 @@ mod tests {
     #[test]
     fn udp_flows_to_a_removed_backend_are_flushed_and_only_those() {
         let mut rec = Recorder::default();
-        let mut p = Proxy::new(node(), &mut rec);
+        let mut p = Proxy::new(node(), Nftables::new(&mut rec));
         let dns = Event::ServiceApplied(json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": { "name": "dns", "namespace": "default" },
@@ -264,7 +194,7 @@ mod tests {
     #[test]
     fn nothing_is_written_until_both_sources_synced_then_only_changes() {
         let mut rec = Recorder::default();
-        let mut p = Proxy::new(node(), &mut rec);
+        let mut p = Proxy::new(node(), Nftables::new(&mut rec));
         p.feed(vec![web(), Event::ServicesSynced]);
         assert!(!block_on(p.sync(true)));
         p.feed(vec![Event::EndpointSlicesSynced]);
@@ -296,7 +226,7 @@ mod tests {
             refuse: true,
             ..Recorder::default()
         };
-        let mut p = Proxy::new(node(), &mut rec);
+        let mut p = Proxy::new(node(), Nftables::new(&mut rec));
         p.feed(vec![
             web(),
             Event::ServicesSynced,
