@@ -183,8 +183,9 @@ impl Writer for Netlink {
     }
 }
 
-/// How much of a batch the agent holds before handing it to the commit child.
-const SPILL_CHUNK: usize = 1 << 20;
+/// How much of a batch the agent holds before handing it to the commit child (the pipe takes
+/// 64 KiB at a time anyway; a larger part only raises the agent's peak).
+const SPILL_CHUNK: usize = 256 << 10;
 
 /// Most of the child's stderr kept (its last line is the error).
 const MAX_STDERR: u64 = 64 * 1024;
