@@ -447,7 +447,7 @@ impl Agent {
                 api.pods
                     .desired()
                     .into_iter()
-                    .map(|pod| (pod.metadata.uid.clone(), Rc::new(pod), "api".to_string())),
+                    .map(|pod| (pod.metadata.uid.clone(), pod, "api".to_string())),
             );
         }
         let wanted: std::collections::HashSet<&str> =

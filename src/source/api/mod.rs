@@ -155,8 +155,8 @@ impl ApiPods {
         }
     }
 
-    /// The API pods to run.
-    pub fn desired(&self) -> Vec<Pod> {
+    /// The API pods to run (shared with their workers, not copied).
+    pub fn desired(&self) -> Vec<Rc<Pod>> {
         self.set.borrow().desired().into_iter().cloned().collect()
     }
 
@@ -183,7 +183,7 @@ impl ApiPods {
     }
 
     /// The pod with this UID, if it is an API pod.
-    pub fn get(&self, uid: &str) -> Option<Pod> {
+    pub fn get(&self, uid: &str) -> Option<Rc<Pod>> {
         self.set.borrow().get(uid).cloned()
     }
 

@@ -12,8 +12,14 @@
 //!   replaces them ([`ApiPodSet::is_synced`]).
 //!
 //! Pure: values in, changes out. The caller persists what [`Changes`] says.
+//!
+//! Memory: each pod is held once, as an `Rc<Pod>` that the pod's worker shares. What the set
+//! keeps of an API pod's `status` is its `phase` (all it decides on), and no `managedFields`;
+//! the echo of a status patch (nothing relevant changed) only moves the pod's resourceVersion,
+//! kept beside the shared pod, so that the worker's copy stays the only one.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use serde_json::Value;
 
@@ -49,10 +55,18 @@ pub struct Terminating {
     pub grace_period_seconds: i64,
 }
 
+/// A pod of the set and the newest resourceVersion seen for it (the pod's own
+/// `metadata.resourceVersion` is the one of its last relevant change).
+#[derive(Debug)]
+struct Known {
+    pod: Rc<Pod>,
+    resource_version: Option<String>,
+}
+
 /// The API pods of this node.
 #[derive(Debug, Default)]
 pub struct ApiPodSet {
-    pods: BTreeMap<String, Pod>,
+    pods: BTreeMap<String, Known>,
     mirrors: BTreeMap<String, Mirror>,
     /// Pods that do not decode, by UID (or full name when it has none): the error.
     broken: BTreeMap<String, String>,
@@ -132,7 +146,7 @@ impl ApiPodSet {
             .map(str::to_string);
         if let Some(old) = self.pods.get(&key)
             && rv.is_some()
-            && old.metadata.resource_version == rv
+            && old.resource_version == rv
         {
             return;
         }
@@ -145,14 +159,26 @@ impl ApiPodSet {
                         .iter()
                         .map(|f| format!("pod {}: {f}", pod_full_name(&decoded.pod))),
                 );
+                let mut pod = decoded.pod;
+                slim(&mut pod);
                 let was_broken = self.broken.remove(&key).is_some();
                 let relevant = was_broken
                     || self
                         .pods
                         .get(&key)
-                        .is_none_or(|old| is_relevant_change(old, &decoded.pod));
-                // The newer copy is kept either way (its resourceVersion, its status).
-                self.pods.insert(key.clone(), decoded.pod);
+                        .is_none_or(|old| is_relevant_change(&old.pod, &pod));
+                match self.pods.get_mut(&key) {
+                    // Only the resourceVersion, status (not its end) or managedFields moved:
+                    // the shared pod stays, its newest resourceVersion is noted.
+                    Some(old) if !relevant => old.resource_version = rv,
+                    _ => {
+                        let known = Known {
+                            pod: Rc::new(pod),
+                            resource_version: rv,
+                        };
+                        self.pods.insert(key.clone(), known);
+                    }
+                }
                 if !relevant {
                     return;
                 }
@@ -178,9 +204,10 @@ impl ApiPodSet {
     }
 
     /// The pods to run, by UID order.
-    pub fn desired(&self) -> Vec<&Pod> {
+    pub fn desired(&self) -> Vec<&Rc<Pod>> {
         self.pods
             .values()
+            .map(|known| &known.pod)
             .filter(|pod| pod.metadata.deletion_timestamp.is_none() && !is_finished(pod))
             .collect()
     }
@@ -189,6 +216,7 @@ impl ApiPodSet {
     pub fn terminating(&self) -> Vec<Terminating> {
         self.pods
             .values()
+            .map(|known| &known.pod)
             .filter(|pod| pod.metadata.deletion_timestamp.is_some())
             .map(|pod| Terminating {
                 uid: pod.metadata.uid.clone(),
@@ -204,8 +232,13 @@ impl ApiPodSet {
     }
 
     /// A pod by UID.
-    pub fn get(&self, uid: &str) -> Option<&Pod> {
-        self.pods.get(uid)
+    pub fn get(&self, uid: &str) -> Option<&Rc<Pod>> {
+        self.pods.get(uid).map(|known| &known.pod)
+    }
+
+    /// The newest resourceVersion seen for a pod.
+    pub fn resource_version(&self, uid: &str) -> Option<&str> {
+        self.pods.get(uid)?.resource_version.as_deref()
     }
 
     /// The mirror pods seen.
@@ -220,6 +253,16 @@ impl ApiPodSet {
             .map(|(k, e)| (k.clone(), e.clone()))
             .collect()
     }
+}
+
+/// Drops what the set never reads of an API pod: `managedFields`, and all of `status` but its
+/// `phase` (see [`is_finished`]). Both are large JSON trees on a real server.
+fn slim(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    pod.status = pod.status.take().map(|status| match status.get("phase") {
+        Some(phase) => serde_json::json!({ "phase": phase }),
+        None => serde_json::json!({}),
+    });
 }
 
 /// Whether `new` differs from `old` in what nanolet acts on or must keep across a reboot:
@@ -258,8 +301,8 @@ mod tests {
         })
     }
 
-    fn names(pods: Vec<&Pod>) -> Vec<String> {
-        pods.into_iter().map(pod_full_name).collect()
+    fn names(pods: Vec<&Rc<Pod>>) -> Vec<String> {
+        pods.into_iter().map(|p| pod_full_name(p)).collect()
     }
 
     #[test]
@@ -306,11 +349,9 @@ mod tests {
         echo["metadata"]["resourceVersion"] = json!("3");
         echo["status"]["podIP"] = json!("10.0.0.2");
         assert!(!set.apply(Output::Applied(echo.clone())).changed);
-        assert_eq!(
-            set.get("u1").unwrap().metadata.resource_version.as_deref(),
-            Some("3"),
-            "the newer copy is kept"
-        );
+        assert_eq!(set.resource_version("u1"), Some("3"), "the newest is noted");
+        // The same resourceVersion again is skipped.
+        assert_eq!(set.apply(Output::Applied(echo.clone())), Changes::default());
 
         // The pod ended: stored, so that it is not run again after a reboot.
         echo["metadata"]["resourceVersion"] = json!("4");
@@ -318,6 +359,11 @@ mod tests {
         let c = set.apply(Output::Applied(echo.clone()));
         assert!(c.changed && c.store.len() == 1, "{c:?}");
         assert!(set.desired().is_empty());
+        // What is kept of it: the phase of its status, no managedFields (the store has all).
+        let kept = set.get("u1").unwrap();
+        assert_eq!(kept.status, Some(json!({"phase": "Succeeded"})));
+        assert_eq!(kept.metadata.managed_fields, None);
+        assert_eq!(c.store[0].1["status"]["podIP"], "10.0.0.2");
 
         // Labels (downward API), deletion and spec changes are acted on.
         let mut labelled = pod("web", "u1", "5");
