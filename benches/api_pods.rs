@@ -14,7 +14,8 @@
 //! 2. **Agent memory**: VmRSS of the agent with the 51 API pods running (5 s after the static
 //!    pods are gone), against the 6 MiB target, split into RssAnon (heap, stacks) and RssFile
 //!    (the binary's resident text and read-only data). `NANOLET_BENCH_SMAPS=<file>` also copies
-//!    the agent's `/proc/<pid>/smaps` there at that moment.
+//!    the agent's `/proc/<pid>/smaps` there at that moment, and to `<file>.30s` 30 s later,
+//!    after clearing the accessed bits (`Referenced` is then what those 30 s touched).
 //!
 //! Reported, never asserted. The agent is the binary cargo builds for the bench profile, or
 //! `NANOLET_BENCH_AGENT` (a glibc host build carries ~2.5 MiB of malloc arenas that the static
@@ -80,6 +81,13 @@ fn main() {
         status_kib(pid, "RssFile"),
     );
     if let Some(to) = std::env::var_os("NANOLET_BENCH_SMAPS") {
+        std::fs::copy(format!("/proc/{pid}/smaps"), &to).unwrap();
+        // And what the agent touches in 30 s of that steady state: `Referenced` of each
+        // mapping, after its page tables' accessed bits were cleared.
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "1").unwrap();
+        std::thread::sleep(Duration::from_secs(30));
+        let mut to = to;
+        to.push(".30s");
         std::fs::copy(format!("/proc/{pid}/smaps"), to).unwrap();
     }
 
