@@ -421,7 +421,7 @@ impl Agent {
         self.ctx.board.set_source_errors(errors);
         if let Some(api) = &self.api {
             api.pods
-                .set_static_pods(self.set.desired().into_iter().cloned().collect());
+                .set_static_pods(self.set.desired_shared());
         }
     }
 
