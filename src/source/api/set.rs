@@ -348,8 +348,13 @@ mod tests {
         let mut echo = pod("web", "u1", "2");
         echo["status"] = json!({"phase": "Pending", "conditions": [{"type": "Ready"}]});
         echo["metadata"]["managedFields"] = json!([{"manager": "nanolet"}]);
+        let running = set.get("u1").unwrap().clone();
         let c = set.apply(Output::Applied(echo.clone()));
         assert!(!c.changed && c.store.is_empty(), "{c:?}");
+        assert!(
+            Rc::ptr_eq(&running, set.get("u1").unwrap()),
+            "the worker's pod stays the only copy"
+        );
         echo["metadata"]["resourceVersion"] = json!("3");
         echo["status"]["podIP"] = json!("10.0.0.2");
         assert!(!set.apply(Output::Applied(echo.clone())).changed);
