@@ -420,8 +420,7 @@ impl Agent {
         self.logged_errors = errors.clone();
         self.ctx.board.set_source_errors(errors);
         if let Some(api) = &self.api {
-            api.pods
-                .set_static_pods(self.set.desired_shared());
+            api.pods.set_static_pods(self.set.desired_shared());
         }
     }
 
