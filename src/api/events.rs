@@ -217,6 +217,9 @@ pub struct Correlator {
     /// By object: the token bucket.
     buckets: HashMap<Key, (f64, Instant)>,
     hasher: RandomState,
+    /// The last sweep of all expired entries (one per window, so that a quiet node lets the
+    /// maps shrink; an expired entry acts as an absent one, so sweeping changes no decision).
+    swept: Option<Instant>,
 }
 
 impl Correlator {
@@ -334,15 +337,21 @@ impl Correlator {
     }
 
     fn sweep(&mut self, now: Instant) {
-        if self.exact.len() > MAX_ENTRIES {
+        let due = self
+            .swept
+            .is_none_or(|at| now.saturating_duration_since(at) >= WINDOW);
+        if due {
+            self.swept = Some(now);
+        }
+        if due || self.exact.len() > MAX_ENTRIES {
             self.exact
                 .retain(|_, s| now.saturating_duration_since(s.last) <= WINDOW);
         }
-        if self.similar.len() > MAX_ENTRIES {
+        if due || self.similar.len() > MAX_ENTRIES {
             self.similar
                 .retain(|_, (_, since)| now.saturating_duration_since(*since) <= WINDOW);
         }
-        if self.buckets.len() > MAX_ENTRIES {
+        if due || self.buckets.len() > MAX_ENTRIES {
             // A bucket left alone for BURST refills is full again: nothing lost by dropping it.
             self.buckets
                 .retain(|_, (_, last)| now.saturating_duration_since(*last) <= REFILL_EVERY * 25);
@@ -503,6 +512,30 @@ mod tests {
         let later = t0 + REFILL_EVERY;
         assert_ne!(c.observe(&record("m"), "n", w0, later), Action::Drop);
         assert_eq!(c.observe(&record("m"), "n", w0, later), Action::Drop);
+    }
+
+    #[test]
+    fn a_quiet_node_forgets_expired_events() {
+        let mut c = Correlator::default();
+        let t0 = Instant::now();
+        for pod in ["a", "b", "c"] {
+            let r = EventRecord {
+                object: ObjectRef::pod("default", pod, pod, None),
+                ..record("m")
+            };
+            c.observe(&r, "n", UNIX_EPOCH, t0);
+        }
+        assert_eq!((c.exact.len(), c.similar.len(), c.buckets.len()), (3, 3, 3));
+        let later = t0 + WINDOW + Duration::from_secs(1);
+        assert!(matches!(
+            c.observe(&record("m"), "n", UNIX_EPOCH, later),
+            Action::Create { .. }
+        ));
+        // The buckets are kept until they would be full again (25 refills).
+        assert_eq!((c.exact.len(), c.similar.len(), c.buckets.len()), (1, 1, 4));
+        let much_later = later + REFILL_EVERY * 26;
+        c.observe(&record("m"), "n", UNIX_EPOCH, much_later);
+        assert_eq!((c.exact.len(), c.similar.len(), c.buckets.len()), (1, 1, 1));
     }
 
     #[test]
