@@ -15,9 +15,9 @@
 //!
 //! Memory: each pod is held once, as an `Rc<Pod>` that the pod's worker shares. Of an API
 //! pod's `status` the set keeps the `phase` of an ended pod (all it decides on), and of its
-//! metadata no `managedFields`;
-//! the echo of a status patch (nothing relevant changed) only moves the pod's resourceVersion,
-//! kept beside the shared pod, so that the worker's copy stays the only one.
+//! metadata no `managedFields`. The echo of a status patch (nothing relevant changed) only
+//! moves the newest resourceVersion, kept beside the shared pod: the worker's copy stays the
+//! only one.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
