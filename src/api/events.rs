@@ -192,9 +192,10 @@ const REFILL_EVERY: Duration = Duration::from_secs(300);
 const MAX_ENTRIES: usize = 4096;
 
 /// A key of the correlator's maps: the SipHash (random keys, like `HashMap`'s) of the object
-/// and the words it stands for, instead of copies of them. Two different events collide with a
-/// probability of about n²/2⁶⁵ (n ≤ 3 × 4096 entries: < 10⁻¹¹), and a pod cannot craft a
-/// collision without the process's random keys.
+/// and the words it stands for, instead of copies of them. Two of n different keys in a map
+/// collide with a probability of about n²/2⁶⁵ (for the 4096 entries a map holds before it is
+/// swept: ~10⁻¹²), and a pod's messages cannot be crafted to collide without the process's
+/// random keys.
 type Key = u64;
 
 #[derive(Debug, Clone)]
