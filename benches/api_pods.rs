@@ -12,7 +12,10 @@
 //!    and Ready), one pod at a time, interleaved so both see the same machine load; median and
 //!    p99, and their ratio.
 //! 2. **Agent memory**: VmRSS of the agent with the 51 API pods running (5 s after the static
-//!    pods are gone), against the 6 MiB target.
+//!    pods are gone), against the 6 MiB target, split into RssAnon (heap, stacks) and RssFile
+//!    (the binary's resident text and read-only data). `NANOLET_BENCH_SMAPS=<file>` also copies
+//!    the agent's `/proc/<pid>/smaps` there at that moment, and to `<file>.30s` 30 s later,
+//!    after clearing the accessed bits (`Referenced` is then what those 30 s touched).
 //!
 //! Reported, never asserted. The agent is the binary cargo builds for the bench profile, or
 //! `NANOLET_BENCH_AGENT` (a glibc host build carries ~2.5 MiB of malloc arenas that the static
@@ -71,7 +74,22 @@ fn main() {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_secs(5));
-    let rss = rss_kib(node.agent_pid().unwrap());
+    let pid = node.agent_pid().unwrap();
+    let (rss, anon, file) = (
+        status_kib(pid, "VmRSS"),
+        status_kib(pid, "RssAnon"),
+        status_kib(pid, "RssFile"),
+    );
+    if let Some(to) = std::env::var_os("NANOLET_BENCH_SMAPS") {
+        std::fs::copy(format!("/proc/{pid}/smaps"), &to).unwrap();
+        // And what the agent touches in 30 s of that steady state: `Referenced` of each
+        // mapping, after its page tables' accessed bits were cleared.
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "1").unwrap();
+        std::thread::sleep(Duration::from_secs(30));
+        let mut to = to;
+        to.push(".30s");
+        std::fs::copy(format!("/proc/{pid}/smaps"), to).unwrap();
+    }
 
     let (api_med, api_p99) = (percentile(&through_api, 50), percentile(&through_api, 99));
     let (st_med, st_p99) = (percentile(&as_static, 50), percentile(&as_static, 99));
@@ -96,6 +114,8 @@ fn main() {
         rss as f64 / 1024.0,
         rss as f64 / RSS_TARGET_KIB as f64
     );
+    println!("| of it RssAnon (heap, stacks) | {anon} KiB | | |");
+    println!("| of it RssFile (the binary's resident pages) | {file} KiB | | |");
     let (bytes_in, bytes_out) = api.bytes();
     println!("\n(fake API server: {bytes_in} bytes in, {bytes_out} bytes out over the run)");
     node.stop_agent();
@@ -162,11 +182,12 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `RssAnon`, `RssFile`).
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
         .unwrap_or(0)
 }

@@ -420,8 +420,7 @@ impl Agent {
         self.logged_errors = errors.clone();
         self.ctx.board.set_source_errors(errors);
         if let Some(api) = &self.api {
-            api.pods
-                .set_static_pods(self.set.desired().into_iter().cloned().collect());
+            api.pods.set_static_pods(self.set.desired_shared());
         }
     }
 
@@ -449,7 +448,7 @@ impl Agent {
                 api.pods
                     .desired()
                     .into_iter()
-                    .map(|pod| (pod.metadata.uid.clone(), Rc::new(pod), "api".to_string())),
+                    .map(|pod| (pod.metadata.uid.clone(), pod, "api".to_string())),
             );
         }
         let wanted: std::collections::HashSet<&str> =

@@ -20,6 +20,7 @@
 //! dropped (logged at debug). Nothing waits for them.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -190,8 +191,12 @@ const REFILL_EVERY: Duration = Duration::from_secs(300);
 /// Entries kept per map before old ones are swept.
 const MAX_ENTRIES: usize = 4096;
 
-type SimilarKey = (ObjectRef, EventType, String);
-type ExactKey = (ObjectRef, EventType, String, String);
+/// A key of the correlator's maps: the SipHash (random keys, like `HashMap`'s) of the object
+/// and the words it stands for, instead of copies of them. Two of n different keys in a map
+/// collide with a probability of about n²/2⁶⁵ (for the 4096 entries a map holds before it is
+/// swept: ~10⁻¹²), and a pod's messages cannot be crafted to collide without the process's
+/// random keys.
+type Key = u64;
 
 #[derive(Debug, Clone)]
 struct Seen {
@@ -201,11 +206,21 @@ struct Seen {
 }
 
 /// The pure correlator (see the module doc). Time is passed in.
+///
+/// Its maps hold keys ([`Key`]), not the objects, reasons and messages (each of those was a
+/// few hundred bytes per event, ~0.3 MiB after 100 pods had started).
 #[derive(Debug, Default)]
 pub struct Correlator {
-    exact: HashMap<ExactKey, Seen>,
-    similar: HashMap<SimilarKey, (Vec<String>, Instant)>,
-    buckets: HashMap<ObjectRef, (f64, Instant)>,
+    /// By object, type, reason and message (or "combined"): the Event to PATCH on a repeat.
+    exact: HashMap<Key, Seen>,
+    /// By object, type and reason: the keys of the messages seen in the window, and its start.
+    similar: HashMap<Key, (Vec<Key>, Instant)>,
+    /// By object: the token bucket.
+    buckets: HashMap<Key, (f64, Instant)>,
+    hasher: RandomState,
+    /// The last sweep of all expired entries (one per window, so that a quiet node lets the
+    /// maps shrink; an expired entry acts as an absent one, so sweeping changes no decision).
+    swept: Option<Instant>,
 }
 
 impl Correlator {
@@ -218,11 +233,12 @@ impl Correlator {
         now: Instant,
     ) -> Action {
         self.sweep(now);
+        let object = &record.object;
+        let kind = record.event_type;
+        let reason = &record.reason;
         // The spam filter first: a dropped event leaves no trace in the other caches.
-        let (tokens, last) = self
-            .buckets
-            .entry(record.object.clone())
-            .or_insert((BURST, now));
+        let bucket_key = self.key(object);
+        let (tokens, last) = self.buckets.entry(bucket_key).or_insert((BURST, now));
         let refill =
             now.saturating_duration_since(*last).as_secs_f64() / REFILL_EVERY.as_secs_f64();
         *tokens = (*tokens + refill).min(BURST);
@@ -232,11 +248,8 @@ impl Correlator {
         }
         *tokens -= 1.0;
 
-        let similar_key = (
-            record.object.clone(),
-            record.event_type,
-            record.reason.clone(),
-        );
+        let similar_key = self.key((object, kind, reason));
+        let message_key = self.key(&record.message);
         let (messages, since) = self
             .similar
             .entry(similar_key)
@@ -245,29 +258,20 @@ impl Correlator {
             messages.clear();
             *since = now;
         }
-        if !messages.contains(&record.message) {
-            messages.push(record.message.clone());
+        if !messages.contains(&message_key) {
+            messages.push(message_key);
         }
-        let message = if messages.len() > AGGREGATE_AFTER {
+        let aggregated = messages.len() > AGGREGATE_AFTER;
+        let message = if aggregated {
             format!("(combined from similar events): {}", record.message)
         } else {
             record.message.clone()
         };
-        let exact_key = if messages.len() > AGGREGATE_AFTER {
+        let exact_key = if aggregated {
             // All aggregated events fold into one Event.
-            (
-                record.object.clone(),
-                record.event_type,
-                record.reason.clone(),
-                "(combined)".to_string(),
-            )
+            self.key((object, kind, reason, "(combined)"))
         } else {
-            (
-                record.object.clone(),
-                record.event_type,
-                record.reason.clone(),
-                record.message.clone(),
-            )
+            self.key((object, kind, reason, &record.message))
         };
         let stamp = format_time(wall);
         if let Some(seen) = self.exact.get_mut(&exact_key)
@@ -324,21 +328,31 @@ impl Correlator {
         }
     }
 
+    fn key(&self, value: impl Hash) -> Key {
+        self.hasher.hash_one(value)
+    }
+
     /// Forgets an Event that the server no longer has (404 on its PATCH).
     pub fn forget(&mut self, name: &str) {
         self.exact.retain(|_, s| s.name != name);
     }
 
     fn sweep(&mut self, now: Instant) {
-        if self.exact.len() > MAX_ENTRIES {
+        let due = self
+            .swept
+            .is_none_or(|at| now.saturating_duration_since(at) >= WINDOW);
+        if due {
+            self.swept = Some(now);
+        }
+        if due || self.exact.len() > MAX_ENTRIES {
             self.exact
                 .retain(|_, s| now.saturating_duration_since(s.last) <= WINDOW);
         }
-        if self.similar.len() > MAX_ENTRIES {
+        if due || self.similar.len() > MAX_ENTRIES {
             self.similar
                 .retain(|_, (_, since)| now.saturating_duration_since(*since) <= WINDOW);
         }
-        if self.buckets.len() > MAX_ENTRIES {
+        if due || self.buckets.len() > MAX_ENTRIES {
             // A bucket left alone for BURST refills is full again: nothing lost by dropping it.
             self.buckets
                 .retain(|_, (_, last)| now.saturating_duration_since(*last) <= REFILL_EVERY * 25);
@@ -499,6 +513,30 @@ mod tests {
         let later = t0 + REFILL_EVERY;
         assert_ne!(c.observe(&record("m"), "n", w0, later), Action::Drop);
         assert_eq!(c.observe(&record("m"), "n", w0, later), Action::Drop);
+    }
+
+    #[test]
+    fn a_quiet_node_forgets_expired_events() {
+        let mut c = Correlator::default();
+        let t0 = Instant::now();
+        for pod in ["a", "b", "c"] {
+            let r = EventRecord {
+                object: ObjectRef::pod("default", pod, pod, None),
+                ..record("m")
+            };
+            c.observe(&r, "n", UNIX_EPOCH, t0);
+        }
+        assert_eq!((c.exact.len(), c.similar.len(), c.buckets.len()), (3, 3, 3));
+        let later = t0 + WINDOW + Duration::from_secs(1);
+        assert!(matches!(
+            c.observe(&record("m"), "n", UNIX_EPOCH, later),
+            Action::Create { .. }
+        ));
+        // The buckets are kept until they would be full again (25 refills).
+        assert_eq!((c.exact.len(), c.similar.len(), c.buckets.len()), (1, 1, 4));
+        let much_later = later + REFILL_EVERY * 26;
+        c.observe(&record("m"), "n", UNIX_EPOCH, much_later);
+        assert_eq!((c.exact.len(), c.similar.len(), c.buckets.len()), (1, 1, 1));
     }
 
     #[test]

@@ -100,7 +100,7 @@ fn offer_all(queue: &mut StatusQueue, board: &Board, pods: &ApiPods, facts: &Nod
         .into_iter()
         .map(|m| (m.hash.clone(), m))
         .collect();
-    let statics: HashMap<String, crate::k8s::Pod> = pods
+    let statics: HashMap<String, Rc<crate::k8s::Pod>> = pods
         .static_pods()
         .into_iter()
         .map(|p| (p.metadata.uid.clone(), p))
@@ -205,7 +205,7 @@ async fn sync_mirrors<A: PodApi>(
             .cloned()
             .unwrap_or_else(|| now.clone())
     };
-    let refs: Vec<&crate::k8s::Pod> = statics.iter().collect();
+    let refs: Vec<&crate::k8s::Pod> = statics.iter().map(|p| &**p).collect();
     let mut ok = true;
     for action in mirror::plan(&refs, &mirrors, node, &seen) {
         match action {

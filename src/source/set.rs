@@ -157,6 +157,14 @@ impl StaticPodSet {
             .collect()
     }
 
+    /// The desired pods, as the values their workers share.
+    pub fn desired_shared(&self) -> Vec<Rc<Pod>> {
+        self.desired_with_source()
+            .into_iter()
+            .map(|(_, pod)| pod.clone())
+            .collect()
+    }
+
     /// The desired pods with the file each comes from, sorted by full name.
     pub fn desired_with_source(&self) -> Vec<(&PathBuf, &Rc<Pod>)> {
         self.desired

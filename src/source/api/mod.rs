@@ -55,7 +55,8 @@ pub struct ApiPods {
     /// The reporting loops, woken when API pods, mirrors or static pods change.
     subscribers: RefCell<Vec<async_channel::Sender<()>>>,
     /// The static pods, as the agent last saw them (for mirror pods).
-    static_pods: RefCell<Vec<Pod>>,
+    /// The agent's static pods, shared with their workers (for the mirror pods).
+    static_pods: RefCell<Vec<Rc<Pod>>>,
     /// The fingerprint of the spec each running API pod's worker was started with, by UID
     /// (the spec itself is in the set and in the worker already).
     started: RefCell<BTreeMap<String, [u8; 32]>>,
@@ -166,8 +167,8 @@ impl ApiPods {
         objects::references_of(self.set.borrow().all())
     }
 
-    /// The API pods to run.
-    pub fn desired(&self) -> Vec<Pod> {
+    /// The API pods to run (shared with their workers, not copied).
+    pub fn desired(&self) -> Vec<Rc<Pod>> {
         self.set.borrow().desired().into_iter().cloned().collect()
     }
 
@@ -194,7 +195,7 @@ impl ApiPods {
     }
 
     /// The pod with this UID, if it is an API pod.
-    pub fn get(&self, uid: &str) -> Option<Pod> {
+    pub fn get(&self, uid: &str) -> Option<Rc<Pod>> {
         self.set.borrow().get(uid).cloned()
     }
 
@@ -209,7 +210,7 @@ impl ApiPods {
     }
 
     /// The agent's static pods changed.
-    pub fn set_static_pods(&self, pods: Vec<Pod>) {
+    pub fn set_static_pods(&self, pods: Vec<Rc<Pod>>) {
         let mut current = self.static_pods.borrow_mut();
         if *current != pods {
             *current = pods;
@@ -218,7 +219,7 @@ impl ApiPods {
         }
     }
 
-    pub fn static_pods(&self) -> Vec<Pod> {
+    pub fn static_pods(&self) -> Vec<Rc<Pod>> {
         self.static_pods.borrow().clone()
     }
 

@@ -12,8 +12,15 @@
 //!   replaces them ([`ApiPodSet::is_synced`]).
 //!
 //! Pure: values in, changes out. The caller persists what [`Changes`] says.
+//!
+//! Memory: each pod is held once, as an `Rc<Pod>` that the pod's worker shares. Of an API
+//! pod's `status` the set keeps the `phase` of an ended pod (all it decides on), and of its
+//! metadata no `managedFields`. The echo of a status patch (nothing relevant changed) only
+//! moves the newest resourceVersion, kept beside the shared pod: the worker's copy stays the
+//! only one.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use serde_json::Value;
 
@@ -49,10 +56,18 @@ pub struct Terminating {
     pub grace_period_seconds: i64,
 }
 
+/// A pod of the set and the newest resourceVersion seen for it (the pod's own
+/// `metadata.resourceVersion` is the one of its last relevant change).
+#[derive(Debug)]
+struct Known {
+    pod: Rc<Pod>,
+    resource_version: Option<String>,
+}
+
 /// The API pods of this node.
 #[derive(Debug, Default)]
 pub struct ApiPodSet {
-    pods: BTreeMap<String, Pod>,
+    pods: BTreeMap<String, Known>,
     mirrors: BTreeMap<String, Mirror>,
     /// Pods that do not decode, by UID (or full name when it has none): the error.
     broken: BTreeMap<String, String>,
@@ -133,7 +148,7 @@ impl ApiPodSet {
             .map(str::to_string);
         if let Some(old) = self.pods.get(&key)
             && rv.is_some()
-            && old.metadata.resource_version == rv
+            && old.resource_version == rv
         {
             return;
         }
@@ -146,14 +161,26 @@ impl ApiPodSet {
                         .iter()
                         .map(|f| format!("pod {}: {f}", pod_full_name(&decoded.pod))),
                 );
+                let mut pod = decoded.pod;
+                slim(&mut pod);
                 let was_broken = self.broken.remove(&key).is_some();
                 let relevant = was_broken
                     || self
                         .pods
                         .get(&key)
-                        .is_none_or(|old| is_relevant_change(old, &decoded.pod));
-                // The newer copy is kept either way (its resourceVersion, its status).
-                self.pods.insert(key.clone(), decoded.pod);
+                        .is_none_or(|old| is_relevant_change(&old.pod, &pod));
+                match self.pods.get_mut(&key) {
+                    // Only the resourceVersion, status (not its end) or managedFields moved:
+                    // the shared pod stays, its newest resourceVersion is noted.
+                    Some(old) if !relevant => old.resource_version = rv,
+                    _ => {
+                        let known = Known {
+                            pod: Rc::new(pod),
+                            resource_version: rv,
+                        };
+                        self.pods.insert(key.clone(), known);
+                    }
+                }
                 if !relevant {
                     return;
                 }
@@ -179,9 +206,10 @@ impl ApiPodSet {
     }
 
     /// The pods to run, by UID order.
-    pub fn desired(&self) -> Vec<&Pod> {
+    pub fn desired(&self) -> Vec<&Rc<Pod>> {
         self.pods
             .values()
+            .map(|known| &known.pod)
             .filter(|pod| pod.metadata.deletion_timestamp.is_none() && !is_finished(pod))
             .collect()
     }
@@ -190,6 +218,7 @@ impl ApiPodSet {
     pub fn terminating(&self) -> Vec<Terminating> {
         self.pods
             .values()
+            .map(|known| &known.pod)
             .filter(|pod| pod.metadata.deletion_timestamp.is_some())
             .map(|pod| Terminating {
                 uid: pod.metadata.uid.clone(),
@@ -210,8 +239,13 @@ impl ApiPodSet {
     }
 
     /// A pod by UID.
-    pub fn get(&self, uid: &str) -> Option<&Pod> {
-        self.pods.get(uid)
+    pub fn get(&self, uid: &str) -> Option<&Rc<Pod>> {
+        self.pods.get(uid).map(|known| &known.pod)
+    }
+
+    /// The newest resourceVersion seen for a pod.
+    pub fn resource_version(&self, uid: &str) -> Option<&str> {
+        self.pods.get(uid)?.resource_version.as_deref()
     }
 
     /// The mirror pods seen.
@@ -226,6 +260,19 @@ impl ApiPodSet {
             .map(|(k, e)| (k.clone(), e.clone()))
             .collect()
     }
+}
+
+/// Drops what the set never reads of an API pod: `managedFields`, and `status` but for the
+/// `phase` of a pod that has ended (all [`is_finished`] asks). Both are large JSON trees on a
+/// real server (even `{"phase": ..}` alone is a ~0.6 KiB map node).
+fn slim(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    let ended = is_finished(pod);
+    pod.status = pod
+        .status
+        .take()
+        .filter(|_| ended)
+        .and_then(|status| Some(serde_json::json!({ "phase": status.get("phase")? })));
 }
 
 /// Whether `new` differs from `old` in what nanolet acts on or must keep across a reboot:
@@ -264,8 +311,8 @@ mod tests {
         })
     }
 
-    fn names(pods: Vec<&Pod>) -> Vec<String> {
-        pods.into_iter().map(pod_full_name).collect()
+    fn names(pods: Vec<&Rc<Pod>>) -> Vec<String> {
+        pods.into_iter().map(|p| pod_full_name(p)).collect()
     }
 
     #[test]
@@ -307,16 +354,19 @@ mod tests {
         let mut echo = pod("web", "u1", "2");
         echo["status"] = json!({"phase": "Pending", "conditions": [{"type": "Ready"}]});
         echo["metadata"]["managedFields"] = json!([{"manager": "nanolet"}]);
+        let running = set.get("u1").unwrap().clone();
         let c = set.apply(Output::Applied(echo.clone()));
         assert!(!c.changed && c.store.is_empty(), "{c:?}");
+        assert!(
+            Rc::ptr_eq(&running, set.get("u1").unwrap()),
+            "the worker's pod stays the only copy"
+        );
         echo["metadata"]["resourceVersion"] = json!("3");
         echo["status"]["podIP"] = json!("10.0.0.2");
         assert!(!set.apply(Output::Applied(echo.clone())).changed);
-        assert_eq!(
-            set.get("u1").unwrap().metadata.resource_version.as_deref(),
-            Some("3"),
-            "the newer copy is kept"
-        );
+        assert_eq!(set.resource_version("u1"), Some("3"), "the newest is noted");
+        // The same resourceVersion again is skipped.
+        assert_eq!(set.apply(Output::Applied(echo.clone())), Changes::default());
 
         // The pod ended: stored, so that it is not run again after a reboot.
         echo["metadata"]["resourceVersion"] = json!("4");
@@ -324,6 +374,11 @@ mod tests {
         let c = set.apply(Output::Applied(echo.clone()));
         assert!(c.changed && c.store.len() == 1, "{c:?}");
         assert!(set.desired().is_empty());
+        // What is kept of it: the phase of its status, no managedFields (the store has all).
+        let kept = set.get("u1").unwrap();
+        assert_eq!(kept.status, Some(json!({"phase": "Succeeded"})));
+        assert_eq!(kept.metadata.managed_fields, None);
+        assert_eq!(c.store[0].1["status"]["podIP"], "10.0.0.2");
 
         // Labels (downward API), deletion and spec changes are acted on.
         let mut labelled = pod("web", "u1", "5");
