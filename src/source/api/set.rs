@@ -235,7 +235,7 @@ impl ApiPodSet {
 
     /// Every pod of the set (running, terminating or ended): what the store holds.
     pub fn all(&self) -> impl Iterator<Item = &Pod> {
-        self.pods.values()
+        self.pods.values().map(|known| &*known.pod)
     }
 
     /// A pod by UID.
