@@ -4,7 +4,7 @@
 //!
 //! Phases as the standalone agent runs them: the `services/` text; the folder parsed into the
 //! store (the validated model) one document at a time; the full sync as the agent runs it
-//! (each Service's operations made and encoded as the batch is handed on in 1 MiB parts);
+//! (each Service's operations made and encoded as the batch is handed on in 256 KiB parts, as the agent does);
 //! what was applied, as recorded; the encoded batch whole (as the commit child holds it). For comparison, the folder held as JSON
 //! documents at once, as the source did before (its snapshot kept them between scans).
 //!
@@ -100,13 +100,13 @@ pub fn memory(n: u32, dir: &std::path::Path, node: &nanolet::proxy::model::NodeC
     });
     parts_of_the_store(dir);
     let bytes = phase(
-        "full sync streamed into a batch spilled in 1 MiB parts",
+        "full sync streamed into a batch spilled in 256 KiB parts",
         || {
             let Some(NextSync::Full(mut full)) = state.next_sync(node) else {
                 panic!("a synced state with nothing applied makes a full sync");
             };
             let mut batch = Batch::new(1);
-            batch.spill_to(Box::new(std::io::sink()), 1 << 20);
+            batch.spill_to(Box::new(std::io::sink()), 256 << 10);
             let mut ops = 0;
             for op in full.by_ref() {
                 lower_op(&op, &mut batch);
