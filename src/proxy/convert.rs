@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value, json};
 
+use super::model::namespace_name;
 use super::state::Event;
 use crate::source::api::watcher::Output;
 
@@ -64,16 +65,9 @@ pub enum Kind {
     Slices(SliceApi),
 }
 
-/// `namespace/name` of an object.
+/// `namespace/name` of an object, owned.
 fn key_of(v: &Value) -> (String, String) {
-    let ns = v
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let name = v
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let (ns, name) = namespace_name(v);
     (ns.to_string(), name.to_string())
 }
 

@@ -572,16 +572,29 @@ impl Cx {
     }
 }
 
-/// `metadata.namespace` (default `default`) and `metadata.name`, both DNS labels.
-fn object_meta(value: &Value, kind: &str) -> Result<(String, String), ModelError> {
-    let name = value
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let namespace = value
+/// An object's `metadata.namespace` (default `default`) and `metadata.name` (empty when
+/// missing), unchecked.
+pub fn namespace_name(v: &Value) -> (&str, &str) {
+    let namespace = v
         .pointer("/metadata/namespace")
         .and_then(Value::as_str)
         .unwrap_or("default");
+    let name = v
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    (namespace, name)
+}
+
+/// `namespace/name` of an object: the key the store and the source use.
+pub fn object_key(v: &Value) -> String {
+    let (ns, name) = namespace_name(v);
+    format!("{ns}/{name}")
+}
+
+/// `metadata.namespace` (default `default`) and `metadata.name`, both DNS labels.
+fn object_meta(value: &Value, kind: &str) -> Result<(String, String), ModelError> {
+    let (namespace, name) = namespace_name(value);
     let object = format!("{kind} {namespace}/{name}");
     let cx = Cx { object };
     if !value.is_object() {

@@ -25,6 +25,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use super::model::object_key;
 use super::state::Event;
 use crate::source::is_manifest_file_name;
 
@@ -95,18 +96,6 @@ impl PartialEq for Hashes {
     fn eq(&self, other: &Hashes) -> bool {
         self.entries() == other.entries()
     }
-}
-
-fn key(v: &Value) -> String {
-    let ns = v
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let name = v
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    format!("{ns}/{name}")
 }
 
 /// A hash of a whole JSON value (object keys are sorted in `serde_json`'s map).
@@ -190,7 +179,7 @@ impl Snapshot {
                 return;
             }
         };
-        let k = key(&doc);
+        let k = object_key(&doc);
         let hash = hash_of(&doc);
         let twice = map.insert(&k, hash);
         // A second definition in this scan always goes to the store: the last one counts.
@@ -256,8 +245,8 @@ pub fn load_dir(dir: &Path) -> (Vec<Value>, Vec<Value>, Vec<String>) {
     let mut services = BTreeMap::new();
     let mut slices = BTreeMap::new();
     let snap = scan_dir(dir, &Snapshot::default(), &mut |e| match e {
-        Event::ServiceApplied(v) => drop(services.insert(key(&v), v)),
-        Event::EndpointSliceApplied(v) => drop(slices.insert(key(&v), v)),
+        Event::ServiceApplied(v) => drop(services.insert(object_key(&v), v)),
+        Event::EndpointSliceApplied(v) => drop(slices.insert(object_key(&v), v)),
         _ => {}
     });
     (

@@ -31,7 +31,7 @@ use serde_json::Value;
 
 use super::build::{BuildError, Taken};
 use super::fragments::{Applied, Change, Claimed, Fragment, Pending, fragment, plan};
-use super::model::{EndpointSlice, IpFamily, ModelError, NodeConfig, Service};
+use super::model::{EndpointSlice, IpFamily, ModelError, NodeConfig, Service, object_key};
 use super::ruleset::{Key, Op, Ruleset};
 use super::store::Store;
 
@@ -155,19 +155,6 @@ fn render(
     };
     let (f, p) = fragment(svc, slices, node, skeleton, &watch);
     (Some(f), p, lost.get())
-}
-
-/// `namespace/name` of an object (the store's key).
-fn object_key(v: &Value) -> String {
-    let ns = v
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let name = v
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    format!("{ns}/{name}")
 }
 
 impl ProxyState {

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use super::model::{EndpointSlice, Few, Interner, ModelError, Service};
+use super::model::{EndpointSlice, Few, Interner, ModelError, Service, object_key};
 
 /// Services and EndpointSlices, validated.
 #[derive(Debug, Clone, Default)]
@@ -56,7 +56,7 @@ impl Store {
         v: &Value,
         dirty: &mut BTreeSet<String>,
     ) -> Result<(), ModelError> {
-        let key = key_of(v);
+        let key = object_key(v);
         self.delete_service(&key);
         dirty.insert(key.clone());
         if let Some(mut s) = Service::from_json(v)? {
@@ -85,7 +85,7 @@ impl Store {
 
     /// An EndpointSlice was added or modified.
     pub fn put_slice(&mut self, v: &Value, dirty: &mut BTreeSet<String>) -> Result<(), ModelError> {
-        let key = key_of(v);
+        let key = object_key(v);
         self.delete_slice(&key, dirty);
         let Some(mut s) = EndpointSlice::from_json(v)? else {
             return Ok(());
@@ -195,18 +195,6 @@ fn is_named_after_its_service(s: &EndpointSlice) -> bool {
     s.name
         .strip_prefix(s.service_name.as_str())
         .is_some_and(|rest| rest.starts_with('-'))
-}
-
-fn key_of(v: &Value) -> String {
-    let ns = v
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let name = v
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    format!("{ns}/{name}")
 }
 
 #[cfg(test)]
