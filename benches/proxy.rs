@@ -20,7 +20,11 @@
 //! 7. `phases`: the agent's heap phase by phase at 10 000 Services (source, store,
 //!    transaction, batch), and how a commit's time splits between `sendmsg` and the answer.
 //!
-//! Parts can be picked: `cargo bench --bench proxy -- cold add phases rss latency shapes iptables`.
+//! 8. `validate` (only when named): one element added to a verdict map and to a data map of
+//!    100 and 100 000 elements, to show where add-one's kernel time grows (see
+//!    `proxy/validate.rs`).
+//!
+//! Parts can be picked: `cargo bench --bench proxy -- cold add phases rss latency shapes iptables validate`.
 //! Medians of several runs (one run for the 10 000-Service cold loads); ratios against the baselines measured in the same run. No
 //! assertions: the numbers are for the reader. Targets (issue #6): cold sync <= 0.5x nft;
 //! adding one Service <= 5 ms and flat; RSS <= 16 MiB; latency at 10 000 within 10 % of 100.
@@ -49,6 +53,8 @@ mod shapes;
 
 #[path = "proxy/iptables_mode.rs"]
 mod iptables_mode;
+#[path = "proxy/validate.rs"]
+mod validate;
 
 const ENDPOINTS: u32 = 10;
 
@@ -602,6 +608,10 @@ fn main() {
     if args.iter().any(|a| a == "iptables") {
         println!("== iptables fallback (ratios to the nftables mode in the same run)");
         iptables_mode::iptables_mode(1_000, 3);
+    }
+    if args.iter().any(|a| a == "validate") {
+        println!("== one element added to a verdict map vs a data map, small and large");
+        validate::validate(15);
     }
     if want("latency") {
         println!("== connection latency (target: 10 000 within 10 % of 100)");
