@@ -532,11 +532,13 @@ impl<'a> TableBuilder<'a> {
         } = *p;
         let id = port_id(svc, port);
         let proto = port.protocol;
-        let cluster = usable(all, false);
-        let local = usable(all, true);
-        let is_external = port.node_port.is_some() || !external_ips.is_empty();
-        let itp_local = svc.internal_traffic_policy == TrafficPolicy::Local;
-        let etp_local = svc.external_traffic_policy == TrafficPolicy::Local;
+        let Selection {
+            cluster,
+            local,
+            itp_local,
+            etp_local,
+            is_external,
+        } = Selection::new(svc, port, external_ips, all);
         let internal = if itp_local { &local } else { &cluster };
         let external = if etp_local { &local } else { &cluster };
 
@@ -815,6 +817,38 @@ pub(crate) fn backends(
     }
     out.sort_by_key(|(b, _)| b.addr);
     out
+}
+
+/// One Service port's endpoints as kube-proxy's traffic policies select them: the nftables
+/// builder, its shared-map shape and the iptables fallback all start from this.
+pub(crate) struct Selection {
+    /// Usable endpoints on any node.
+    pub cluster: Vec<Backend>,
+    /// Usable endpoints on this node.
+    pub local: Vec<Backend>,
+    /// `internalTrafficPolicy: Local`.
+    pub itp_local: bool,
+    /// `externalTrafficPolicy: Local`.
+    pub etp_local: bool,
+    /// Reachable from outside: a NodePort or externalIPs.
+    pub is_external: bool,
+}
+
+impl Selection {
+    pub fn new(
+        svc: &Service,
+        port: &ServicePort,
+        external_ips: &[IpAddr],
+        all: &[(Backend, bool)],
+    ) -> Selection {
+        Selection {
+            cluster: usable(all, false),
+            local: usable(all, true),
+            itp_local: svc.internal_traffic_policy == TrafficPolicy::Local,
+            etp_local: svc.external_traffic_policy == TrafficPolicy::Local,
+            is_external: port.node_port.is_some() || !external_ips.is_empty(),
+        }
+    }
 }
 
 /// kube-proxy's rule: the ready endpoints; if there are none, the serving+terminating ones.

@@ -34,7 +34,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use sha2::{Digest, Sha256};
 
-use super::build::{Backend, BuildError, backends, external_ips, usable};
+use super::build::{Backend, BuildError, Selection, backends, external_ips};
 use super::iptables_text::{Rule, host};
 use super::model::{
     Cidr, EndpointSlice, IpFamily, NodeConfig, Protocol, Service, ServicePort, TrafficPolicy,
@@ -334,11 +334,13 @@ impl<'a> FamilyBuilder<'a> {
     ) {
         let spn = port_name(svc, port);
         let proto = port.protocol;
-        let cluster = usable(all, false);
-        let local = usable(all, true);
-        let is_external = port.node_port.is_some() || !external_ips.is_empty();
-        let itp_local = svc.internal_traffic_policy == TrafficPolicy::Local;
-        let etp_local = svc.external_traffic_policy == TrafficPolicy::Local;
+        let Selection {
+            cluster,
+            local,
+            itp_local,
+            etp_local,
+            is_external,
+        } = Selection::new(svc, port, external_ips, all);
         let internal = if itp_local { &local } else { &cluster };
         let external = if etp_local { &local } else { &cluster };
         let svc_chain = port_chain("SVC", &spn, proto);

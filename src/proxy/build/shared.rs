@@ -23,9 +23,9 @@ use std::net::IpAddr;
 use super::{
     Backend, BuildError, HAIRPIN, MARK_FOR_MASQUERADE, NO_ENDPOINT_NODEPORTS, NO_ENDPOINT_SERVICES,
     NODEPORT_BACKENDS, NODEPORT_LOCAL_BACKENDS, SERVICE_BACKENDS, SERVICE_IPS,
-    SERVICE_LOCAL_BACKENDS, SERVICE_NODEPORTS, TableBuilder, no_endpoints_verdict, usable,
+    SERVICE_LOCAL_BACKENDS, SERVICE_NODEPORTS, Selection, TableBuilder, no_endpoints_verdict,
 };
-use crate::proxy::model::{Protocol, Service, ServicePort, TrafficPolicy};
+use crate::proxy::model::{Protocol, Service, ServicePort};
 use crate::proxy::ruleset::{
     Action, AddrMatch, Chain, Key, KeyPart, LookupKey, MapVerdict, Match, Rule,
 };
@@ -84,11 +84,13 @@ impl TableBuilder<'_> {
             all,
         } = *p;
         let proto = port.protocol;
-        let cluster = usable(all, false);
-        let local = usable(all, true);
-        let is_external = port.node_port.is_some() || !external_ips.is_empty();
-        let itp_local = svc.internal_traffic_policy == TrafficPolicy::Local;
-        let etp_local = svc.external_traffic_policy == TrafficPolicy::Local;
+        let Selection {
+            cluster,
+            local,
+            itp_local,
+            etp_local,
+            is_external,
+        } = Selection::new(svc, port, external_ips, all);
         let internal = if itp_local { &local } else { &cluster };
         let external = if etp_local { &local } else { &cluster };
 
