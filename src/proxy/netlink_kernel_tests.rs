@@ -92,6 +92,19 @@ impl Netns {
         strip(&mut v);
         v
     }
+
+    /// [`Netns::listing`] as a sorted list of objects: nft lists in creation order, which
+    /// differs between an incremental load and a fresh one.
+    fn sorted_listing(&self) -> Vec<String> {
+        let mut items: Vec<String> = self.listing()["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+        items.sort();
+        items
+    }
 }
 
 impl Drop for Netns {
@@ -230,17 +243,7 @@ fn an_incremental_netlink_update_leaves_what_a_fresh_nft_load_leaves() {
         .nft(&["-f", "-"], Some(&render_replace(&new)))
         .unwrap();
     // Creation order differs (nft lists in that order): compare as multisets of objects.
-    let sorted = |v: Value| {
-        let mut items: Vec<String> = v["nftables"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.to_string())
-            .collect();
-        items.sort();
-        items
-    };
-    assert_eq!(sorted(by_us.listing()), sorted(by_nft.listing()));
+    assert_eq!(by_us.sorted_listing(), by_nft.sorted_listing());
 }
 
 #[test]
@@ -474,19 +477,9 @@ fn incremental_transactions_of_the_state_leave_what_a_fresh_load_of_the_whole_le
         fresh
             .nft(&["-f", "-"], Some(&render_replace(&whole)))
             .unwrap();
-        let sorted = |v: Value| {
-            let mut items: Vec<String> = v["nftables"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.to_string())
-                .collect();
-            items.sort();
-            items
-        };
         assert_eq!(
-            sorted(ns.listing()),
-            sorted(fresh.listing()),
+            ns.sorted_listing(),
+            fresh.sorted_listing(),
             "after step {n}"
         );
     }
