@@ -221,12 +221,7 @@ impl World {
     pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
         let path = format!("/var/run/netns/{ns}");
         std::thread::spawn(move || {
-            let fd = fs::File::open(&path).unwrap();
-            rustix::thread::move_into_link_name_space(
-                std::os::fd::AsFd::as_fd(&fd),
-                Some(rustix::thread::LinkNameSpaceType::Network),
-            )
-            .unwrap();
+            enter_netns(&path);
             f()
         })
         .join()
@@ -241,12 +236,7 @@ impl World {
         let (done_tx, answers) = mpsc::channel::<Result<(), String>>();
         let path = format!("/var/run/netns/{}", self.node);
         std::thread::spawn(move || {
-            let fd = fs::File::open(&path).unwrap();
-            rustix::thread::move_into_link_name_space(
-                std::os::fd::AsFd::as_fd(&fd),
-                Some(rustix::thread::LinkNameSpaceType::Network),
-            )
-            .unwrap();
+            enter_netns(&path);
             let mut s = TcpStream::connect(to).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             let mut buf = [0u8; 64];
@@ -273,12 +263,7 @@ impl World {
             let path = format!("/var/run/netns/{ep}");
             let stop = self.stop.clone();
             std::thread::spawn(move || {
-                let fd = fs::File::open(&path).unwrap();
-                rustix::thread::move_into_link_name_space(
-                    std::os::fd::AsFd::as_fd(&fd),
-                    Some(rustix::thread::LinkNameSpaceType::Network),
-                )
-                .unwrap();
+                enter_netns(&path);
                 let tcp = TcpListener::bind(addr).unwrap();
                 let udp = UdpSocket::bind(addr).unwrap();
                 tx.send(()).unwrap();
@@ -425,4 +410,14 @@ pub fn slice(service: &str, endpoints: &[&str]) -> String {
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-1\n  namespace: default\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: IPv4\nports:\n- {{name: tcp, port: 8080, protocol: TCP}}\n- {{name: udp, port: 8080, protocol: UDP}}\nendpoints:\n{}\n",
         eps.join("\n")
     )
+}
+
+/// Moves the calling thread into the network namespace at `path` (`/var/run/netns/<name>`).
+fn enter_netns(path: &str) {
+    let fd = fs::File::open(path).unwrap();
+    rustix::thread::move_into_link_name_space(
+        std::os::fd::AsFd::as_fd(&fd),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .unwrap();
 }
